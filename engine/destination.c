@@ -1,0 +1,573 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The destination side.  A control thread takes the handshake, hands out the
+ * keys of its RAM blocks and then applies control messages in order (zero
+ * runs, round ends, device state, hashes, completion).  One poller thread per
+ * data connection lets the transport place incoming pages (TCP); with a
+ * one-sided transport that does no per-page work, they only watch for errors.
+ *
+ * A connection whose first bytes are not a valid rdmig HELLO is dropped with
+ * a warning and the listener keeps waiting: a port scan must not end an
+ * incoming migration.  A real source with a wrong layout or version fails it.
+ */
+#define G_LOG_DOMAIN "rdmig-engine"
+
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "session.h"
+#include "state.h"
+#include "transport/address.h"
+
+static inline gint64 now_us(void) { return g_get_monotonic_time(); }
+
+/* ---------------------------------------------------------------- data pollers */
+
+typedef struct {
+    RdmigSession *s;
+    uint32_t index;
+} DataPoller;
+
+static void data_failed(RdmigSession *s, uint32_t index, const char *why)
+{
+    g_mutex_lock(&s->data_err_lock);
+    if (!s->data_error)
+        s->data_error = g_strdup_printf("data connection %u: %s", index, why);
+    g_mutex_unlock(&s->data_err_lock);
+    uint64_t one = 1;
+    if (write(s->wake_fd, &one, sizeof(one)) < 0) {
+        /* Saturated counter: the control thread is being woken already. */
+    }
+}
+
+static gpointer data_poller(gpointer data)
+{
+    DataPoller *dp = data;
+    RdmigSession *s = dp->s;
+    RdmigConn *c = s->conns[dp->index];
+    while (!g_atomic_int_get(&s->stop_threads)) {
+        short ev;
+        struct pollfd p = { .fd = s->tp->conn_fd(c, &ev) };
+        p.events = ev;
+        if (poll(&p, 1, 100) < 0 && errno != EINTR)
+            break;
+        RdmigIoReq *done[16];
+        int n = s->tp->poll(c, done, G_N_ELEMENTS(done));
+        if (n < 0) {
+            if (!g_atomic_int_get(&s->stop_threads)) {
+                const char *why = s->tp->conn_error(c);
+                data_failed(s, dp->index, why ? why : g_strerror(-n));
+            }
+            break;
+        }
+    }
+    g_free(dp);
+    return NULL;
+}
+
+static void stop_data_pollers(RdmigSession *s)
+{
+    g_atomic_int_set(&s->stop_threads, 1);
+    for (uint32_t i = 0; i < s->nconns; i++) {
+        if (s->data_threads[i])
+            g_thread_join(s->data_threads[i]);
+        s->data_threads[i] = NULL;
+    }
+}
+
+/* ---------------------------------------------------------------- handshake */
+
+/* Waits for a source; drops connections that do not open with a HELLO. */
+static bool accept_source(RdmigSession *s, RdmigHello *hello, GError **error)
+{
+    for (;;) {
+        int fd = rdmig_socket_accept(s->listen_fd, -1, s->wake_fd, error);
+        if (fd < 0) {
+            if (rdmig_session_cancelled(s)) {
+                g_clear_error(error);
+                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
+            }
+            return false;
+        }
+        s->ctl = rdmig_control_new(fd, (int)s->params.peer_timeout_ms);
+        g_atomic_pointer_set(&s->last_rx_us, now_us());
+        RdmigFrame f;
+        g_autoptr(GError) err = NULL;
+        int r = rdmig_control_recv(s->ctl, &f, (int)s->params.peer_timeout_ms, &err);
+        if (r > 0 && f.hdr.type == RDMIG_MSG_HELLO &&
+            rdmig_hello_decode(f.payload, f.hdr.length, hello, &err)) {
+            g_atomic_pointer_set(&s->last_rx_us, now_us());
+            return true;
+        }
+        if (err && err->code == RDMIG_ERROR_VERSION) {
+            /* A real rdmig source of another version: tell it, and fail. */
+            rdmig_session_send_error(s, err);
+            g_propagate_error(error, g_steal_pointer(&err));
+            return false;
+        }
+        g_warning("dropped a connection on %s that is not an rdmig source: %s",
+                  s->listen_address,
+                  err ? err->message : r == 0 ? "no HELLO within the peer timeout"
+                                              : "first message was not HELLO");
+        rdmig_control_free(s->ctl);
+        s->ctl = NULL;
+    }
+}
+
+/* The data listener goes on the address the source reached us at. */
+static char *data_listen_address(RdmigSession *s)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    getsockname(rdmig_control_fd(s->ctl), (struct sockaddr *)&ss, &len);
+    if (ss.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&ss)->sin6_port = 0;
+    else
+        ((struct sockaddr_in *)&ss)->sin_port = 0;
+    return rdmig_address_format((struct sockaddr *)&ss);
+}
+
+static bool handshake(RdmigSession *s, RdmigHello *hello, GError **error)
+{
+    memcpy(s->session_id, hello->session_id, sizeof(s->session_id));
+    if (!rdmig_layout_check(s->blocks, hello, error))
+        return false;
+    uint64_t supported = RDMIG_FEATURES_KNOWN;
+    uint64_t enabled;
+    if (!rdmig_features_negotiate(supported, 0, hello->features_supported,
+                                  hello->features_required, &enabled, error))
+        return false;
+    s->features = enabled;
+
+    /* The best transport both sides have: one that spares our CPU first. */
+    const RdmigTransportOps *mine[RDMIG_MAX_TRANSPORTS];
+    uint32_t nmine = rdmig_session_transports(s, mine, RDMIG_MAX_TRANSPORTS, error);
+    if (!nmine)
+        return false;
+    for (uint32_t i = 0; i < nmine; i++) {
+        for (uint32_t j = 0; j < hello->n_transports; j++) {
+            if (strcmp(mine[i]->name, hello->transports[j]))
+                continue;
+            if (!s->tp || ((mine[i]->caps & RDMIG_TRANSPORT_CAP_ZERO_TARGET_CPU) &&
+                           !(s->tp->caps & RDMIG_TRANSPORT_CAP_ZERO_TARGET_CPU)))
+                s->tp = mine[i];
+        }
+    }
+    if (!s->tp) {
+        g_autoptr(GString) theirs = g_string_new(NULL);
+        for (uint32_t j = 0; j < hello->n_transports; j++)
+            g_string_append_printf(theirs, "%s%s", j ? ", " : "", hello->transports[j]);
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
+                    "no data transport in common: the source offers [%s], this side allows '%s'",
+                    theirs->str, s->params.transport);
+        return false;
+    }
+    s->nconns = MAX(1u, MIN(hello->data_connections, (uint32_t)RDMIG_MAX_DATA_CONNS));
+    if (!(enabled & RDMIG_FEATURE_MULTI_CONN))
+        s->nconns = 1;
+
+    uint64_t token;
+    if (getrandom(&token, sizeof(token), 0) != sizeof(token))
+        token = (uint64_t)now_us() ^ (uint64_t)g_random_int() << 32;
+    RdmigTransportConfig cfg = { .queue_depth = RDMIG_REQS_PER_CONN,
+                                 .connect_timeout_ms = s->params.connect_timeout_ms,
+                                 .max_io_bytes = RDMIG_IO_PAGES_MAX * 65536u,
+                                 .conn_token = token };
+    s->transport = s->tp->create(&cfg, error);
+    if (!s->transport)
+        return false;
+    g_autofree char *want = data_listen_address(s);
+    s->data_listener = s->tp->listen(s->transport, want, error);
+    if (!s->data_listener)
+        return false;
+
+    RdmigHelloAck ack = { .version = RDMIG_PROTOCOL_VERSION,
+                          .features_supported = supported,
+                          .features_enabled = enabled,
+                          .data_connections = s->nconns,
+                          .conn_token = token };
+    g_strlcpy(ack.transport, s->tp->name, sizeof(ack.transport));
+    g_strlcpy(ack.data_address, s->tp->listener_address(s->data_listener),
+              sizeof(ack.data_address));
+    if (!rdmig_session_send(s, RDMIG_MSG_HELLO_ACK, rdmig_hello_ack_encode(&ack), error))
+        return false;
+    rdmig_session_start_keepalive(s);
+
+    g_autofree RdmigRegions *regions = g_new0(RdmigRegions, 1);
+    regions->n_blocks = s->blocks->len;
+    for (guint i = 0; i < s->blocks->len; i++) {
+        RdmigRamBlock *b = s->blocks->pdata[i];
+        /* Writable by the peer only while this migration runs: deregistered at the end. */
+        b->region = s->tp->register_region(s->transport, b->host, b->length,
+                                           RDMIG_ACCESS_REMOTE_WRITE, error);
+        if (!b->region) {
+            g_prefix_error(error, "registering RAM block '%s': ", b->name);
+            return false;
+        }
+        s->tp->region_key(b->region, &regions->keys[i]);
+        if (enabled & RDMIG_FEATURE_VERIFY) {
+            b->hashes = g_new0(uint64_t, b->npages);
+            b->hash_known = rdmig_bitmap_new(b->npages);
+        }
+    }
+    if (!rdmig_session_send(s, RDMIG_MSG_REGIONS, rdmig_regions_encode(regions), error))
+        return false;
+
+    gint64 deadline = now_us() + (gint64)s->params.connect_timeout_ms * 1000;
+    for (uint32_t i = 0; i < s->nconns;) {
+        int left = (int)MAX(0, (deadline - now_us()) / 1000);
+        g_autoptr(GError) aerr = NULL;
+        s->conns[i] = s->tp->accept(s->data_listener, left, &aerr);
+        if (s->conns[i]) {
+            i++;
+            continue;
+        }
+        if (aerr->code == RDMIG_ERROR_CONNECT || now_us() >= deadline) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CONNECT,
+                        "data connection %u of %u from the source did not arrive: %s", i + 1,
+                        s->nconns, aerr->message);
+            return false;
+        }
+        g_warning("rejected a data connection: %s", aerr->message);
+    }
+    s->tp->listener_close(s->data_listener);
+    s->data_listener = NULL;
+    g_atomic_int_set(&s->stop_threads, 0);
+    for (uint32_t i = 0; i < s->nconns; i++) {
+        DataPoller *dp = g_new(DataPoller, 1);
+        *dp = (DataPoller){ s, i };
+        s->data_threads[i] = g_thread_new("rdmig-data", data_poller, dp);
+    }
+    RDMIG_STATS_UPDATE(s, {
+        g_strlcpy(s->stats.transport, s->tp->name, sizeof(s->stats.transport));
+        s->stats.data_connections = s->nconns;
+        for (guint i = 0; i < s->blocks->len; i++)
+            s->stats.pages_total += ((RdmigRamBlock *)s->blocks->pdata[i])->npages;
+    });
+    return true;
+}
+
+/* ---------------------------------------------------------------- messages */
+
+static RdmigRamBlock *block_at(RdmigSession *s, uint32_t index, const char *msg, GError **error)
+{
+    if (index < s->blocks->len)
+        return s->blocks->pdata[index];
+    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                "%s names RAM block #%u; there are only %u", msg, index, s->blocks->len);
+    return NULL;
+}
+
+static bool apply_zero(RdmigSession *s, const RdmigFrame *f, GError **error)
+{
+    RdmigZeroMsg z;
+    if (!rdmig_zero_decode(f->payload, f->hdr.length, &z, error))
+        return false;
+    RdmigRamBlock *b = block_at(s, z.block, "ZERO", error);
+    if (!b)
+        return false;
+    uint64_t pages = 0;
+    unsigned char vec[64];
+    long sys = sysconf(_SC_PAGESIZE);
+    for (uint32_t i = 0; i < z.n_runs; i++) {
+        uint64_t first;
+        uint32_t count;
+        rdmig_zero_run_get(&z, i, &first, &count);
+        if (!count || first >= b->npages || count > b->npages - first) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                        "ZERO run of %u pages at page %" G_GUINT64_FORMAT " is outside block "
+                        "'%s' (%" G_GUINT64_FORMAT " pages)", count, first, b->name, b->npages);
+            return false;
+        }
+        for (uint64_t p = first; p < first + count; p++) {
+            uint8_t *page = b->host + p * b->page_size;
+            /* A page never touched here reads as zero already; reading it
+             * to check would allocate it. */
+            uint64_t nsys = b->page_size / sys;
+            bool resident = false;
+            if (mincore(page, b->page_size, vec) == 0) {
+                for (uint64_t k = 0; k < MIN(nsys, 64u); k++)
+                    resident |= vec[k] & 1;
+            } else {
+                resident = true;
+            }
+            if (resident && !rdmig_page_is_zero(page, b->page_size))
+                memset(page, 0, b->page_size);
+        }
+        pages += count;
+    }
+    RDMIG_STATS_UPDATE(s, s->stats.pages_zero += pages);
+    return true;
+}
+
+static bool store_hashes(RdmigSession *s, const RdmigFrame *f, GError **error)
+{
+    if (!(s->features & RDMIG_FEATURE_VERIFY)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "HASHES received, but verification was not negotiated");
+        return false;
+    }
+    RdmigHashesMsg m;
+    if (!rdmig_hashes_decode(f->payload, f->hdr.length, &m, error))
+        return false;
+    RdmigRamBlock *b = block_at(s, m.block, "HASHES", error);
+    if (!b)
+        return false;
+    if (m.first >= b->npages || m.n > b->npages - m.first) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "HASHES for pages %" G_GUINT64_FORMAT "..+%u are outside block '%s' (%"
+                    G_GUINT64_FORMAT " pages)", m.first, m.n, b->name, b->npages);
+        return false;
+    }
+    for (uint32_t i = 0; i < m.n; i++) {
+        b->hashes[m.first + i] = rdmig_hashes_get(&m, i);
+        rdmig_bitmap_set(b->hash_known, m.first + i);
+    }
+    return true;
+}
+
+typedef struct {
+    RdmigSession *s;
+    guint block;
+    uint64_t first, end;
+    uint64_t bad, verified;
+    uint64_t bad_pages[8];
+    guint bad_blocks[8];
+} VerifySlice;
+
+static gpointer verify_slice(gpointer data)
+{
+    VerifySlice *v = data;
+    RdmigRamBlock *b = v->s->blocks->pdata[v->block];
+    for (uint64_t p = v->first; p < v->end; p++) {
+        bool ok = rdmig_bitmap_test(b->hash_known, p) &&
+                  rdmig_page_hash(b->host + p * b->page_size, b->page_size) == b->hashes[p];
+        if (ok) {
+            v->verified++;
+        } else {
+            if (v->bad < G_N_ELEMENTS(v->bad_pages)) {
+                v->bad_pages[v->bad] = p;
+                v->bad_blocks[v->bad] = v->block;
+            }
+            v->bad++;
+        }
+    }
+    return NULL;
+}
+
+/* Checks every page against the source's hash, on two threads: this runs
+ * while the guest is stopped on both sides. */
+static bool verify_all(RdmigSession *s, RdmigCompleteAck *ack)
+{
+    gint64 t0 = now_us();
+    GString *list = g_string_new(NULL);
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        VerifySlice v[2] = { { s, bi, 0, b->npages / 2, 0, 0, { 0 }, { 0 } },
+                             { s, bi, b->npages / 2, b->npages, 0, 0, { 0 }, { 0 } } };
+        GThread *t = g_thread_new("rdmig-verify", verify_slice, &v[1]);
+        verify_slice(&v[0]);
+        g_thread_join(t);
+        for (int k = 0; k < 2; k++) {
+            ack->pages_verified += v[k].verified;
+            ack->mismatches += v[k].bad;
+            for (uint64_t j = 0; j < MIN(v[k].bad, (uint64_t)G_N_ELEMENTS(v[k].bad_pages)); j++)
+                if (list->len < 300)
+                    g_string_append_printf(list, "%s%s:%" G_GUINT64_FORMAT,
+                                           list->len ? ", " : "", b->name, v[k].bad_pages[j]);
+        }
+    }
+    ack->verify_us = (uint64_t)(now_us() - t0);
+    if (ack->mismatches) {
+        ack->status = RDMIG_ERROR_VERIFY;
+        g_snprintf(ack->message, sizeof(ack->message),
+                   "%" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " pages differ from the source "
+                   "(block:page %s%s)", ack->mismatches, ack->mismatches + ack->pages_verified,
+                   list->str, ack->mismatches > 16 ? ", ..." : "");
+    }
+    g_string_free(list, TRUE);
+    return ack->mismatches == 0;
+}
+
+static bool complete(RdmigSession *s, GError **error)
+{
+    if (!rdmig_session_set_state(s, RDMIG_STATE_ACTIVE, RDMIG_STATE_DEVICE)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
+        return false;
+    }
+    gint64 t0 = now_us();
+    /* Every write completed before the source sent COMPLETE; nothing may
+     * touch guest RAM from here on but the guest. */
+    stop_data_pollers(s);
+    RdmigCompleteAck ack = { 0 };
+    if ((s->features & RDMIG_FEATURE_VERIFY) && !verify_all(s, &ack)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_VERIFY, "%s", ack.message);
+    } else if (s->guest.load_device_state &&
+               !s->guest.load_device_state(s->guest_opaque,
+                                           s->device_state ? s->device_state->data : NULL,
+                                           s->device_state ? s->device_state->len : 0, error)) {
+        g_prefix_error(error, "loading device state: ");
+        ack.status = (*error)->domain == RDMIG_ERROR ? (uint32_t)(*error)->code : RDMIG_ERROR_PEER;
+        g_strlcpy(ack.message, (*error)->message, sizeof(ack.message));
+    }
+    RDMIG_STATS_UPDATE(s, {
+        s->stats.pages_verified = ack.pages_verified;
+        s->stats.verify_mismatches = ack.mismatches;
+        s->stats.verify_time_ms = ack.verify_us / 1000;
+    });
+    if (!ack.status && s->guest.resume)
+        s->guest.resume(s->guest_opaque);
+    GError *serr = NULL;
+    bool sent = rdmig_session_send(s, RDMIG_MSG_COMPLETE_ACK, rdmig_complete_ack_encode(&ack),
+                                   &serr);
+    if (ack.status)
+        return false;
+    if (!sent) {
+        /* The guest runs here now; the source will not resume its copy
+         * without our acknowledgement, so this is still a completion. */
+        g_warning("completed, but the acknowledgement did not reach the source: %s",
+                  serr->message);
+        g_error_free(serr);
+    }
+    RDMIG_STATS_UPDATE(s, s->stats.downtime_ms = (uint64_t)(now_us() - t0) / 1000);
+    return true;
+}
+
+static bool receive(RdmigSession *s, GError **error)
+{
+    for (;;) {
+        RdmigFrame f;
+        int r = rdmig_session_recv(s, &f, -1, error);
+        if (r < 0)
+            return false;
+        if (r == 0)
+            continue;
+        bool ok = true;
+        switch (f.hdr.type) {
+        case RDMIG_MSG_ZERO:
+            ok = apply_zero(s, &f, error);
+            break;
+        case RDMIG_MSG_ROUND_END: {
+            uint64_t round;
+            ok = rdmig_u64_decode(f.payload, f.hdr.length, &round, "ROUND_END", error) &&
+                 rdmig_session_send(s, RDMIG_MSG_ROUND_ACK, rdmig_u64_encode(round), error);
+            RDMIG_STATS_UPDATE(s, s->stats.rounds = round);
+            break;
+        }
+        case RDMIG_MSG_DEVICE_STATE:
+            if (s->device_state)
+                g_byte_array_unref(s->device_state);
+            s->device_state = g_byte_array_sized_new(f.hdr.length);
+            g_byte_array_append(s->device_state, f.payload, f.hdr.length);
+            break;
+        case RDMIG_MSG_HASHES:
+            ok = store_hashes(s, &f, error);
+            break;
+        case RDMIG_MSG_COMPLETE:
+            return complete(s, error);
+        default:
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                        "unexpected %s message from the source during migration",
+                        rdmig_msg_type_str(f.hdr.type));
+            return false;
+        }
+        if (!ok)
+            return false;
+    }
+}
+
+static void teardown(RdmigSession *s)
+{
+    stop_data_pollers(s);
+    rdmig_session_stop_keepalive(s);
+    if (s->data_listener)
+        s->tp->listener_close(s->data_listener);
+    s->data_listener = NULL;
+    for (uint32_t i = 0; i < s->nconns; i++) {
+        if (!s->conns[i])
+            continue;
+        s->tp->disconnect(s->conns[i]);
+        s->tp->conn_close(s->conns[i]);
+        s->conns[i] = NULL;
+    }
+    for (guint i = 0; i < s->blocks->len; i++) {
+        RdmigRamBlock *b = s->blocks->pdata[i];
+        if (b->region)
+            s->tp->deregister_region(b->region);
+        b->region = NULL;
+    }
+    if (s->transport)
+        s->tp->destroy(s->transport);
+    s->transport = NULL;
+    if (s->ctl) {
+        rdmig_control_shutdown(s->ctl);
+        RDMIG_STATS_UPDATE(s, s->stats.bytes_transferred = rdmig_control_bytes(s->ctl));
+        rdmig_control_free(s->ctl);
+        s->ctl = NULL;
+    }
+    if (s->listen_fd >= 0)
+        close(s->listen_fd);
+    s->listen_fd = -1;
+}
+
+gpointer rdmig_destination_thread(gpointer data)
+{
+    RdmigSession *s = data;
+    GError *err = NULL;
+    RdmigHello hello = { 0 };
+    bool ok = accept_source(s, &hello, &err);
+    if (ok) {
+        /* One source per session: later connection attempts are refused. */
+        close(s->listen_fd);
+        s->listen_fd = -1;
+        ok = handshake(s, &hello, &err);
+        if (!ok)
+            rdmig_session_send_error(s, err);
+    }
+    rdmig_hello_clear(&hello);
+    if (ok) {
+        s->t_active = now_us();
+        RDMIG_STATS_UPDATE(s, s->stats.setup_time_ms = (uint64_t)(s->t_active - s->t_start) / 1000);
+        ok = rdmig_session_set_state(s, RDMIG_STATE_SETUP, RDMIG_STATE_ACTIVE);
+        if (!ok)
+            g_set_error(&err, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
+    }
+    if (ok)
+        ok = receive(s, &err);
+    if (ok) {
+        rdmig_session_set_state(s, RDMIG_STATE_DEVICE, RDMIG_STATE_COMPLETED);
+    } else {
+        /* A data connection that dropped is usually the echo of a failure
+         * the source explains on the control channel; prefer its words. */
+        if (err->code == RDMIG_ERROR_PROTOCOL && s->ctl && s->data_error &&
+            g_str_has_prefix(err->message, "data connection")) {
+            RdmigFrame f;
+            GError *why = NULL;
+            if (rdmig_session_recv(s, &f, 300, &why) < 0 && why &&
+                why->code != RDMIG_ERROR_PROTOCOL) {
+                g_error_free(err);
+                err = why;
+            } else {
+                g_clear_error(&why);
+            }
+        }
+        bool cancelled = g_error_matches(err, RDMIG_ERROR, RDMIG_ERROR_CANCELLED);
+        if (!cancelled && err->code != RDMIG_ERROR_PEER)
+            rdmig_session_send_error(s, err);
+        RdmigState st = rdmig_session_state(s);
+        if (cancelled && rdmig_session_set_state(s, st, RDMIG_STATE_CANCELLING))
+            rdmig_session_set_state(s, RDMIG_STATE_CANCELLING, RDMIG_STATE_CANCELLED);
+        else
+            rdmig_session_set_state(s, st, RDMIG_STATE_FAILED);
+        rdmig_session_take_error(s, err);
+    }
+    teardown(s);
+    RDMIG_STATS_UPDATE(s, s->stats.total_time_ms = (uint64_t)(now_us() - s->t_start) / 1000);
+    return NULL;
+}

@@ -1,0 +1,129 @@
+/* SPDX-License-Identifier: MIT */
+/* Session internals shared by session.c, source.c and destination.c. */
+#ifndef RDMIG_ENGINE_SESSION_H
+#define RDMIG_ENGINE_SESSION_H
+
+#include <glib.h>
+
+#include "ram.h"
+#include "rdmig/rdmig.h"
+#include "rdmig/transport.h"
+#include "transport/control.h"
+#include "wire.h"
+
+#define RDMIG_IO_PAGES_MAX 64 /* pages merged into one request: 256 KiB of 4 KiB pages */
+#define RDMIG_REQS_PER_CONN 64
+
+/* One in-flight page run; lives in the session's pool. */
+typedef struct {
+    RdmigIoReq io;
+    int conn;
+    uint64_t bytes;
+    bool busy;
+} RdmigPageReq;
+
+struct RdmigSession {
+    RdmigRole role;
+    RdmigParams params;
+    GPtrArray *blocks; /* RdmigRamBlock* */
+
+    RdmigGuestOps guest;
+    void *guest_opaque;
+    RdmigDirtyOps dirty_ops;
+    void *dirty_opaque;
+    bool have_dirty_ops;
+    RdmigStateFunc state_func;
+    void *state_opaque;
+
+    GMutex lock;       /* state, stats, error */
+    RdmigState state;
+    RdmigStats stats;
+    GError *error;     /* first error, owned */
+    GThread *thread;
+    GThread *keepalive;
+    bool started, joined;
+
+    int wake_fd;       /* eventfd: cancel, data-thread failure */
+    gint cancel;
+    gint stop_threads;
+
+    /* control channel */
+    RdmigControl *ctl;
+    int listen_fd;
+    char *listen_address;
+    gint64 last_rx_us; /* atomic: last frame from the peer */
+
+    /* data plane */
+    const RdmigTransportOps *tp;
+    RdmigTransport *transport;
+    RdmigListener *data_listener;
+    RdmigConn *conns[RDMIG_MAX_DATA_CONNS];
+    uint32_t nconns;
+    GThread *data_threads[RDMIG_MAX_DATA_CONNS]; /* destination pollers */
+    GMutex data_err_lock;
+    char *data_error;  /* destination: first data-connection failure */
+
+    uint8_t session_id[RDMIG_SESSION_ID_LEN];
+    uint64_t features;
+
+    gint64 t_start, t_active, t_stop;
+
+    /* source */
+    RdmigDirtyTracker *tracker;
+    RdmigPageReq *reqs;
+    uint32_t nreqs, inflight;
+    uint32_t next_conn;
+    uint64_t round_bytes;       /* completed in the current round */
+    uint64_t total_data_bytes;  /* completed, all rounds */
+    uint64_t round_ack;         /* last ROUND_ACK received */
+    bool complete_acked;
+    RdmigCompleteAck complete_ack;
+    bool guest_stopped;
+    uint64_t zero_hash;         /* hash of an all-zero page */
+    uint64_t bw_window_start_us, bw_window_bytes; /* max_bandwidth pacing */
+
+    /* destination */
+    GByteArray *device_state;
+};
+
+/** Changes state if @from is current and the edge is allowed; calls the
+ *  state function. The only place state changes. */
+bool rdmig_session_set_state(RdmigSession *s, RdmigState from, RdmigState to);
+RdmigState rdmig_session_state(RdmigSession *s);
+/** Records @err as the session's error (the first one wins) and takes it. */
+void rdmig_session_take_error(RdmigSession *s, GError *err);
+bool rdmig_session_cancelled(RdmigSession *s);
+/** Stats update under the lock. */
+#define RDMIG_STATS_UPDATE(s, stmt)                                                         \
+    do {                                                                                    \
+        g_mutex_lock(&(s)->lock);                                                           \
+        stmt;                                                                               \
+        g_mutex_unlock(&(s)->lock);                                                         \
+    } while (0)
+
+/** Sends one message on the control channel. */
+bool rdmig_session_send(RdmigSession *s, RdmigMsgType type, GByteArray *payload, GError **error);
+/** Receives one message, skipping PINGs, failing on ERROR/CANCEL from the
+ *  peer and on silence longer than peer_timeout_ms; waits at most
+ *  @timeout_ms (-1: until the peer timeout) for one to begin. Returns 1, 0
+ *  (nothing in time) or -1. */
+int rdmig_session_recv(RdmigSession *s, RdmigFrame *f, int timeout_ms, GError **error);
+/** Best-effort: tells the peer why we stop. */
+void rdmig_session_send_error(RdmigSession *s, const GError *err);
+
+void rdmig_session_start_keepalive(RdmigSession *s);
+void rdmig_session_stop_keepalive(RdmigSession *s);
+
+/* The two roles' threads. */
+gpointer rdmig_source_thread(gpointer data);
+gpointer rdmig_destination_thread(gpointer data);
+/** Source: connects the control channel (synchronously, so start() reports it). */
+bool rdmig_source_connect(RdmigSession *s, const char *address, GError **error);
+
+/** Transports this side may use for data, per params.transport. */
+uint32_t rdmig_session_transports(RdmigSession *s, const RdmigTransportOps **out, uint32_t max,
+                                  GError **error);
+/** Layout check shared with tests: names the first block that differs. */
+bool rdmig_layout_check(GPtrArray *blocks, const RdmigHello *hello, GError **error);
+
+#endif

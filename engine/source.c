@@ -1,0 +1,762 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The source side of precopy.
+ *
+ * Rounds: send every dirty page (zero pages as compact runs, contiguous
+ * non-zero pages merged into one request), wait until all of the round's
+ * writes have completed (= placed in the destination's RAM), announce the
+ * round's end and wait for its acknowledgement, sync the dirty log, then
+ * decide: switch over when the pending bytes fit in bandwidth x downtime
+ * limit, where bandwidth is measured from completed bytes.  Switchover stops
+ * the guest, syncs once more, sends the rest, the device state and the page
+ * hashes, and completes only when the destination says it verified and runs
+ * the guest.  Any failure before that resumes the guest here, untouched.
+ */
+#define G_LOG_DOMAIN "rdmig-engine"
+
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "session.h"
+#include "state.h"
+#include "transport/address.h"
+
+/* Below this many bytes a round is too short to measure bandwidth by. */
+#define BW_MIN_SAMPLE (4u << 20)
+
+static inline gint64 now_us(void) { return g_get_monotonic_time(); }
+
+bool rdmig_source_connect(RdmigSession *s, const char *address, GError **error)
+{
+    int fd = rdmig_socket_connect(address, (int)s->params.connect_timeout_ms, error);
+    if (fd < 0)
+        return false;
+    s->ctl = rdmig_control_new(fd, (int)s->params.peer_timeout_ms);
+    g_atomic_pointer_set(&s->last_rx_us, now_us());
+    if (getrandom(s->session_id, sizeof(s->session_id), 0) != sizeof(s->session_id))
+        g_random_set_seed((guint32)now_us()); /* getrandom cannot fail for 16 bytes; belt */
+    return true;
+}
+
+/* ---------------------------------------------------------------- handshake */
+
+static bool handshake(RdmigSession *s, GError **error)
+{
+    const RdmigTransportOps *mine[RDMIG_MAX_TRANSPORTS];
+    uint32_t nmine = rdmig_session_transports(s, mine, RDMIG_MAX_TRANSPORTS, error);
+    if (!nmine)
+        return false;
+
+    RdmigHello h = { .version = RDMIG_PROTOCOL_VERSION,
+                     .features_supported = RDMIG_FEATURES_KNOWN,
+                     .features_required = s->params.verify ? RDMIG_FEATURE_VERIFY : 0,
+                     .data_connections = s->params.data_connections,
+                     .n_transports = nmine,
+                     .n_blocks = s->blocks->len };
+    if (!s->params.verify)
+        h.features_supported &= ~RDMIG_FEATURE_VERIFY;
+    memcpy(h.session_id, s->session_id, sizeof(h.session_id));
+    for (uint32_t i = 0; i < nmine; i++)
+        g_strlcpy(h.transports[i], mine[i]->name, sizeof(h.transports[i]));
+    RdmigWireBlock wb[RDMIG_MAX_BLOCKS];
+    for (guint i = 0; i < s->blocks->len; i++) {
+        RdmigRamBlock *b = s->blocks->pdata[i];
+        g_strlcpy(wb[i].name, b->name, sizeof(wb[i].name));
+        wb[i].length = b->length;
+        wb[i].page_size = b->page_size;
+    }
+    h.blocks = wb;
+    if (!rdmig_session_send(s, RDMIG_MSG_HELLO, rdmig_hello_encode(&h), error))
+        return false;
+
+    RdmigFrame f;
+    int r = rdmig_session_recv(s, &f, -1, error);
+    if (r <= 0)
+        return false;
+    if (f.hdr.type != RDMIG_MSG_HELLO_ACK) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "expected HELLO_ACK from the destination, got %s",
+                    rdmig_msg_type_str(f.hdr.type));
+        return false;
+    }
+    RdmigHelloAck ack;
+    if (!rdmig_hello_ack_decode(f.payload, f.hdr.length, &ack, error))
+        return false;
+    uint64_t enabled;
+    if (!rdmig_features_negotiate(h.features_supported, h.features_required,
+                                  ack.features_supported, 0, &enabled, error))
+        return false;
+    if (ack.features_enabled & ~enabled) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "destination enabled features 0x%" G_GINT64_MODIFIER "x that are not shared",
+                    ack.features_enabled & ~enabled);
+        return false;
+    }
+    s->features = ack.features_enabled;
+    for (uint32_t i = 0; i < nmine; i++)
+        if (strcmp(mine[i]->name, ack.transport) == 0)
+            s->tp = mine[i];
+    if (!s->tp) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "destination chose data transport '%s', which was not offered", ack.transport);
+        return false;
+    }
+    if (ack.data_connections > s->params.data_connections) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "destination asked for %u data connections, %u were offered",
+                    ack.data_connections, s->params.data_connections);
+        return false;
+    }
+    s->nconns = ack.data_connections;
+    rdmig_session_start_keepalive(s);
+
+    r = rdmig_session_recv(s, &f, -1, error);
+    if (r <= 0)
+        return false;
+    if (f.hdr.type != RDMIG_MSG_REGIONS) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "expected REGIONS from the destination, got %s",
+                    rdmig_msg_type_str(f.hdr.type));
+        return false;
+    }
+    g_autofree RdmigRegions *regions = g_new0(RdmigRegions, 1);
+    if (!rdmig_regions_decode(f.payload, f.hdr.length, regions, error))
+        return false;
+    if (regions->n_blocks != s->blocks->len) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "destination sent keys for %u RAM blocks, we have %u", regions->n_blocks,
+                    s->blocks->len);
+        return false;
+    }
+    for (guint i = 0; i < s->blocks->len; i++)
+        ((RdmigRamBlock *)s->blocks->pdata[i])->rkey = regions->keys[i];
+
+    RdmigTransportConfig cfg = { .queue_depth = RDMIG_REQS_PER_CONN,
+                                 .connect_timeout_ms = s->params.connect_timeout_ms,
+                                 .max_io_bytes = RDMIG_IO_PAGES_MAX * 65536u,
+                                 .conn_token = ack.conn_token };
+    s->transport = s->tp->create(&cfg, error);
+    if (!s->transport)
+        return false;
+    for (guint i = 0; i < s->blocks->len; i++) {
+        RdmigRamBlock *b = s->blocks->pdata[i];
+        /* Local access only: the source pushes; nobody reads it remotely in precopy. */
+        b->region = s->tp->register_region(s->transport, b->host, b->length, 0, error);
+        if (!b->region) {
+            g_prefix_error(error, "registering RAM block '%s': ", b->name);
+            return false;
+        }
+    }
+    for (uint32_t i = 0; i < s->nconns; i++) {
+        s->conns[i] = s->tp->connect(s->transport, ack.data_address, error);
+        if (!s->conns[i]) {
+            g_prefix_error(error, "data connection %u of %u: ", i + 1, s->nconns);
+            return false;
+        }
+    }
+    RDMIG_STATS_UPDATE(s, {
+        g_strlcpy(s->stats.transport, s->tp->name, sizeof(s->stats.transport));
+        s->stats.data_connections = s->nconns;
+    });
+    return true;
+}
+
+/* ---------------------------------------------------------------- dirty log */
+
+static bool dirty_start(RdmigSession *s, GError **error)
+{
+    if (s->have_dirty_ops) {
+        RDMIG_STATS_UPDATE(s, g_strlcpy(s->stats.dirty_method, "caller",
+                                        sizeof(s->stats.dirty_method)));
+        return !s->dirty_ops.start || s->dirty_ops.start(s->dirty_opaque, error);
+    }
+    s->tracker = rdmig_dirty_tracker_new(s->params.dirty_method, error);
+    if (!s->tracker)
+        return false;
+    for (guint i = 0; i < s->blocks->len; i++) {
+        RdmigRamBlock *b = s->blocks->pdata[i];
+        if (!rdmig_dirty_tracker_add(s->tracker, b->host, b->length, b->page_size,
+                                     &b->tracker_index, error))
+            return false;
+    }
+    RDMIG_STATS_UPDATE(s, g_strlcpy(s->stats.dirty_method,
+                                    rdmig_dirty_method_str(rdmig_dirty_tracker_method(s->tracker)),
+                                    sizeof(s->stats.dirty_method)));
+    return rdmig_dirty_tracker_start(s->tracker, error);
+}
+
+static bool dirty_sync(RdmigSession *s, uint64_t *pending, GError **error)
+{
+    uint64_t n = 0;
+    for (guint i = 0; i < s->blocks->len; i++) {
+        RdmigRamBlock *b = s->blocks->pdata[i];
+        bool ok = s->have_dirty_ops
+                      ? s->dirty_ops.sync(s->dirty_opaque, i, b->dirty, b->npages, error)
+                      : rdmig_dirty_tracker_sync(s->tracker, b->tracker_index, b->dirty, error);
+        if (!ok)
+            return false;
+        n += rdmig_bitmap_count(b->dirty, b->npages) * b->page_size;
+    }
+    *pending = n;
+    RDMIG_STATS_UPDATE(s, s->stats.dirty_sync_count++);
+    return true;
+}
+
+static void dirty_stop(RdmigSession *s)
+{
+    if (s->have_dirty_ops) {
+        if (s->dirty_ops.stop)
+            s->dirty_ops.stop(s->dirty_opaque);
+    } else {
+        g_clear_pointer(&s->tracker, rdmig_dirty_tracker_free);
+    }
+}
+
+/* ---------------------------------------------------------------- events */
+
+static bool check_silence(RdmigSession *s, GError **error)
+{
+    gint64 silent = (now_us() - g_atomic_pointer_get(&s->last_rx_us)) / 1000;
+    if (silent <= s->params.peer_timeout_ms)
+        return true;
+    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER,
+                "destination silent for %" G_GINT64_FORMAT " ms (peer timeout %u ms): it "
+                "stalled, or the network between us is down", silent, s->params.peer_timeout_ms);
+    return false;
+}
+
+static bool reap_batch(RdmigSession *s, uint32_t ci, int *count, GError **error)
+{
+    RdmigIoReq *done[32];
+    int n = s->tp->poll(s->conns[ci], done, G_N_ELEMENTS(done));
+    *count = n;
+    if (n < 0) {
+        const char *why = s->tp->conn_error(s->conns[ci]);
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER, "data connection %u failed: %s", ci,
+                    why ? why : g_strerror(-n));
+        return false;
+    }
+    uint64_t bytes = 0;
+    for (int i = 0; i < n; i++) {
+        RdmigPageReq *pr = done[i]->user;
+        if (done[i]->status < 0) {
+            const char *why = s->tp->conn_error(s->conns[ci]);
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER, "data connection %u failed: %s", ci,
+                        why ? why : g_strerror(-done[i]->status));
+            return false;
+        }
+        pr->busy = false;
+        s->inflight--;
+        bytes += pr->bytes;
+    }
+    if (n) {
+        s->round_bytes += bytes;
+        s->total_data_bytes += bytes;
+        RDMIG_STATS_UPDATE(s, s->stats.bytes_transferred += bytes);
+    }
+    return true;
+}
+
+/* Reaps until the transport has no more completions ready: a full batch may
+ * leave more behind with nothing left to wake a poll(2) for them. */
+static bool reap(RdmigSession *s, uint32_t ci, GError **error)
+{
+    int n;
+    do {
+        if (!reap_batch(s, ci, &n, error))
+            return false;
+    } while (n == 32);
+    return true;
+}
+
+static bool handle_message(RdmigSession *s, const RdmigFrame *f, GError **error)
+{
+    switch (f->hdr.type) {
+    case RDMIG_MSG_ROUND_ACK:
+        return rdmig_u64_decode(f->payload, f->hdr.length, &s->round_ack, "ROUND_ACK", error);
+    case RDMIG_MSG_COMPLETE_ACK:
+        if (!rdmig_complete_ack_decode(f->payload, f->hdr.length, &s->complete_ack, error))
+            return false;
+        s->complete_acked = true;
+        return true;
+    default:
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "unexpected %s message from the destination during migration",
+                    rdmig_msg_type_str(f->hdr.type));
+        return false;
+    }
+}
+
+/* Waits up to @timeout_ms for completions, a control message or a cancel,
+ * and handles what came. */
+static bool wait_events(RdmigSession *s, int timeout_ms, GError **error)
+{
+    struct pollfd p[RDMIG_MAX_DATA_CONNS + 2];
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < s->nconns; i++) {
+        short ev;
+        p[n].fd = s->tp->conn_fd(s->conns[i], &ev);
+        p[n++].events = ev;
+    }
+    p[n++] = (struct pollfd){ .fd = rdmig_control_fd(s->ctl), .events = POLLIN };
+    p[n++] = (struct pollfd){ .fd = s->wake_fd, .events = POLLIN };
+    if (poll(p, n, timeout_ms) < 0 && errno != EINTR) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s", g_strerror(errno));
+        return false;
+    }
+    if (rdmig_session_cancelled(s)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
+        return false;
+    }
+    for (uint32_t i = 0; i < s->nconns; i++)
+        if (p[i].revents && !reap(s, i, error))
+            return false;
+    if (p[s->nconns].revents) {
+        RdmigFrame f;
+        int r = rdmig_session_recv(s, &f, 0, error);
+        if (r < 0)
+            return false;
+        if (r > 0 && !handle_message(s, &f, error))
+            return false;
+    }
+    return check_silence(s, error);
+}
+
+/* ---------------------------------------------------------------- sending */
+
+static RdmigPageReq *free_req(RdmigSession *s, GError **error)
+{
+    for (;;) {
+        for (uint32_t i = 0; i < s->nreqs; i++) {
+            uint32_t k = (s->next_conn * RDMIG_REQS_PER_CONN + i) % s->nreqs;
+            if (!s->reqs[k].busy)
+                return &s->reqs[k];
+        }
+        if (!wait_events(s, (int)s->params.keepalive_ms, error))
+            return NULL;
+    }
+}
+
+static bool pace(RdmigSession *s, uint64_t bytes, GError **error)
+{
+    if (!s->params.max_bandwidth)
+        return true;
+    for (;;) {
+        gint64 now = now_us();
+        if (now - (gint64)s->bw_window_start_us >= 1000000) {
+            s->bw_window_start_us = now;
+            s->bw_window_bytes = 0;
+        }
+        uint64_t allowed = s->params.max_bandwidth * (uint64_t)(now - s->bw_window_start_us) /
+                           1000000 + s->params.max_bandwidth / 20;
+        if (s->bw_window_bytes + bytes <= allowed) {
+            s->bw_window_bytes += bytes;
+            return true;
+        }
+        if (!wait_events(s, 5, error))
+            return false;
+    }
+}
+
+static bool submit_run(RdmigSession *s, RdmigRamBlock *b, uint64_t first, uint64_t n,
+                       GError **error)
+{
+    uint64_t bytes = n * b->page_size;
+    if (!pace(s, bytes, error))
+        return false;
+    RdmigPageReq *pr = free_req(s, error);
+    if (!pr)
+        return false;
+    pr->io = (RdmigIoReq){ .op = RDMIG_IO_WRITE, .iovcnt = 1, .rkey = &b->rkey,
+                           .remote_offset = first * b->page_size, .user = pr };
+    pr->io.iov[0] = (struct iovec){ b->host + first * b->page_size, bytes };
+    pr->bytes = bytes;
+    for (;;) {
+        for (uint32_t k = 0; k < s->nconns; k++) {
+            uint32_t ci = (s->next_conn + k) % s->nconns;
+            int r = s->tp->submit(s->conns[ci], &pr->io);
+            if (r == -EAGAIN)
+                continue;
+            if (r < 0) {
+                const char *why = s->tp->conn_error(s->conns[ci]);
+                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER,
+                            "data connection %u: cannot post a write: %s", ci,
+                            why ? why : g_strerror(-r));
+                return false;
+            }
+            pr->busy = true;
+            pr->conn = (int)ci;
+            s->inflight++;
+            s->next_conn = (ci + 1) % s->nconns;
+            /* Let the transport start moving bytes now, not at the next wait. */
+            return reap(s, ci, error);
+        }
+        if (!wait_events(s, (int)s->params.keepalive_ms, error))
+            return false;
+    }
+}
+
+static bool flush_zero(RdmigSession *s, GByteArray **zm)
+{
+    if (!*zm)
+        return true;
+    rdmig_zero_finish(*zm);
+    GError *err = NULL;
+    bool ok = rdmig_session_send(s, RDMIG_MSG_ZERO, *zm, &err);
+    *zm = NULL;
+    if (!ok)
+        rdmig_session_take_error(s, err);
+    return ok;
+}
+
+/* Sends every page set in the blocks' dirty bitmaps, clearing them. */
+static bool send_dirty(RdmigSession *s, GError **error)
+{
+    bool verify = s->features & RDMIG_FEATURE_VERIFY;
+    bool zero_runs = s->features & RDMIG_FEATURE_ZERO_PAGES;
+    uint64_t sent = 0, zero = 0;
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        GByteArray *zm = NULL;
+        uint64_t zfirst = 0, zcount = 0;
+        uint64_t i = rdmig_bitmap_next_set(b->dirty, b->npages, 0);
+        while (i < b->npages) {
+            if (rdmig_session_cancelled(s)) {
+                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
+                if (zm)
+                    g_byte_array_unref(zm);
+                return false;
+            }
+            uint8_t *page = b->host + i * b->page_size;
+            if (zero_runs && rdmig_page_is_zero(page, b->page_size)) {
+                rdmig_bitmap_clear(b->dirty, i);
+                if (verify)
+                    b->hashes[i] = s->zero_hash;
+                if (zcount && zfirst + zcount == i) {
+                    zcount++;
+                } else {
+                    if (zcount) {
+                        if (!zm)
+                            zm = rdmig_zero_begin(bi);
+                        rdmig_zero_run_put(zm, zfirst, (uint32_t)zcount);
+                        if ((zm->len - 8) / 12 >= RDMIG_ZERO_RUNS_PER_MSG && !flush_zero(s, &zm))
+                            goto send_failed;
+                    }
+                    zfirst = i;
+                    zcount = 1;
+                }
+                zero++;
+                i = rdmig_bitmap_next_set(b->dirty, b->npages, i + 1);
+                continue;
+            }
+            uint64_t n = 0;
+            do {
+                uint8_t *pg = b->host + (i + n) * b->page_size;
+                if (n && zero_runs && rdmig_page_is_zero(pg, b->page_size))
+                    break;
+                if (verify)
+                    b->hashes[i + n] = rdmig_page_hash(pg, b->page_size);
+                rdmig_bitmap_clear(b->dirty, i + n);
+                n++;
+            } while (n < RDMIG_IO_PAGES_MAX && i + n < b->npages &&
+                     (uint64_t)n * b->page_size < RDMIG_IO_PAGES_MAX * 4096u &&
+                     rdmig_bitmap_test(b->dirty, i + n));
+            if (!submit_run(s, b, i, n, error)) {
+                if (zm)
+                    g_byte_array_unref(zm);
+                return false;
+            }
+            sent += n;
+            i = rdmig_bitmap_next_set(b->dirty, b->npages, i + n);
+            RDMIG_STATS_UPDATE(s, s->stats.remaining_bytes = s->stats.remaining_bytes >
+                                   n * b->page_size ? s->stats.remaining_bytes - n * b->page_size
+                                                    : 0);
+        }
+        if (zcount) {
+            if (!zm)
+                zm = rdmig_zero_begin(bi);
+            rdmig_zero_run_put(zm, zfirst, (uint32_t)zcount);
+        }
+        if (!flush_zero(s, &zm))
+            goto send_failed;
+    }
+    while (s->inflight)
+        if (!wait_events(s, (int)s->params.keepalive_ms, error))
+            return false;
+    RDMIG_STATS_UPDATE(s, {
+        s->stats.pages_sent += sent;
+        s->stats.pages_zero += zero;
+    });
+    return true;
+
+send_failed:
+    g_mutex_lock(&s->lock);
+    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER, "%s", s->error ? s->error->message : "");
+    g_mutex_unlock(&s->lock);
+    return false;
+}
+
+/* Ends a round: every write has completed; the destination applies all
+ * earlier control messages (zero runs) before it acknowledges, so the next
+ * round's writes cannot overtake them. */
+static bool end_round(RdmigSession *s, uint64_t round, GError **error)
+{
+    if (!rdmig_session_send(s, RDMIG_MSG_ROUND_END, rdmig_u64_encode(round), error))
+        return false;
+    while (s->round_ack < round)
+        if (!wait_events(s, (int)s->params.keepalive_ms, error))
+            return false;
+    if (s->round_ack != round) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "destination acknowledged round %" G_GUINT64_FORMAT " during round %"
+                    G_GUINT64_FORMAT, s->round_ack, round);
+        return false;
+    }
+    return true;
+}
+
+/* ---------------------------------------------------------------- phases */
+
+static bool setup_memory(RdmigSession *s, GError **error)
+{
+    bool verify = s->features & RDMIG_FEATURE_VERIFY;
+    g_autofree uint8_t *zero = g_malloc0(65536);
+    uint64_t untouched = 0, total = 0, pending = 0;
+    for (guint i = 0; i < s->blocks->len; i++) {
+        RdmigRamBlock *b = s->blocks->pdata[i];
+        b->dirty = rdmig_bitmap_new(b->npages);
+        if (verify) {
+            s->zero_hash = rdmig_page_hash(zero, MIN(b->page_size, 65536u));
+            b->hashes = g_new(uint64_t, b->npages);
+            for (uint64_t p = 0; p < b->npages; p++)
+                b->hashes[p] = s->zero_hash;
+        }
+    }
+    /* Arm the dirty log before reading anything: a write during round 1 must
+     * land in round 2's set. */
+    if (!dirty_start(s, error))
+        return false;
+    for (guint i = 0; i < s->blocks->len; i++) {
+        RdmigRamBlock *b = s->blocks->pdata[i];
+        if (!rdmig_ram_resident(b->host, b->length, b->page_size, b->dirty, error))
+            return false;
+        uint64_t touched = rdmig_bitmap_count(b->dirty, b->npages);
+        untouched += b->npages - touched;
+        total += b->npages;
+        pending += touched * b->page_size;
+    }
+    s->nreqs = s->nconns * RDMIG_REQS_PER_CONN;
+    s->reqs = g_new0(RdmigPageReq, s->nreqs);
+    RDMIG_STATS_UPDATE(s, {
+        s->stats.pages_total = total;
+        s->stats.pages_untouched = untouched;
+        s->stats.remaining_bytes = pending;
+    });
+    return true;
+}
+
+static bool send_hashes(RdmigSession *s, GError **error)
+{
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        for (uint64_t first = 0; first < b->npages; first += RDMIG_HASHES_PER_MSG) {
+            uint32_t n = (uint32_t)MIN((uint64_t)RDMIG_HASHES_PER_MSG, b->npages - first);
+            if (!rdmig_session_send(s, RDMIG_MSG_HASHES,
+                                    rdmig_hashes_encode(bi, first, b->hashes + first, n), error))
+                return false;
+        }
+    }
+    return true;
+}
+
+static bool stop_and_copy(RdmigSession *s, uint64_t round, GError **error)
+{
+    if (!rdmig_session_set_state(s, RDMIG_STATE_ACTIVE, RDMIG_STATE_DEVICE)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
+        return false;
+    }
+    s->t_stop = now_us();
+    if (s->guest.stop && !s->guest.stop(s->guest_opaque, error)) {
+        g_prefix_error(error, "stopping the guest: ");
+        return false;
+    }
+    s->guest_stopped = true;
+    uint64_t pending;
+    if (!dirty_sync(s, &pending, error))
+        return false;
+    RDMIG_STATS_UPDATE(s, {
+        s->stats.rounds = round;
+        s->stats.remaining_bytes = pending;
+    });
+    if (!send_dirty(s, error) || !end_round(s, round, error))
+        return false;
+    GByteArray *dev = g_byte_array_new();
+    if (s->guest.save_device_state &&
+        !s->guest.save_device_state(s->guest_opaque, dev, error)) {
+        g_byte_array_unref(dev);
+        g_prefix_error(error, "saving device state: ");
+        return false;
+    }
+    if (dev->len > RDMIG_CONTROL_MAX_PAYLOAD) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
+                    "device state of %u bytes exceeds the %u-byte message limit", dev->len,
+                    RDMIG_CONTROL_MAX_PAYLOAD);
+        g_byte_array_unref(dev);
+        return false;
+    }
+    if (!rdmig_session_send(s, RDMIG_MSG_DEVICE_STATE, dev, error))
+        return false;
+    if ((s->features & RDMIG_FEATURE_VERIFY) && !send_hashes(s, error))
+        return false;
+    if (!rdmig_session_send(s, RDMIG_MSG_COMPLETE, rdmig_u64_encode(s->stats.pages_total), error))
+        return false;
+    while (!s->complete_acked)
+        if (!wait_events(s, (int)s->params.keepalive_ms, error))
+            return false;
+    RdmigCompleteAck *a = &s->complete_ack;
+    RDMIG_STATS_UPDATE(s, {
+        s->stats.downtime_ms = (uint64_t)(now_us() - s->t_stop) / 1000;
+        s->stats.verify_time_ms = a->verify_us / 1000;
+        s->stats.pages_verified = a->pages_verified;
+        s->stats.verify_mismatches = a->mismatches;
+        s->stats.remaining_bytes = 0;
+    });
+    if (a->status) {
+        g_set_error(error, RDMIG_ERROR, (int)a->status, "destination did not complete: %s",
+                    a->message);
+        return false;
+    }
+    return true;
+}
+
+static bool precopy(RdmigSession *s, GError **error)
+{
+    uint64_t bandwidth = 0;
+    for (uint64_t round = 1;; round++) {
+        gint64 t0 = now_us();
+        s->round_bytes = 0;
+        RDMIG_STATS_UPDATE(s, s->stats.rounds = round);
+        if (!send_dirty(s, error) || !end_round(s, round, error))
+            return false;
+        gint64 t1 = now_us();
+        if (s->round_bytes >= BW_MIN_SAMPLE || !bandwidth)
+            bandwidth = (uint64_t)((double)s->round_bytes * 1e6 / (double)MAX(t1 - t0, 1));
+        uint64_t pending;
+        if (!dirty_sync(s, &pending, error))
+            return false;
+        gint64 t2 = now_us();
+        uint64_t page = ((RdmigRamBlock *)s->blocks->pdata[0])->page_size;
+        uint64_t limit_bytes = bandwidth * s->params.downtime_limit_ms / 1000;
+        uint64_t expected_ms = bandwidth ? pending * 1000 / bandwidth : G_MAXUINT32;
+        RDMIG_STATS_UPDATE(s, {
+            s->stats.bandwidth = bandwidth;
+            s->stats.expected_downtime_ms = expected_ms;
+            s->stats.remaining_bytes = pending;
+            s->stats.dirty_pages_rate = (uint64_t)((double)pending / page * 1e6 /
+                                                   (double)MAX(t2 - t0, 1));
+            s->stats.throughput = (uint64_t)((double)s->total_data_bytes * 1e6 /
+                                             (double)MAX(t2 - s->t_active, 1));
+        });
+        g_debug("round %" G_GUINT64_FORMAT ": %" G_GUINT64_FORMAT " bytes in %" G_GINT64_FORMAT
+                " us, pending %" G_GUINT64_FORMAT ", bandwidth %" G_GUINT64_FORMAT " B/s",
+                round, s->round_bytes, t1 - t0, pending, bandwidth);
+        if (pending <= limit_bytes)
+            return stop_and_copy(s, round + 1, error);
+        gint64 elapsed_ms = (t2 - s->t_active) / 1000;
+        bool out_of_rounds = round >= s->params.max_rounds;
+        bool out_of_time = s->params.max_precopy_ms && elapsed_ms >= s->params.max_precopy_ms;
+        if (out_of_rounds || out_of_time) {
+            if (s->params.on_no_converge == RDMIG_NO_CONVERGE_SWITCHOVER) {
+                RDMIG_STATS_UPDATE(s, s->stats.forced_switchover = true);
+                g_message("precopy did not converge (%s); switching over anyway, expected "
+                          "downtime %" G_GUINT64_FORMAT " ms", out_of_rounds ? "round limit"
+                          : "time limit", expected_ms);
+                return stop_and_copy(s, round + 1, error);
+            }
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CONVERGE,
+                        "precopy did not converge after %" G_GUINT64_FORMAT " rounds and %"
+                        G_GINT64_FORMAT " ms: %" G_GUINT64_FORMAT " MiB still dirty, bandwidth %"
+                        G_GUINT64_FORMAT " MiB/s, expected downtime %" G_GUINT64_FORMAT
+                        " ms > limit %u ms (raise the downtime limit or bandwidth, or allow a "
+                        "forced switchover)", round, elapsed_ms, pending >> 20, bandwidth >> 20,
+                        expected_ms, s->params.downtime_limit_ms);
+            return false;
+        }
+    }
+}
+
+static void teardown(RdmigSession *s)
+{
+    rdmig_session_stop_keepalive(s);
+    for (uint32_t i = 0; i < s->nconns; i++) {
+        if (!s->conns[i])
+            continue;
+        s->tp->disconnect(s->conns[i]);
+        RdmigIoReq *done[32];
+        while (s->tp->poll(s->conns[i], done, G_N_ELEMENTS(done)) > 0)
+            ;
+        s->tp->conn_close(s->conns[i]);
+        s->conns[i] = NULL;
+    }
+    for (guint i = 0; i < s->blocks->len; i++) {
+        RdmigRamBlock *b = s->blocks->pdata[i];
+        if (b->region)
+            s->tp->deregister_region(b->region);
+        b->region = NULL;
+    }
+    if (s->transport)
+        s->tp->destroy(s->transport);
+    s->transport = NULL;
+    dirty_stop(s);
+    g_clear_pointer(&s->reqs, g_free);
+    if (s->ctl) {
+        rdmig_control_shutdown(s->ctl);
+        RDMIG_STATS_UPDATE(s, s->stats.bytes_transferred =
+                                  s->total_data_bytes + rdmig_control_bytes(s->ctl));
+        rdmig_control_free(s->ctl);
+        s->ctl = NULL;
+    }
+}
+
+gpointer rdmig_source_thread(gpointer data)
+{
+    RdmigSession *s = data;
+    GError *err = NULL;
+    bool ok = handshake(s, &err) && setup_memory(s, &err);
+    if (ok) {
+        s->t_active = now_us();
+        RDMIG_STATS_UPDATE(s, s->stats.setup_time_ms = (uint64_t)(s->t_active - s->t_start) / 1000);
+        ok = rdmig_session_set_state(s, RDMIG_STATE_SETUP, RDMIG_STATE_ACTIVE);
+        if (!ok)
+            g_set_error(&err, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
+    }
+    if (ok)
+        ok = precopy(s, &err);
+    if (ok) {
+        rdmig_session_set_state(s, RDMIG_STATE_DEVICE, RDMIG_STATE_COMPLETED);
+    } else {
+        /* The guest runs on here, its memory untouched by the migration. */
+        if (s->guest_stopped && s->guest.resume)
+            s->guest.resume(s->guest_opaque);
+        s->guest_stopped = false;
+        bool cancelled = g_error_matches(err, RDMIG_ERROR, RDMIG_ERROR_CANCELLED);
+        rdmig_session_send_error(s, err);
+        RdmigState st = rdmig_session_state(s);
+        if (cancelled && rdmig_session_set_state(s, st, RDMIG_STATE_CANCELLING))
+            rdmig_session_set_state(s, RDMIG_STATE_CANCELLING, RDMIG_STATE_CANCELLED);
+        else
+            rdmig_session_set_state(s, st, RDMIG_STATE_FAILED);
+        rdmig_session_take_error(s, err);
+    }
+    teardown(s);
+    RDMIG_STATS_UPDATE(s, {
+        s->stats.total_time_ms = (uint64_t)(now_us() - s->t_start) / 1000;
+        if (s->total_data_bytes && s->t_active)
+            s->stats.throughput = (uint64_t)((double)s->total_data_bytes * 1e6 /
+                                             (double)MAX(now_us() - s->t_active, 1));
+    });
+    return NULL;
+}

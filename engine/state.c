@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: MIT */
+#define G_LOG_DOMAIN "rdmig-engine"
+
+#include "state.h"
+
+static const char *const state_names[RDMIG_STATE__COUNT] = {
+    [RDMIG_STATE_NONE] = "none",
+    [RDMIG_STATE_SETUP] = "setup",
+    [RDMIG_STATE_CANCELLING] = "cancelling",
+    [RDMIG_STATE_CANCELLED] = "cancelled",
+    [RDMIG_STATE_ACTIVE] = "active",
+    [RDMIG_STATE_DEVICE] = "device",
+    [RDMIG_STATE_COMPLETED] = "completed",
+    [RDMIG_STATE_FAILED] = "failed",
+};
+
+const char *rdmig_state_str(RdmigState state)
+{
+    return (unsigned)state < RDMIG_STATE__COUNT ? state_names[state] : "invalid";
+}
+
+#define T(from, to) [RDMIG_STATE_##from][RDMIG_STATE_##to] = true
+
+/* Both roles share the table: the destination simply never takes the
+ * source-only edges (it has no guest to stop, so no DEVICE on its side
+ * before the source's COMPLETE arrives). */
+static const bool allowed[RDMIG_STATE__COUNT][RDMIG_STATE__COUNT] = {
+    T(NONE, SETUP),
+    T(SETUP, ACTIVE),      T(SETUP, FAILED),      T(SETUP, CANCELLING),
+    T(ACTIVE, DEVICE),     T(ACTIVE, FAILED),     T(ACTIVE, CANCELLING),
+    T(DEVICE, COMPLETED),  T(DEVICE, FAILED),     T(DEVICE, CANCELLING),
+    T(CANCELLING, CANCELLED), T(CANCELLING, FAILED),
+};
+
+bool rdmig_state_transition_allowed(RdmigState from, RdmigState to)
+{
+    if ((unsigned)from >= RDMIG_STATE__COUNT || (unsigned)to >= RDMIG_STATE__COUNT)
+        return false;
+    return allowed[from][to];
+}
+
+bool rdmig_state_is_final(RdmigState s)
+{
+    return s == RDMIG_STATE_COMPLETED || s == RDMIG_STATE_FAILED || s == RDMIG_STATE_CANCELLED;
+}

@@ -1,0 +1,220 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * rdmig: live migration of guest memory over RDMA, with TCP as the fallback.
+ *
+ * A hypervisor drives one RdmigSession per migration and per side:
+ *
+ *   source                                   destination
+ *   ------                                   -----------
+ *   s = rdmig_session_new(SOURCE, &params)   d = rdmig_session_new(DESTINATION, &params)
+ *   rdmig_session_add_ram_block(s, ...)      rdmig_session_add_ram_block(d, ...)  same layout
+ *   rdmig_session_set_guest_ops(s, ...)      rdmig_session_set_guest_ops(d, ...)
+ *                                            rdmig_session_start(d, "0.0.0.0:4444")
+ *   rdmig_session_start(s, "dst:4444")
+ *   ... rdmig_session_get_stats() from any thread, rdmig_session_cancel() to stop ...
+ *   rdmig_session_wait(s)                    rdmig_session_wait(d)
+ *
+ * start() returns at once; the migration runs on threads of the session.  The
+ * callbacks in RdmigGuestOps and RdmigDirtyOps are called on those threads.
+ */
+#ifndef RDMIG_H
+#define RDMIG_H
+
+#include <glib.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <rdmig/error.h>
+
+G_BEGIN_DECLS
+
+#define RDMIG_VERSION_STRING "0.1.0"
+
+typedef struct RdmigSession RdmigSession;
+
+typedef enum {
+    RDMIG_ROLE_SOURCE,      /* has the running guest, sends its memory */
+    RDMIG_ROLE_DESTINATION, /* receives memory, then runs the guest */
+} RdmigRole;
+
+/* Migration states, named and meant as QEMU's MigrationStatus. */
+typedef enum {
+    RDMIG_STATE_NONE,       /* created, not started */
+    RDMIG_STATE_SETUP,      /* connecting, handshake, registering memory */
+    RDMIG_STATE_CANCELLING, /* cancel requested, tearing down */
+    RDMIG_STATE_CANCELLED,  /* cancelled; the source guest runs on */
+    RDMIG_STATE_ACTIVE,     /* precopy rounds while the guest runs */
+    RDMIG_STATE_DEVICE,     /* guest stopped: last round and device state */
+    RDMIG_STATE_COMPLETED,  /* destination has everything and runs the guest */
+    RDMIG_STATE_FAILED,     /* failed; the source guest runs on */
+    RDMIG_STATE__COUNT
+} RdmigState;
+
+/** rdmig_state_str: QEMU's name of @state ("active", "device", ...). */
+const char *rdmig_state_str(RdmigState state);
+
+/* What precopy does when it cannot meet the downtime limit within its limits. */
+typedef enum {
+    RDMIG_NO_CONVERGE_FAIL,       /* fail; the guest keeps running on the source */
+    RDMIG_NO_CONVERGE_SWITCHOVER, /* stop the guest anyway and exceed the limit */
+} RdmigNoConvergePolicy;
+
+/* Which built-in dirty tracker to use when the caller gives no RdmigDirtyOps. */
+typedef enum {
+    RDMIG_DIRTY_AUTO,       /* userfaultfd write-protect if the kernel has it, else soft-dirty */
+    RDMIG_DIRTY_UFFD_WP,    /* userfaultfd async write-protect + PAGEMAP_SCAN (Linux >= 6.7) */
+    RDMIG_DIRTY_SOFT_DIRTY, /* /proc/self/clear_refs + pagemap soft-dirty bit */
+} RdmigDirtyMethod;
+
+const char *rdmig_dirty_method_str(RdmigDirtyMethod method);
+
+/* Tunables. Initialise with rdmig_params_init(), then change what you need. */
+typedef struct {
+    uint32_t downtime_limit_ms;   /* switchover when pending <= bandwidth x this; default 300 */
+    uint64_t max_bandwidth;       /* bytes/s the source may send, 0 = unlimited (default) */
+    uint32_t max_rounds;          /* precopy rounds before giving up; default 30 */
+    uint32_t max_precopy_ms;      /* precopy time before giving up, 0 = no limit (default) */
+    RdmigNoConvergePolicy on_no_converge; /* default RDMIG_NO_CONVERGE_FAIL */
+    bool verify;                  /* per-page hash check at completion; default true */
+    uint32_t data_connections;    /* parallel data connections (like multifd); default 1 */
+    char transport[16];           /* "auto" (default), "tcp" or "rdma" */
+    RdmigDirtyMethod dirty_method;/* built-in tracker choice; default AUTO */
+    uint32_t keepalive_ms;        /* control-channel keepalive period; default 1000 */
+    uint32_t peer_timeout_ms;     /* silence after which the peer counts as gone; default 10000 */
+    uint32_t connect_timeout_ms;  /* default 10000 */
+} RdmigParams;
+
+/** rdmig_params_init: fills @params with the defaults above. */
+void rdmig_params_init(RdmigParams *params);
+
+/*
+ * Guest hooks.  All optional; a missing hook does nothing.  Called on the
+ * session's migration thread.
+ */
+typedef struct {
+    /** Source: stop the guest's CPUs.  Must return only when no CPU writes
+     *  guest RAM any more. */
+    bool (*stop)(void *opaque, GError **error);
+    /** Source after a failed or cancelled switchover, destination after
+     *  completion: let the guest's CPUs run. */
+    void (*resume)(void *opaque);
+    /** Source, guest stopped: append the device state (opaque blob) to @out. */
+    bool (*save_device_state)(void *opaque, GByteArray *out, GError **error);
+    /** Destination, before resume: load the blob saved by the source. */
+    bool (*load_device_state)(void *opaque, const uint8_t *data, size_t len, GError **error);
+} RdmigGuestOps;
+
+/*
+ * Caller-provided dirty tracking, for memory rdmig cannot watch itself (a
+ * hypervisor passes on what KVM's dirty log says).  If not set, the source
+ * uses the built-in tracker (RdmigParams.dirty_method).
+ */
+typedef struct {
+    /** Start logging writes to every RAM block. */
+    bool (*start)(void *opaque, GError **error);
+    /** OR into @bitmap (one bit per page of block @block, LSB first in each
+     *  64-bit word) every page written since the last sync or start, and
+     *  reset the log for those pages. */
+    bool (*sync)(void *opaque, unsigned block, uint64_t *bitmap, uint64_t npages,
+                 GError **error);
+    /** Stop logging. */
+    void (*stop)(void *opaque);
+} RdmigDirtyOps;
+
+/** Called on every state change, on the thread that made it. */
+typedef void (*RdmigStateFunc)(void *opaque, RdmigState old_state, RdmigState new_state);
+
+/* A snapshot of a session, like QEMU's query-migrate. Times in ms. */
+typedef struct {
+    RdmigState state;
+    char transport[16];           /* data transport in use, "" before setup ends */
+    uint32_t data_connections;
+    uint64_t total_time_ms;       /* start -> now, or -> end */
+    uint64_t setup_time_ms;       /* start -> first round */
+    uint64_t downtime_ms;         /* guest stopped on the source -> running on the destination */
+    uint64_t expected_downtime_ms;/* pending bytes / bandwidth, last decision */
+    uint64_t verify_time_ms;      /* part of downtime spent hashing (destination) */
+    uint64_t rounds;              /* precopy rounds begun */
+    uint64_t dirty_sync_count;
+    uint64_t dirty_pages_rate;    /* pages dirtied per second, last round */
+    uint64_t bytes_transferred;   /* data-plane bytes completed, plus control */
+    uint64_t bandwidth;           /* bytes/s measured over the last round */
+    uint64_t throughput;          /* bytes/s over the whole migration so far */
+    uint64_t pages_total;
+    uint64_t pages_sent;          /* pages sent with contents (all rounds) */
+    uint64_t pages_zero;          /* pages sent as zero markers (all rounds) */
+    uint64_t pages_untouched;     /* never-touched pages skipped in the first round */
+    uint64_t remaining_bytes;     /* dirty bytes not yet sent */
+    uint64_t pages_verified;      /* destination: pages whose hash matched */
+    uint64_t verify_mismatches;   /* destination: pages whose hash did not match */
+    bool forced_switchover;       /* switched over beyond the downtime limit */
+    char dirty_method[16];        /* tracker in use on the source */
+    char error[512];              /* why it failed, "" otherwise */
+} RdmigStats;
+
+/** rdmig_session_new: a session for @role, with @params (NULL: defaults). */
+RdmigSession *rdmig_session_new(RdmigRole role, const RdmigParams *params, GError **error);
+
+/** rdmig_session_free: waits for the session's threads (cancelling them if
+ *  still running) and frees it. The caller's RAM is left alone. */
+void rdmig_session_free(RdmigSession *s);
+
+/** rdmig_session_add_ram_block: declares one RAM block, before start().
+ *  @name unique and at most 255 bytes, @host page-aligned, @length a
+ *  multiple of @page_size (a power of two, 4 KiB or more).  Source and
+ *  destination must declare the same blocks in the same order. */
+bool rdmig_session_add_ram_block(RdmigSession *s, const char *name, void *host,
+                                 uint64_t length, uint32_t page_size, GError **error);
+
+void rdmig_session_set_guest_ops(RdmigSession *s, const RdmigGuestOps *ops, void *opaque);
+void rdmig_session_set_dirty_ops(RdmigSession *s, const RdmigDirtyOps *ops, void *opaque);
+void rdmig_session_set_state_func(RdmigSession *s, RdmigStateFunc func, void *opaque);
+
+/** rdmig_session_start: source: connect to @address ("host:port") and migrate;
+ *  destination: listen on @address (port 0 picks one) and receive.  Returns
+ *  once connected (source) or listening (destination); the rest runs on the
+ *  session's thread. */
+bool rdmig_session_start(RdmigSession *s, const char *address, GError **error);
+
+/** rdmig_session_listen_address: destination: the bound "host:port". */
+const char *rdmig_session_listen_address(RdmigSession *s);
+
+/** rdmig_session_wait: waits for the end. True if completed; otherwise
+ *  @error says why (RDMIG_ERROR_CANCELLED after a cancel). */
+bool rdmig_session_wait(RdmigSession *s, GError **error);
+
+/** rdmig_session_cancel: asks the session to stop. Any thread, any time; the
+ *  source guest keeps (or resumes) running with its memory intact. */
+void rdmig_session_cancel(RdmigSession *s);
+
+/** rdmig_session_get_stats: a consistent snapshot. Any thread. */
+void rdmig_session_get_stats(RdmigSession *s, RdmigStats *out);
+
+/*
+ * The built-in dirty tracker, usable on its own: it watches writes to memory
+ * of this process.
+ */
+typedef struct RdmigDirtyTracker RdmigDirtyTracker;
+
+/** rdmig_dirty_tracker_new: a tracker using @method (AUTO picks the best the
+ *  kernel supports). Fails with RDMIG_ERROR_UNSUPPORTED naming what is missing. */
+RdmigDirtyTracker *rdmig_dirty_tracker_new(RdmigDirtyMethod method, GError **error);
+/** Adds a range to watch (page-aligned), before start(). Returns its index. */
+bool rdmig_dirty_tracker_add(RdmigDirtyTracker *t, void *addr, uint64_t length,
+                             uint32_t page_size, unsigned *index, GError **error);
+/** Starts watching: writes from now on are recorded. */
+bool rdmig_dirty_tracker_start(RdmigDirtyTracker *t, GError **error);
+/** ORs into @bitmap the pages of range @index written since start() or the
+ *  previous sync(), and starts watching them again. */
+bool rdmig_dirty_tracker_sync(RdmigDirtyTracker *t, unsigned index, uint64_t *bitmap,
+                              GError **error);
+RdmigDirtyMethod rdmig_dirty_tracker_method(RdmigDirtyTracker *t);
+/** Stops watching and frees @t. The memory is left writable. */
+void rdmig_dirty_tracker_free(RdmigDirtyTracker *t);
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(RdmigSession, rdmig_session_free)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(RdmigDirtyTracker, rdmig_dirty_tracker_free)
+
+G_END_DECLS
+
+#endif

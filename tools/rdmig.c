@@ -1,0 +1,667 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * rdmig: the command.
+ *
+ *   rdmig recv --listen ADDR [options]   destination: wait for a source, receive, run the guest
+ *   rdmig send --to ADDR [options]       source: start a synthetic guest and migrate it
+ *   rdmig demo [options]                 both, as two local processes over loopback
+ *
+ * Exit status: 0 completed, 1 failed, 2 bad usage, 3 cancelled.
+ */
+#define G_LOG_DOMAIN "rdmig"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "rdmig/rdmig.h"
+#include "synthetic-guest.h"
+
+#define EXIT_FAILED 1
+#define EXIT_USAGE 2
+#define EXIT_CANCELLED 3
+
+typedef struct {
+    /* guest */
+    char *ram_size_str;
+    char *pattern_str;
+    double dirty_rate;
+    int vcpus;
+    int blocks;
+    gint64 seed;
+    /* migration */
+    int downtime_ms;
+    double max_bandwidth_mib;
+    int max_rounds;
+    int max_time_ms;
+    char *on_no_converge;
+    int connections;
+    char *transport;
+    char *dirty_method;
+    gboolean no_verify;
+    int keepalive_ms;
+    int peer_timeout_ms;
+    int connect_timeout_ms;
+    /* command */
+    char *address;
+    gboolean json;
+    gboolean quiet;
+    gboolean print_address;
+    int run_after_ms;
+    int cancel_after_ms;
+    int stop_after_failure_ms;
+} Options;
+
+static Options opt = {
+    .pattern_str = NULL, .vcpus = 2, .blocks = 1, .seed = 1, .downtime_ms = 300,
+    .max_rounds = 30, .connections = 1, .keepalive_ms = 1000, .peer_timeout_ms = 10000,
+    .connect_timeout_ms = 10000, .run_after_ms = 300, .stop_after_failure_ms = 200,
+};
+
+static RdmigSession *volatile current_session;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    if (current_session)
+        rdmig_session_cancel(current_session); /* an atomic store and a write(2) */
+}
+
+static void install_signals(void)
+{
+    struct sigaction sa = { .sa_handler = on_signal };
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+/* "256M", "1G", "4096", "64K": bytes, or 0 with @error set. */
+static uint64_t parse_size(const char *s, const char *what, GError **error)
+{
+    char *end = NULL;
+    errno = 0;
+    double v = g_ascii_strtod(s ? s : "", &end);
+    uint64_t mul = 1;
+    if (end && *end) {
+        switch (g_ascii_toupper(*end)) {
+        case 'K': mul = 1ull << 10; break;
+        case 'M': mul = 1ull << 20; break;
+        case 'G': mul = 1ull << 30; break;
+        case 'T': mul = 1ull << 40; break;
+        default: mul = 0;
+        }
+        if (mul && end[1] && g_ascii_strcasecmp(end + 1, "iB") && g_ascii_strcasecmp(end + 1, "B"))
+            mul = 0;
+    }
+    if (!s || !*s || errno || end == s || !mul || v <= 0 || v * (double)mul > 1e15) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "invalid %s '%s': expected a positive size like 256M or 1G", what,
+                    s ? s : "");
+        return 0;
+    }
+    return (uint64_t)(v * (double)mul);
+}
+
+static bool build_params(RdmigParams *p, GError **error)
+{
+    rdmig_params_init(p);
+    if (opt.downtime_ms <= 0 || opt.max_rounds <= 0 || opt.connections <= 0 ||
+        opt.keepalive_ms <= 0 || opt.peer_timeout_ms <= 0 || opt.connect_timeout_ms <= 0 ||
+        opt.max_time_ms < 0 || opt.max_bandwidth_mib < 0) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "--downtime-ms, --max-rounds, --connections and the timeouts must be "
+                    "positive; --max-time-ms and --max-bandwidth not negative");
+        return false;
+    }
+    p->downtime_limit_ms = (uint32_t)opt.downtime_ms;
+    p->max_bandwidth = (uint64_t)(opt.max_bandwidth_mib * 1048576.0);
+    p->max_rounds = (uint32_t)opt.max_rounds;
+    p->max_precopy_ms = (uint32_t)opt.max_time_ms;
+    p->data_connections = (uint32_t)opt.connections;
+    p->verify = !opt.no_verify;
+    p->keepalive_ms = (uint32_t)opt.keepalive_ms;
+    p->peer_timeout_ms = (uint32_t)opt.peer_timeout_ms;
+    p->connect_timeout_ms = (uint32_t)opt.connect_timeout_ms;
+    if (opt.on_no_converge) {
+        if (!strcmp(opt.on_no_converge, "fail"))
+            p->on_no_converge = RDMIG_NO_CONVERGE_FAIL;
+        else if (!strcmp(opt.on_no_converge, "switchover"))
+            p->on_no_converge = RDMIG_NO_CONVERGE_SWITCHOVER;
+        else {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                        "--on-no-converge must be 'fail' or 'switchover', not '%s'",
+                        opt.on_no_converge);
+            return false;
+        }
+    }
+    if (opt.transport)
+        g_strlcpy(p->transport, opt.transport, sizeof(p->transport));
+    if (opt.dirty_method) {
+        if (!strcmp(opt.dirty_method, "auto"))
+            p->dirty_method = RDMIG_DIRTY_AUTO;
+        else if (!strcmp(opt.dirty_method, "uffd-wp"))
+            p->dirty_method = RDMIG_DIRTY_UFFD_WP;
+        else if (!strcmp(opt.dirty_method, "soft-dirty"))
+            p->dirty_method = RDMIG_DIRTY_SOFT_DIRTY;
+        else {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                        "--dirty-method must be auto, uffd-wp or soft-dirty");
+            return false;
+        }
+    }
+    return true;
+}
+
+static SyntheticGuest *build_guest(GError **error)
+{
+    SgConfig cfg;
+    sg_config_init(&cfg);
+    cfg.ram_size = parse_size(opt.ram_size_str ? opt.ram_size_str : "256M", "--ram-size", error);
+    if (!cfg.ram_size)
+        return NULL;
+    if (opt.blocks < 1 || opt.blocks > 64 || cfg.ram_size % ((uint64_t)opt.blocks * 4096)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "--blocks must be 1..64 and divide --ram-size into whole pages");
+        return NULL;
+    }
+    cfg.dirty_rate_mib = opt.dirty_rate;
+    cfg.vcpus = (uint32_t)MAX(opt.vcpus, 0);
+    cfg.seed = (uint64_t)opt.seed;
+    if (opt.pattern_str) {
+        if (!strcmp(opt.pattern_str, "uniform"))
+            cfg.pattern = SG_PATTERN_UNIFORM;
+        else if (!strcmp(opt.pattern_str, "hot") || !strcmp(opt.pattern_str, "hotset"))
+            cfg.pattern = SG_PATTERN_HOTSET;
+        else {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                        "--pattern must be 'uniform' or 'hot', not '%s'", opt.pattern_str);
+            return NULL;
+        }
+    }
+    GError *sgerr = NULL;
+    SyntheticGuest *g = sg_new(&cfg, &sgerr);
+    if (!g) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID, "%s", sgerr->message);
+        g_error_free(sgerr);
+    }
+    return g;
+}
+
+static bool add_blocks(RdmigSession *s, SyntheticGuest *g, GError **error)
+{
+    uint64_t per = sg_ram_size(g) / (uint64_t)opt.blocks;
+    for (int i = 0; i < opt.blocks; i++) {
+        g_autofree char *name = opt.blocks == 1 ? g_strdup("pc.ram") : g_strdup_printf("ram%d", i);
+        if (!rdmig_session_add_ram_block(s, name, (uint8_t *)sg_ram(g) + per * (uint64_t)i, per,
+                                         sg_page_size(g), error))
+            return false;
+    }
+    return true;
+}
+
+/* ------------------------------------------------------------------ guest glue */
+
+static bool guest_stop(void *opaque, GError **error)
+{
+    (void)error;
+    sg_pause(opaque);
+    return true;
+}
+static void guest_resume(void *opaque) { sg_resume(opaque); }
+static bool guest_save(void *opaque, GByteArray *out, GError **error)
+{
+    (void)error;
+    sg_save_device_state(opaque, out);
+    return true;
+}
+static bool guest_load(void *opaque, const uint8_t *data, size_t len, GError **error)
+{
+    GError *e = NULL;
+    if (sg_load_device_state(opaque, data, len, &e))
+        return true;
+    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL, "%s", e->message);
+    g_error_free(e);
+    return false;
+}
+static const RdmigGuestOps guest_ops = {
+    .stop = guest_stop, .resume = guest_resume,
+    .save_device_state = guest_save, .load_device_state = guest_load,
+};
+
+/* ------------------------------------------------------------------ output */
+
+static char *human_bytes(double b)
+{
+    const char *u[] = { "B", "KiB", "MiB", "GiB", "TiB" };
+    int i = 0;
+    while (b >= 1024 && i < 4) {
+        b /= 1024;
+        i++;
+    }
+    return g_strdup_printf(i ? "%.1f %s" : "%.0f %s", b, u[i]);
+}
+
+static void progress_loop(RdmigSession *s)
+{
+    bool tty = isatty(STDERR_FILENO);
+    uint64_t last_round = 0;
+    RdmigState last_state = RDMIG_STATE_NONE;
+    for (;;) {
+        RdmigStats st;
+        rdmig_session_get_stats(s, &st);
+        bool final = st.state == RDMIG_STATE_COMPLETED || st.state == RDMIG_STATE_FAILED ||
+                     st.state == RDMIG_STATE_CANCELLED;
+        if (!opt.quiet && (tty || st.rounds != last_round || st.state != last_state)) {
+            g_autofree char *rem = human_bytes((double)st.remaining_bytes);
+            g_autofree char *bw = human_bytes((double)st.bandwidth);
+            g_autofree char *tot = human_bytes((double)st.bytes_transferred);
+            fprintf(stderr, "%s%-10s round %-3" G_GUINT64_FORMAT " remaining %-10s "
+                    "sent %-10s bandwidth %s/s  expected downtime %" G_GUINT64_FORMAT " ms%s",
+                    tty ? "\r" : "", rdmig_state_str(st.state), st.rounds, rem, tot, bw,
+                    st.expected_downtime_ms > 1000000 ? 0 : st.expected_downtime_ms,
+                    tty ? "   " : "\n");
+            last_round = st.rounds;
+            last_state = st.state;
+        }
+        if (final)
+            break;
+        g_usleep(200000);
+    }
+    if (!opt.quiet && tty)
+        fputc('\n', stderr);
+}
+
+static void json_str(GString *o, const char *s)
+{
+    g_string_append_c(o, '"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            g_string_append_printf(o, "\\%c", c);
+        else if (c < 0x20)
+            g_string_append_printf(o, "\\u%04x", c);
+        else
+            g_string_append_c(o, (char)c);
+    }
+    g_string_append_c(o, '"');
+}
+
+typedef struct {
+    const char *role;
+    RdmigStats st;
+    bool ok;
+    const GError *error;
+    SgStats guest;
+    bool guest_checked;
+    bool guest_ok;
+    bool guest_running;
+    double cpu_user, cpu_sys;
+    const char *address;
+} Report;
+
+static char *report_json(const Report *r)
+{
+    GString *o = g_string_new("{");
+    const RdmigStats *s = &r->st;
+    g_string_append_printf(o, "\"role\":\"%s\",\"result\":\"%s\",", r->role,
+                           rdmig_state_str(s->state));
+    g_string_append(o, "\"error\":");
+    json_str(o, r->error ? r->error->message : "");
+    g_string_append(o, ",\"error_code\":");
+    json_str(o, r->error && r->error->domain == RDMIG_ERROR
+                    ? rdmig_error_code_str((RdmigErrorCode)r->error->code) : "");
+    g_string_append(o, ",\"transport\":");
+    json_str(o, s->transport);
+    g_string_append(o, ",\"dirty_method\":");
+    json_str(o, s->dirty_method);
+    g_string_append_printf(o,
+        ",\"data_connections\":%u,\"total_time_ms\":%" G_GUINT64_FORMAT
+        ",\"setup_time_ms\":%" G_GUINT64_FORMAT ",\"downtime_ms\":%" G_GUINT64_FORMAT
+        ",\"expected_downtime_ms\":%" G_GUINT64_FORMAT ",\"verify_time_ms\":%" G_GUINT64_FORMAT
+        ",\"rounds\":%" G_GUINT64_FORMAT ",\"dirty_sync_count\":%" G_GUINT64_FORMAT
+        ",\"dirty_pages_rate\":%" G_GUINT64_FORMAT ",\"bytes_transferred\":%" G_GUINT64_FORMAT
+        ",\"bandwidth\":%" G_GUINT64_FORMAT ",\"throughput\":%" G_GUINT64_FORMAT
+        ",\"pages_total\":%" G_GUINT64_FORMAT ",\"pages_sent\":%" G_GUINT64_FORMAT
+        ",\"pages_zero\":%" G_GUINT64_FORMAT ",\"pages_untouched\":%" G_GUINT64_FORMAT
+        ",\"remaining_bytes\":%" G_GUINT64_FORMAT ",\"pages_verified\":%" G_GUINT64_FORMAT
+        ",\"verify_mismatches\":%" G_GUINT64_FORMAT ",\"forced_switchover\":%s",
+        s->data_connections, s->total_time_ms, s->setup_time_ms, s->downtime_ms,
+        s->expected_downtime_ms > 1000000000 ? 0 : s->expected_downtime_ms, s->verify_time_ms,
+        s->rounds, s->dirty_sync_count, s->dirty_pages_rate, s->bytes_transferred, s->bandwidth,
+        s->throughput, s->pages_total, s->pages_sent, s->pages_zero, s->pages_untouched,
+        s->remaining_bytes, s->pages_verified, s->verify_mismatches,
+        s->forced_switchover ? "true" : "false");
+    g_string_append_printf(o,
+        ",\"guest\":{\"checked\":%s,\"intact\":%s,\"running\":%s,\"pages_checked\":%"
+        G_GUINT64_FORMAT ",\"pages_bad\":%" G_GUINT64_FORMAT ",\"first_bad_page\":%"
+        G_GUINT64_FORMAT ",\"pages_written\":%" G_GUINT64_FORMAT "}",
+        r->guest_checked ? "true" : "false", r->guest_ok ? "true" : "false",
+        r->guest_running ? "true" : "false", r->guest.pages_checked, r->guest.pages_bad,
+        r->guest.first_bad_page, r->guest.pages_written);
+    g_string_append_printf(o, ",\"cpu_user_s\":%.3f,\"cpu_sys_s\":%.3f}", r->cpu_user,
+                           r->cpu_sys);
+    return g_string_free(o, FALSE);
+}
+
+static void report_table(const Report *r, FILE *f)
+{
+    const RdmigStats *s = &r->st;
+    g_autofree char *bytes = human_bytes((double)s->bytes_transferred);
+    g_autofree char *thr = human_bytes((double)s->throughput);
+    g_autofree char *bw = human_bytes((double)s->bandwidth);
+    fprintf(f, "%s: %s\n", r->role, rdmig_state_str(s->state));
+    if (r->error)
+        fprintf(f, "  %-22s %s\n", "error", r->error->message);
+    fprintf(f, "  %-22s %s x%u\n", "transport", s->transport[0] ? s->transport : "-",
+            s->data_connections);
+    if (s->dirty_method[0])
+        fprintf(f, "  %-22s %s\n", "dirty tracking", s->dirty_method);
+    fprintf(f, "  %-22s %" G_GUINT64_FORMAT " ms (setup %" G_GUINT64_FORMAT " ms)\n",
+            "total time", s->total_time_ms, s->setup_time_ms);
+    fprintf(f, "  %-22s %" G_GUINT64_FORMAT " ms (of which verify %" G_GUINT64_FORMAT " ms)\n",
+            "downtime", s->downtime_ms, s->verify_time_ms);
+    fprintf(f, "  %-22s %" G_GUINT64_FORMAT " (%" G_GUINT64_FORMAT " dirty syncs)%s\n",
+            "rounds", s->rounds, s->dirty_sync_count,
+            s->forced_switchover ? ", forced switchover" : "");
+    fprintf(f, "  %-22s %s\n", "transferred", bytes);
+    fprintf(f, "  %-22s %s/s (last round %s/s)\n", "throughput", thr, bw);
+    fprintf(f, "  %-22s %" G_GUINT64_FORMAT " total, %" G_GUINT64_FORMAT " sent, %"
+            G_GUINT64_FORMAT " zero, %" G_GUINT64_FORMAT " never touched\n", "pages",
+            s->pages_total, s->pages_sent, s->pages_zero, s->pages_untouched);
+    if (s->pages_verified || s->verify_mismatches)
+        fprintf(f, "  %-22s %" G_GUINT64_FORMAT " verified, %" G_GUINT64_FORMAT " mismatched\n",
+                "verification", s->pages_verified, s->verify_mismatches);
+    if (r->guest_checked)
+        fprintf(f, "  %-22s %s, %s, %" G_GUINT64_FORMAT " pages checked, %" G_GUINT64_FORMAT
+                " bad\n", "guest", r->guest_running ? "running" : "stopped",
+                r->guest_ok ? "intact" : "CORRUPT", r->guest.pages_checked, r->guest.pages_bad);
+    fprintf(f, "  %-22s %.2f s user, %.2f s system\n", "cpu", r->cpu_user, r->cpu_sys);
+}
+
+static void cpu_times(double *user, double *sys)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    *user = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6;
+    *sys = (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+/* Lets the guest run a little, then stops it and checks every page. */
+static void check_guest(SyntheticGuest *g, Report *r, int run_ms)
+{
+    SgStats before, after;
+    sg_get_stats(g, &before);
+    if (run_ms > 0)
+        g_usleep((gulong)run_ms * 1000);
+    sg_get_stats(g, &after);
+    r->guest_running = sg_running(g) &&
+                       (opt.dirty_rate <= 0 || after.pages_written > before.pages_written);
+    sg_pause(g);
+    r->guest_ok = sg_check(g, &r->guest);
+    r->guest.pages_written = after.pages_written;
+    r->guest_checked = true;
+}
+
+static int finish(Report *r, SyntheticGuest *g, int run_ms)
+{
+    if (g)
+        check_guest(g, r, run_ms);
+    cpu_times(&r->cpu_user, &r->cpu_sys);
+    if (opt.json) {
+        g_autofree char *j = report_json(r);
+        printf("%s\n", j);
+    } else {
+        report_table(r, stdout);
+    }
+    fflush(stdout);
+    if (r->ok && (!r->guest_checked || r->guest_ok))
+        return 0;
+    if (r->st.state == RDMIG_STATE_CANCELLED)
+        return EXIT_CANCELLED;
+    return EXIT_FAILED;
+}
+
+/* ------------------------------------------------------------------ commands */
+
+static int cmd_recv(void)
+{
+    g_autoptr(GError) err = NULL;
+    RdmigParams p;
+    if (!opt.address) {
+        fprintf(stderr, "rdmig recv: --listen ADDR is required (e.g. --listen 0.0.0.0:4444)\n");
+        return EXIT_USAGE;
+    }
+    if (!build_params(&p, &err)) {
+        fprintf(stderr, "rdmig recv: %s\n", err->message);
+        return EXIT_USAGE;
+    }
+    SyntheticGuest *g = build_guest(&err);
+    if (!g) {
+        fprintf(stderr, "rdmig recv: %s\n", err->message);
+        return EXIT_USAGE;
+    }
+    g_autoptr(RdmigSession) s = rdmig_session_new(RDMIG_ROLE_DESTINATION, &p, &err);
+    if (!s || !add_blocks(s, g, &err)) {
+        fprintf(stderr, "rdmig recv: %s\n", err->message);
+        sg_free(g);
+        return EXIT_USAGE;
+    }
+    rdmig_session_set_guest_ops(s, &guest_ops, g);
+    if (!rdmig_session_start(s, opt.address, &err)) {
+        fprintf(stderr, "rdmig recv: %s\n", err->message);
+        sg_free(g);
+        return EXIT_FAILED;
+    }
+    current_session = s;
+    if (opt.print_address) {
+        printf("%s\n", rdmig_session_listen_address(s));
+        fflush(stdout);
+    }
+    if (!opt.quiet)
+        fprintf(stderr, "rdmig recv: listening on %s\n", rdmig_session_listen_address(s));
+    progress_loop(s);
+    Report r = { .role = "destination" };
+    r.ok = rdmig_session_wait(s, &err);
+    current_session = NULL;
+    r.error = err;
+    rdmig_session_get_stats(s, &r.st);
+    int rc = finish(&r, r.ok ? g : NULL, opt.run_after_ms);
+    sg_free(g);
+    return rc;
+}
+
+static void *cancel_timer(void *data)
+{
+    RdmigSession *s = data;
+    g_usleep((gulong)opt.cancel_after_ms * 1000);
+    rdmig_session_cancel(s);
+    return NULL;
+}
+
+/* Source side of send and demo; @report_out gets the JSON/table. */
+static int run_source(const char *address)
+{
+    g_autoptr(GError) err = NULL;
+    RdmigParams p;
+    if (!build_params(&p, &err)) {
+        fprintf(stderr, "rdmig send: %s\n", err->message);
+        return EXIT_USAGE;
+    }
+    SyntheticGuest *g = build_guest(&err);
+    if (!g) {
+        fprintf(stderr, "rdmig send: %s\n", err->message);
+        return EXIT_USAGE;
+    }
+    g_autoptr(RdmigSession) s = rdmig_session_new(RDMIG_ROLE_SOURCE, &p, &err);
+    if (!s || !add_blocks(s, g, &err)) {
+        fprintf(stderr, "rdmig send: %s\n", err->message);
+        sg_free(g);
+        return EXIT_USAGE;
+    }
+    sg_fill(g);
+    sg_resume(g);
+    rdmig_session_set_guest_ops(s, &guest_ops, g);
+    current_session = s;
+    Report r = { .role = "source" };
+    GThread *timer = NULL;
+    if (rdmig_session_start(s, address, &err)) {
+        if (opt.cancel_after_ms > 0)
+            timer = g_thread_new("cancel", cancel_timer, s);
+        progress_loop(s);
+        r.ok = rdmig_session_wait(s, &err);
+    } else {
+        fprintf(stderr, "rdmig send: %s\n", err->message);
+    }
+    current_session = NULL;
+    if (timer)
+        g_thread_join(timer);
+    r.error = err;
+    rdmig_session_get_stats(s, &r.st);
+    /* After a completion the guest is the destination's: nothing to check here.
+     * After a failure it must be running here, with every page intact. */
+    int rc = finish(&r, r.ok ? NULL : g, opt.stop_after_failure_ms);
+    sg_free(g);
+    return rc;
+}
+
+static int cmd_send(void)
+{
+    if (!opt.address) {
+        fprintf(stderr, "rdmig send: --to ADDR is required (the address 'rdmig recv' listens on)\n");
+        return EXIT_USAGE;
+    }
+    return run_source(opt.address);
+}
+
+static int cmd_demo(const char *self)
+{
+    g_autoptr(GPtrArray) argv = g_ptr_array_new_with_free_func(g_free);
+    g_ptr_array_add(argv, g_strdup(self));
+    g_ptr_array_add(argv, g_strdup("recv"));
+    g_ptr_array_add(argv, g_strdup("--listen"));
+    g_ptr_array_add(argv, g_strdup("127.0.0.1:0"));
+    g_ptr_array_add(argv, g_strdup("--print-address"));
+    g_ptr_array_add(argv, g_strdup("--quiet"));
+    g_ptr_array_add(argv, g_strdup_printf("--ram-size=%s", opt.ram_size_str ? opt.ram_size_str
+                                                                            : "256M"));
+    g_ptr_array_add(argv, g_strdup_printf("--blocks=%d", opt.blocks));
+    g_ptr_array_add(argv, g_strdup_printf("--vcpus=%d", opt.vcpus));
+    g_ptr_array_add(argv, g_strdup_printf("--dirty-rate=%g", opt.dirty_rate));
+    g_ptr_array_add(argv, g_strdup_printf("--run-after-ms=%d", opt.run_after_ms));
+    g_ptr_array_add(argv, g_strdup_printf("--keepalive-ms=%d", opt.keepalive_ms));
+    g_ptr_array_add(argv, g_strdup_printf("--peer-timeout-ms=%d", opt.peer_timeout_ms));
+    if (opt.transport)
+        g_ptr_array_add(argv, g_strdup_printf("--transport=%s", opt.transport));
+    if (opt.json)
+        g_ptr_array_add(argv, g_strdup("--json"));
+    g_ptr_array_add(argv, NULL);
+    GPid pid;
+    int out_fd;
+    g_autoptr(GError) err = NULL;
+    if (!g_spawn_async_with_pipes(NULL, (char **)argv->pdata, NULL, G_SPAWN_DO_NOT_REAP_CHILD,
+                                  NULL, NULL, &pid, NULL, &out_fd, NULL, &err)) {
+        fprintf(stderr, "rdmig demo: cannot start the destination process: %s\n", err->message);
+        return EXIT_FAILED;
+    }
+    FILE *out = fdopen(out_fd, "r");
+    char line[256];
+    if (!fgets(line, sizeof(line), out)) {
+        fprintf(stderr, "rdmig demo: the destination process did not start listening\n");
+        fclose(out);
+        waitpid(pid, NULL, 0);
+        return EXIT_FAILED;
+    }
+    g_strchomp(line);
+    if (!opt.quiet)
+        fprintf(stderr, "rdmig demo: destination (pid %d) listening on %s; migrating a %s guest "
+                "dirtying %g MiB/s\n", pid, line, opt.ram_size_str ? opt.ram_size_str : "256M",
+                opt.dirty_rate);
+    int rc = run_source(line);
+    int status = 0;
+    /* Relay the destination's report after ours. */
+    if (rc != 0 && rc != EXIT_USAGE)
+        kill(pid, SIGTERM); /* it may still wait for a source that gave up */
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), out)) > 0)
+        fwrite(buf, 1, n, stdout);
+    fclose(out);
+    waitpid(pid, &status, 0);
+    int drc = WIFEXITED(status) ? WEXITSTATUS(status) : EXIT_FAILED;
+    return rc ? rc : drc;
+}
+
+int main(int argc, char **argv)
+{
+    const char *usage = "COMMAND [OPTIONS]\n\n"
+        "Commands:\n"
+        "  recv --listen ADDR   destination: receive a guest and run it\n"
+        "  send --to ADDR       source: start a synthetic guest and migrate it\n"
+        "  demo                 both ends as local processes over loopback\n\n"
+        "ADDR is HOST:PORT or [IPV6]:PORT. Exit status: 0 completed, 1 failed,\n"
+        "2 bad usage, 3 cancelled.";
+    GOptionEntry entries[] = {
+        { "listen", 0, 0, G_OPTION_ARG_STRING, &opt.address, "recv: address to listen on", "ADDR" },
+        { "to", 0, 0, G_OPTION_ARG_STRING, &opt.address, "send: destination address", "ADDR" },
+        { "ram-size", 0, 0, G_OPTION_ARG_STRING, &opt.ram_size_str, "guest RAM (default 256M)", "SIZE" },
+        { "blocks", 0, 0, G_OPTION_ARG_INT, &opt.blocks, "split RAM into N blocks (default 1)", "N" },
+        { "dirty-rate", 0, 0, G_OPTION_ARG_DOUBLE, &opt.dirty_rate, "MiB/s the guest writes (default 0)", "R" },
+        { "pattern", 0, 0, G_OPTION_ARG_STRING, &opt.pattern_str, "uniform (default) or hot", "P" },
+        { "vcpus", 0, 0, G_OPTION_ARG_INT, &opt.vcpus, "guest vCPU threads (default 2)", "N" },
+        { "seed", 0, 0, G_OPTION_ARG_INT64, &opt.seed, "guest contents seed", "N" },
+        { "downtime-ms", 0, 0, G_OPTION_ARG_INT, &opt.downtime_ms, "downtime limit (default 300)", "MS" },
+        { "max-bandwidth", 0, 0, G_OPTION_ARG_DOUBLE, &opt.max_bandwidth_mib, "MiB/s cap (default none)", "R" },
+        { "max-rounds", 0, 0, G_OPTION_ARG_INT, &opt.max_rounds, "precopy rounds before giving up (default 30)", "N" },
+        { "max-time-ms", 0, 0, G_OPTION_ARG_INT, &opt.max_time_ms, "precopy time before giving up (default none)", "MS" },
+        { "on-no-converge", 0, 0, G_OPTION_ARG_STRING, &opt.on_no_converge, "fail (default) or switchover", "WHAT" },
+        { "connections", 0, 0, G_OPTION_ARG_INT, &opt.connections, "parallel data connections (default 1)", "N" },
+        { "transport", 0, 0, G_OPTION_ARG_STRING, &opt.transport, "auto (default), tcp or rdma", "T" },
+        { "dirty-method", 0, 0, G_OPTION_ARG_STRING, &opt.dirty_method, "auto, uffd-wp or soft-dirty", "M" },
+        { "no-verify", 0, 0, G_OPTION_ARG_NONE, &opt.no_verify, "skip the per-page hash check", NULL },
+        { "keepalive-ms", 0, 0, G_OPTION_ARG_INT, &opt.keepalive_ms, "keepalive period (default 1000)", "MS" },
+        { "peer-timeout-ms", 0, 0, G_OPTION_ARG_INT, &opt.peer_timeout_ms, "peer silence limit (default 10000)", "MS" },
+        { "connect-timeout-ms", 0, 0, G_OPTION_ARG_INT, &opt.connect_timeout_ms, "connect timeout (default 10000)", "MS" },
+        { "json", 0, 0, G_OPTION_ARG_NONE, &opt.json, "final report as JSON", NULL },
+        { "quiet", 'q', 0, G_OPTION_ARG_NONE, &opt.quiet, "no progress line", NULL },
+        { "print-address", 0, 0, G_OPTION_ARG_NONE, &opt.print_address, "recv: print the bound address on stdout first", NULL },
+        { "run-after-ms", 0, 0, G_OPTION_ARG_INT, &opt.run_after_ms, "recv: run the guest this long before checking it (default 300)", "MS" },
+        { "cancel-after-ms", 0, 0, G_OPTION_ARG_INT, &opt.cancel_after_ms, "send: cancel after this long", "MS" },
+        { NULL },
+    };
+    g_autoptr(GOptionContext) ctx = g_option_context_new(usage);
+    g_option_context_add_main_entries(ctx, entries, NULL);
+    g_autoptr(GError) err = NULL;
+    if (!g_option_context_parse(ctx, &argc, &argv, &err)) {
+        fprintf(stderr, "rdmig: %s (see rdmig --help)\n", err->message);
+        return EXIT_USAGE;
+    }
+    if (argc < 2) {
+        g_autofree char *help = g_option_context_get_help(ctx, TRUE, NULL);
+        fprintf(stderr, "%s", help);
+        return EXIT_USAGE;
+    }
+    if (argc > 2) {
+        fprintf(stderr, "rdmig: unexpected argument '%s' (see rdmig --help)\n", argv[2]);
+        return EXIT_USAGE;
+    }
+    install_signals();
+    if (!strcmp(argv[1], "recv"))
+        return cmd_recv();
+    if (!strcmp(argv[1], "send"))
+        return cmd_send();
+    if (!strcmp(argv[1], "demo")) {
+        if (opt.address) {
+            fprintf(stderr, "rdmig demo: runs both ends on loopback; --to/--listen do not apply\n");
+            return EXIT_USAGE;
+        }
+        return cmd_demo("/proc/self/exe");
+    }
+    fprintf(stderr, "rdmig: unknown command '%s': expected recv, send or demo\n", argv[1]);
+    return EXIT_USAGE;
+}

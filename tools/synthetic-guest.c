@@ -1,0 +1,893 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The synthetic guest: RAM in a memfd, vCPU threads that rewrite pages at a
+ * set rate, and page contents that check themselves (contract in
+ * synthetic-guest.h).
+ *
+ * Threads and locking
+ *   One controlling thread calls the sg_* functions; cfg->vcpus vCPU threads
+ *   rewrite pages.  g->lock protects running, quit, busy and the saved
+ *   per-vCPU state (RNG, counters).  A vCPU takes the lock only between
+ *   batches of page writes ("write sections", about 1 ms of work): it marks
+ *   itself busy, drops the lock, writes pages while polling stop_writing
+ *   before every page, then retakes the lock, saves its RNG, un-marks busy.
+ *   sg_pause raises stop_writing and waits on g->idle until busy is 0, so
+ *   when it returns no vCPU is inside a page write and none can start one.
+ *
+ * Pages are partitioned between vCPUs (vCPU t owns pages t, t + vcpus, ...),
+ * so two vCPUs never write the same page at once: a rewrite is a plain
+ * read-modify-write, no page can be torn by a racing vCPU, and every rewrite
+ * bumps the generation of its page by exactly one.  Each vCPU's choice of
+ * pages depends only on its own RNG, so restoring the RNG states (device
+ * state) makes a destination guest continue the same sequence of writes.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memfd_create, SEEK_DATA, SEEK_HOLE */
+#endif
+
+#define G_LOG_DOMAIN "rdmig-tools"
+
+#include "synthetic-guest.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+/* Errors of this file; the domain is local, the tools are not the library. */
+#define SG_ERROR (sg_error_quark())
+typedef enum {
+    SG_ERROR_INVALID,      /* bad configuration or call */
+    SG_ERROR_RESOURCE,     /* memfd, mmap or thread creation failed */
+    SG_ERROR_DEVICE_STATE, /* device-state blob malformed or for another guest */
+} SgErrorCode;
+
+static G_DEFINE_QUARK(sg-error-quark, sg_error)
+
+#define SG_MAX_VCPUS 64
+#define SG_FILL_GROUP 64          /* pages per fill group (one layout decision each) */
+#define SG_SCAN_THREADS 2         /* threads for sg_fill and sg_check */
+#define SG_SLICE_US 1000          /* a vCPU sleeps at least this long when ahead */
+#define SG_MAX_BURST_S 0.01       /* credit is capped at 10 ms of writes */
+#define SG_HOT_PERCENT 90         /* HOTSET: share of writes to the hot pages */
+#define SG_HOT_DIVISOR 10         /* HOTSET: the first 1/10 of pages is hot */
+
+/* Device-state blob: fixed size, big-endian fields.
+ *   0  u64 magic "RDMIGSGD"
+ *   8  u32 version (1)
+ *  12  u32 vcpus
+ *  16  u32 page_size
+ *  20  u32 reserved, 0
+ *  24  u64 ram_size
+ *  32  u64 pages_written (all vCPUs)
+ *  40  per vCPU: u64 RNG state, u64 pages written by that vCPU
+ *  ..  deterministic filler up to SG_DS_SUM_OFF (so a real guest's size is
+ *      approximated and corruption anywhere is caught)
+ * 4088 u64 FNV-1a 64 of bytes 0..4087
+ */
+#define SG_DS_MAGIC UINT64_C(0x52444d4947534744)
+#define SG_DS_VERSION 1
+#define SG_DS_SIZE 4096
+#define SG_DS_VCPU_OFF 40
+#define SG_DS_VCPU_SIZE 16
+#define SG_DS_SUM_OFF (SG_DS_SIZE - 8)
+G_STATIC_ASSERT(SG_DS_VCPU_OFF + SG_MAX_VCPUS * SG_DS_VCPU_SIZE <= SG_DS_SUM_OFF);
+
+typedef struct {
+    SyntheticGuest *g;
+    GThread *thread;
+    uint32_t index;
+    uint64_t n_own;         /* pages owned: index, index + vcpus, ... */
+    uint64_t n_hot_own;     /* of those, how many are in the hot set */
+    /* Saved between write sections; under g->lock. */
+    uint64_t rng;           /* xorshift64* state, never 0 */
+    uint64_t pages_written; /* rewrites by this vCPU */
+} SgVcpu;
+
+struct SyntheticGuest {
+    SgConfig cfg;
+    uint64_t npages;
+    uint32_t words_per_page;
+    int memfd;
+    uint8_t *ram;
+    double vcpu_rate;       /* bytes per second per vCPU */
+
+    GMutex lock;
+    GCond wake;             /* vCPUs wait here: resume, pause, quit, slice end */
+    GCond idle;             /* sg_pause waits here for busy == 0 */
+    bool running;           /* wanted state; under lock */
+    bool quit;              /* sg_free; under lock */
+    uint32_t busy;          /* vCPUs inside a write section; under lock */
+    SgStats last_check;     /* under lock */
+
+    atomic_bool stop_writing;      /* pause or quit asked; polled per page */
+    char pad[64];                  /* keep the counter off stop_writing's line */
+    _Atomic uint64_t pages_written;
+
+    uint32_t n_threads;     /* vCPU threads actually started */
+    SgVcpu *vcpus;
+};
+
+/* ---- hashing and page contents ---- */
+
+static inline uint64_t sg_rotl(uint64_t x, int r)
+{
+    return (x << r) | (x >> (64 - r));
+}
+
+/* splitmix64 finaliser: a good 64-bit mix for seeds and layout decisions. */
+static inline uint64_t sg_mix64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= UINT64_C(0xbf58476d1ce4e5b9);
+    x ^= x >> 27;
+    x *= UINT64_C(0x94d049bb133111eb);
+    return x ^ (x >> 31);
+}
+
+/* Per-(page, generation) key, computed once per page. */
+static inline uint64_t sg_page_key(uint64_t page, uint64_t gen)
+{
+    return sg_mix64(page * UINT64_C(0x9e3779b97f4a7c15) ^
+                    sg_rotl(gen * UINT64_C(0xc2b2ae3d27d4eb4f), 31) ^ SG_MAGIC);
+}
+
+/* Word @i of a page from its key: one multiply, xors and a rotate, no
+ * dependency between words, so the loops over a page vectorise or at least
+ * pipeline, and filling or checking stays memory-bound. */
+static inline uint64_t sg_word_keyed(uint64_t key, uint64_t i)
+{
+    uint64_t x = key ^ (i * UINT64_C(0xd6e8feb86659fd93));
+    x *= UINT64_C(0x9e3779b97f4a7c15);
+    return x ^ sg_rotl(x, 23);
+}
+
+/* sg_word: word @i (2 <= i < words per page) of @page at generation @gen, as
+ * named in the header's page format. */
+static inline uint64_t sg_word(uint64_t page, uint64_t gen, uint64_t i)
+{
+    return sg_word_keyed(sg_page_key(page, gen), i);
+}
+
+static inline uint64_t *sg_page_ptr(SyntheticGuest *g, uint64_t page)
+{
+    return (uint64_t *)(g->ram + page * g->cfg.page_size);
+}
+
+static void sg_write_page(SyntheticGuest *g, uint64_t page, uint64_t gen)
+{
+    uint64_t *w = sg_page_ptr(g, page);
+    uint64_t key = sg_page_key(page, gen);
+    uint32_t n = g->words_per_page;
+
+    w[0] = SG_MAGIC ^ page;
+    w[1] = gen;
+    for (uint32_t i = 2; i < n; i++) {
+        w[i] = sg_word_keyed(key, i);
+    }
+}
+
+/* Checks in blocks so the inner loop has no early exit (and vectorises),
+ * while a bad page still stops the scan within 512 bytes. */
+#define SG_CHECK_BLOCK 64
+
+static bool sg_page_ok(const SyntheticGuest *g, uint64_t page, const uint64_t *w)
+{
+    uint32_t n = g->words_per_page;
+
+    if (w[0] == 0) {
+        for (uint32_t i = 1; i < n; i += SG_CHECK_BLOCK) {
+            uint32_t end = MIN(i + SG_CHECK_BLOCK, n);
+            uint64_t acc = 0;
+            for (uint32_t j = i; j < end; j++) {
+                acc |= w[j];
+            }
+            if (acc) {
+                return false;
+            }
+        }
+        return true;
+    }
+    if (w[0] != (SG_MAGIC ^ page) || w[1] == 0) {
+        return false;
+    }
+    uint64_t key = sg_page_key(page, w[1]);
+    for (uint32_t i = 2; i < n; i += SG_CHECK_BLOCK) {
+        uint32_t end = MIN(i + SG_CHECK_BLOCK, n);
+        uint64_t diff = 0;
+        for (uint32_t j = i; j < end; j++) {
+            diff |= w[j] ^ sg_word_keyed(key, j);
+        }
+        if (diff) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* ---- vCPUs ---- */
+
+static inline uint64_t sg_rng_next(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * UINT64_C(0x2545f4914f6cdd1d);
+}
+
+/* Uniform in [0, n) without a division (Lemire's multiply-shift). */
+static inline uint64_t sg_rng_below(uint64_t *s, uint64_t n)
+{
+    return (uint64_t)(((unsigned __int128)sg_rng_next(s) * n) >> 64);
+}
+
+static uint64_t sg_vcpu_pick(const SyntheticGuest *g, const SgVcpu *v, uint64_t *rng)
+{
+    uint64_t k;
+
+    if (g->cfg.pattern == SG_PATTERN_HOTSET && v->n_hot_own > 0 &&
+        v->n_own > v->n_hot_own) {
+        if (sg_rng_below(rng, 100) < SG_HOT_PERCENT) {
+            k = sg_rng_below(rng, v->n_hot_own);
+        } else {
+            k = v->n_hot_own + sg_rng_below(rng, v->n_own - v->n_hot_own);
+        }
+    } else {
+        k = sg_rng_below(rng, v->n_own);
+    }
+    return v->index + k * g->cfg.vcpus;
+}
+
+static void sg_rewrite_page(SyntheticGuest *g, uint64_t page)
+{
+    /* Word 1 is the generation; 0 for a zero or untouched page. */
+    uint64_t gen = sg_page_ptr(g, page)[1];
+
+    sg_write_page(g, page, gen + 1);
+}
+
+/* The vCPU thread: sleeps while paused or idle, otherwise writes pages at
+ * its share of the dirty rate, accounted as byte credit that accrues with
+ * monotonic time and is spent one page at a time. */
+static gpointer sg_vcpu_main(gpointer opaque)
+{
+    SgVcpu *v = opaque;
+    SyntheticGuest *g = v->g;
+    const double rate = g->vcpu_rate;
+    const double page = g->cfg.page_size;
+    const double cap = rate * SG_MAX_BURST_S + page;
+    bool active = false;  /* running at the last look, so credit is valid */
+    double credit = 0;    /* bytes this vCPU may write now */
+    int64_t last = 0;     /* g_get_monotonic_time() of the last accrual */
+
+    g_mutex_lock(&g->lock);
+    while (!g->quit) {
+        if (!g->running || rate <= 0 || v->n_own == 0) {
+            active = false;
+            g_cond_wait(&g->wake, &g->lock);
+            continue;
+        }
+        int64_t now = g_get_monotonic_time();
+        if (!active) {
+            /* Resumed: time spent paused earns nothing. */
+            active = true;
+            credit = 0;
+            last = now;
+        }
+        /* The cap keeps a vCPU that fell behind (descheduled, or a rate it
+         * cannot reach) from bursting later to catch up. */
+        credit = MIN(credit + rate * (double)(now - last) * 1e-6, cap);
+        last = now;
+        if (credit < page) {
+            /* Ahead: sleep until a page is owed, in slices of at least
+             * 1 ms; a cond wait rather than nanosleep so pause and quit
+             * wake us at once. */
+            int64_t wait_us = (int64_t)((page - credit) / rate * 1e6);
+            g_cond_wait_until(&g->wake, &g->lock, now + MAX(wait_us, SG_SLICE_US));
+            continue;
+        }
+
+        uint64_t todo = (uint64_t)(credit / page);
+        uint64_t rng = v->rng;
+        uint64_t done = 0;
+        g->busy++;
+        g_mutex_unlock(&g->lock);
+
+        while (done < todo &&
+               !atomic_load_explicit(&g->stop_writing, memory_order_relaxed)) {
+            sg_rewrite_page(g, sg_vcpu_pick(g, v, &rng));
+            done++;
+            atomic_fetch_add_explicit(&g->pages_written, 1, memory_order_relaxed);
+        }
+
+        g_mutex_lock(&g->lock);
+        v->rng = rng;
+        v->pages_written += done;
+        credit -= (double)done * page;
+        if (--g->busy == 0) {
+            g_cond_broadcast(&g->idle);
+        }
+    }
+    g_mutex_unlock(&g->lock);
+    return NULL;
+}
+
+static uint64_t sg_vcpu_seed(uint64_t seed, uint32_t index)
+{
+    uint64_t s = sg_mix64(seed + UINT64_C(0x9e3779b97f4a7c15) * (index + 1));
+
+    return s ? s : UINT64_C(0x9e3779b97f4a7c15); /* xorshift state must not be 0 */
+}
+
+/* Pages i < limit with i % vcpus == index. */
+static uint64_t sg_owned_below(uint64_t limit, uint32_t index, uint32_t vcpus)
+{
+    return limit > index ? (limit - index + vcpus - 1) / vcpus : 0;
+}
+
+/* ---- life cycle ---- */
+
+void sg_config_init(SgConfig *cfg)
+{
+    *cfg = (SgConfig){
+        .ram_size = 256 * 1024 * 1024,
+        .page_size = 4096,
+        .vcpus = 2,
+        .dirty_rate_mib = 0,
+        .pattern = SG_PATTERN_UNIFORM,
+        .fill_fraction = 0.75,
+        .zero_fraction = 0.125,
+        .seed = 1,
+    };
+}
+
+static bool sg_config_check(const SgConfig *cfg, GError **error)
+{
+    long host_page = sysconf(_SC_PAGESIZE);
+
+    if (cfg->page_size < 4096 || (cfg->page_size & (cfg->page_size - 1))) {
+        g_set_error(error, SG_ERROR, SG_ERROR_INVALID,
+                    "page_size %u: must be a power of two >= 4096", cfg->page_size);
+        return false;
+    }
+    if (host_page > 0 && cfg->page_size % (uint64_t)host_page) {
+        g_set_error(error, SG_ERROR, SG_ERROR_INVALID,
+                    "page_size %u: must be a multiple of the host page size %ld",
+                    cfg->page_size, host_page);
+        return false;
+    }
+    if (cfg->ram_size == 0 || cfg->ram_size % cfg->page_size) {
+        g_set_error(error, SG_ERROR, SG_ERROR_INVALID,
+                    "ram_size %" G_GUINT64_FORMAT ": must be a non-zero multiple "
+                    "of page_size %u", cfg->ram_size, cfg->page_size);
+        return false;
+    }
+    if (cfg->ram_size > SIZE_MAX / 2) {
+        g_set_error(error, SG_ERROR, SG_ERROR_INVALID,
+                    "ram_size %" G_GUINT64_FORMAT ": too large", cfg->ram_size);
+        return false;
+    }
+    if (cfg->vcpus < 1 || cfg->vcpus > SG_MAX_VCPUS) {
+        g_set_error(error, SG_ERROR, SG_ERROR_INVALID,
+                    "vcpus %u: must be between 1 and %d", cfg->vcpus, SG_MAX_VCPUS);
+        return false;
+    }
+    /* Written as !(in range) so NaN is rejected too. */
+    if (!(cfg->dirty_rate_mib >= 0 && isfinite(cfg->dirty_rate_mib))) {
+        g_set_error(error, SG_ERROR, SG_ERROR_INVALID,
+                    "dirty_rate_mib %g: must be finite and >= 0", cfg->dirty_rate_mib);
+        return false;
+    }
+    if (cfg->pattern != SG_PATTERN_UNIFORM && cfg->pattern != SG_PATTERN_HOTSET) {
+        g_set_error(error, SG_ERROR, SG_ERROR_INVALID,
+                    "pattern %d: unknown", (int)cfg->pattern);
+        return false;
+    }
+    if (!(cfg->fill_fraction >= 0 && cfg->fill_fraction <= 1)) {
+        g_set_error(error, SG_ERROR, SG_ERROR_INVALID,
+                    "fill_fraction %g: must be in [0, 1]", cfg->fill_fraction);
+        return false;
+    }
+    if (!(cfg->zero_fraction >= 0 && cfg->zero_fraction <= 1)) {
+        g_set_error(error, SG_ERROR, SG_ERROR_INVALID,
+                    "zero_fraction %g: must be in [0, 1]", cfg->zero_fraction);
+        return false;
+    }
+    /* A little slack so that e.g. 0.7 + 0.3 passes despite rounding. */
+    if (cfg->fill_fraction + cfg->zero_fraction > 1 + 1e-9) {
+        g_set_error(error, SG_ERROR, SG_ERROR_INVALID,
+                    "fill_fraction %g + zero_fraction %g: sum must be <= 1",
+                    cfg->fill_fraction, cfg->zero_fraction);
+        return false;
+    }
+    return true;
+}
+
+SyntheticGuest *sg_new(const SgConfig *cfg, GError **error)
+{
+    g_return_val_if_fail(cfg != NULL, NULL);
+    g_return_val_if_fail(error == NULL || *error == NULL, NULL);
+
+    if (!sg_config_check(cfg, error)) {
+        return NULL;
+    }
+
+    SyntheticGuest *g = g_new0(SyntheticGuest, 1);
+    g->cfg = *cfg;
+    g->npages = cfg->ram_size / cfg->page_size;
+    g->words_per_page = cfg->page_size / sizeof(uint64_t);
+    g->vcpu_rate = cfg->dirty_rate_mib * 1024 * 1024 / cfg->vcpus;
+    g->memfd = -1;
+    g->ram = MAP_FAILED;
+    g_mutex_init(&g->lock);
+    g_cond_init(&g->wake);
+    g_cond_init(&g->idle);
+    atomic_init(&g->stop_writing, false);
+    atomic_init(&g->pages_written, 0);
+
+    g->memfd = memfd_create("rdmig-guest", MFD_CLOEXEC);
+    if (g->memfd < 0) {
+        int err = errno;
+        g_set_error(error, SG_ERROR, SG_ERROR_RESOURCE,
+                    "memfd_create: %s", g_strerror(err));
+        goto fail;
+    }
+    if (ftruncate(g->memfd, (off_t)cfg->ram_size) < 0) {
+        int err = errno;
+        g_set_error(error, SG_ERROR, SG_ERROR_RESOURCE,
+                    "ftruncate of guest RAM to %" G_GUINT64_FORMAT " bytes: %s",
+                    cfg->ram_size, g_strerror(err));
+        goto fail;
+    }
+    g->ram = mmap(NULL, cfg->ram_size, PROT_READ | PROT_WRITE, MAP_SHARED, g->memfd, 0);
+    if (g->ram == MAP_FAILED) {
+        int err = errno;
+        g_set_error(error, SG_ERROR, SG_ERROR_RESOURCE,
+                    "mmap of %" G_GUINT64_FORMAT " bytes of guest RAM: %s",
+                    cfg->ram_size, g_strerror(err));
+        goto fail;
+    }
+
+    uint64_t hot = MAX(g->npages / SG_HOT_DIVISOR, 1);
+    g->vcpus = g_new0(SgVcpu, cfg->vcpus);
+    for (uint32_t i = 0; i < cfg->vcpus; i++) {
+        SgVcpu *v = &g->vcpus[i];
+        v->g = g;
+        v->index = i;
+        v->n_own = sg_owned_below(g->npages, i, cfg->vcpus);
+        v->n_hot_own = sg_owned_below(hot, i, cfg->vcpus);
+        v->rng = sg_vcpu_seed(cfg->seed, i);
+    }
+    for (uint32_t i = 0; i < cfg->vcpus; i++) {
+        g_autofree char *name = g_strdup_printf("sg-vcpu%u", i);
+        GError *local = NULL;
+        g->vcpus[i].thread = g_thread_try_new(name, sg_vcpu_main, &g->vcpus[i], &local);
+        if (!g->vcpus[i].thread) {
+            g_set_error(error, SG_ERROR, SG_ERROR_RESOURCE,
+                        "starting vCPU thread %u: %s", i, local->message);
+            g_error_free(local);
+            goto fail;
+        }
+        g->n_threads++;
+    }
+    return g;
+
+fail:
+    sg_free(g);
+    return NULL;
+}
+
+void sg_free(SyntheticGuest *g)
+{
+    if (!g) {
+        return;
+    }
+    g_mutex_lock(&g->lock);
+    g->quit = true;
+    g->running = false;
+    atomic_store(&g->stop_writing, true);
+    g_cond_broadcast(&g->wake);
+    g_mutex_unlock(&g->lock);
+    for (uint32_t i = 0; i < g->n_threads; i++) {
+        g_thread_join(g->vcpus[i].thread);
+    }
+    if (g->ram != MAP_FAILED) {
+        munmap(g->ram, g->cfg.ram_size);
+    }
+    if (g->memfd >= 0) {
+        close(g->memfd);
+    }
+    g_free(g->vcpus);
+    g_cond_clear(&g->idle);
+    g_cond_clear(&g->wake);
+    g_mutex_clear(&g->lock);
+    g_free(g);
+}
+
+void *sg_ram(SyntheticGuest *g)
+{
+    return g->ram;
+}
+
+uint64_t sg_ram_size(SyntheticGuest *g)
+{
+    return g->cfg.ram_size;
+}
+
+uint32_t sg_page_size(SyntheticGuest *g)
+{
+    return g->cfg.page_size;
+}
+
+int sg_memfd(SyntheticGuest *g)
+{
+    return g->memfd;
+}
+
+void sg_resume(SyntheticGuest *g)
+{
+    g_mutex_lock(&g->lock);
+    if (!g->quit) {
+        g->running = true;
+        atomic_store(&g->stop_writing, false);
+        g_cond_broadcast(&g->wake);
+    }
+    g_mutex_unlock(&g->lock);
+}
+
+void sg_pause(SyntheticGuest *g)
+{
+    g_mutex_lock(&g->lock);
+    g->running = false;
+    atomic_store(&g->stop_writing, true);
+    g_cond_broadcast(&g->wake);
+    while (g->busy > 0) {
+        g_cond_wait(&g->idle, &g->lock);
+    }
+    g_mutex_unlock(&g->lock);
+}
+
+bool sg_running(SyntheticGuest *g)
+{
+    g_mutex_lock(&g->lock);
+    bool running = g->running;
+    g_mutex_unlock(&g->lock);
+    return running;
+}
+
+/* ---- fill and check: split over SG_SCAN_THREADS threads ---- */
+
+typedef struct {
+    SyntheticGuest *g;
+    uint64_t first, end;   /* fill: groups; check: pages */
+    uint64_t bad;
+    uint64_t first_bad;
+} SgScanJob;
+
+/* round-down share of the first @n pages that gets fraction @f; differences
+ * of it give each group its count, so rounding never accumulates. */
+static uint64_t sg_share(double f, uint64_t n)
+{
+    return (uint64_t)(f * (double)n); /* f * n >= 0: truncation is floor */
+}
+
+/* Allocates the @count pages from @start (wrapping at @len) of the group at
+ * page @first in one call or two: much cheaper than a page fault per page.
+ * Best effort (MADV_POPULATE_WRITE needs Linux 5.14); the writes that
+ * follow fault in whatever is missing. */
+static void sg_populate(SyntheticGuest *g, uint64_t first, uint64_t len,
+                        uint64_t start, uint64_t count)
+{
+#ifdef MADV_POPULATE_WRITE
+    uint64_t n1 = MIN(count, len - start);
+
+    if (n1) {
+        madvise(sg_page_ptr(g, first + start), n1 * g->cfg.page_size,
+                MADV_POPULATE_WRITE);
+    }
+    if (count > n1) {
+        madvise(sg_page_ptr(g, first), (count - n1) * g->cfg.page_size,
+                MADV_POPULATE_WRITE);
+    }
+#else
+    (void)g, (void)first, (void)len, (void)start, (void)count;
+#endif
+}
+
+static gpointer sg_fill_job(gpointer opaque)
+{
+    SgScanJob *job = opaque;
+    SyntheticGuest *g = job->g;
+    const SgConfig *c = &g->cfg;
+
+    for (uint64_t grp = job->first; grp < job->end; grp++) {
+        uint64_t a = grp * SG_FILL_GROUP;
+        uint64_t b = MIN(a + SG_FILL_GROUP, g->npages);
+        uint64_t len = b - a;
+        uint64_t nfill = sg_share(c->fill_fraction, b) - sg_share(c->fill_fraction, a);
+        uint64_t nzero = sg_share(c->zero_fraction, b) - sg_share(c->zero_fraction, a);
+        nzero = MIN(nzero, len - MIN(nfill, len));
+        /* A seeded rotation places the filled run, then the zeroed run, at a
+         * different spot in every group: spread over all of RAM, yet in runs
+         * as a real guest's memory would be. */
+        uint64_t rot = sg_mix64(c->seed ^ sg_mix64(grp + 1)) % len;
+
+        sg_populate(g, a, len, (len - rot) % len, nfill + nzero);
+
+        for (uint64_t j = 0; j < len; j++) {
+            uint64_t k = (j + rot) % len;
+            uint64_t page = a + j;
+            if (k < nfill) {
+                sg_write_page(g, page, 1);
+            } else if (k < nfill + nzero) {
+                /* Actually written, so the page is resident. */
+                memset(sg_page_ptr(g, page), 0, c->page_size);
+            }
+        }
+    }
+    return NULL;
+}
+
+static void sg_run_jobs(GThreadFunc fn, SgScanJob *jobs, unsigned n)
+{
+    GThread *threads[SG_SCAN_THREADS] = { NULL };
+
+    for (unsigned i = 1; i < n; i++) {
+        /* On failure, do that share in this thread instead. */
+        threads[i] = g_thread_try_new("sg-scan", fn, &jobs[i], NULL);
+    }
+    fn(&jobs[0]);
+    for (unsigned i = 1; i < n; i++) {
+        if (threads[i]) {
+            g_thread_join(threads[i]);
+        } else {
+            fn(&jobs[i]);
+        }
+    }
+}
+
+/* Call while paused: a vCPU rewriting a page being filled would tear it. */
+void sg_fill(SyntheticGuest *g)
+{
+    uint64_t ngroups = (g->npages + SG_FILL_GROUP - 1) / SG_FILL_GROUP;
+    unsigned n = ngroups >= 1024 ? SG_SCAN_THREADS : 1;
+    SgScanJob jobs[SG_SCAN_THREADS];
+
+    for (unsigned i = 0; i < n; i++) {
+        jobs[i] = (SgScanJob){ .g = g, .first = ngroups * i / n,
+                               .end = ngroups * (i + 1) / n };
+    }
+    sg_run_jobs(sg_fill_job, jobs, n);
+}
+
+static void sg_check_pages(SgScanJob *job, uint64_t first, uint64_t end)
+{
+    for (uint64_t p = first; p < end; p++) {
+        if (!sg_page_ok(job->g, p, sg_page_ptr(job->g, p))) {
+            if (job->bad++ == 0) {
+                job->first_bad = p;
+            }
+        }
+    }
+}
+
+/* Checks only the memfd's data extents: holes read as zero and are
+ * consistent by definition, and touching them through the mapping would
+ * allocate them (shmem allocates on a read fault). */
+static gpointer sg_check_job(gpointer opaque)
+{
+    SgScanJob *job = opaque;
+    SyntheticGuest *g = job->g;
+    const uint64_t ps = g->cfg.page_size;
+    uint64_t p = job->first;
+
+    while (p < job->end) {
+        off_t data = lseek(g->memfd, (off_t)(p * ps), SEEK_DATA);
+        if (data < 0) {
+            if (errno == ENXIO) {
+                break; /* only a hole from here to the end of the file */
+            }
+            sg_check_pages(job, p, job->end); /* no SEEK_DATA: read it all */
+            break;
+        }
+        off_t hole = lseek(g->memfd, data, SEEK_HOLE);
+        if (hole < 0) {
+            hole = (off_t)g->cfg.ram_size;
+        }
+        uint64_t a = MAX((uint64_t)data / ps, p);
+        uint64_t b = MIN(((uint64_t)hole + ps - 1) / ps, job->end);
+        if (a >= job->end) {
+            break;
+        }
+        sg_check_pages(job, a, b);
+        p = MAX(b, a + 1);
+    }
+    return NULL;
+}
+
+bool sg_check(SyntheticGuest *g, SgStats *stats)
+{
+    unsigned n = g->npages >= 65536 ? SG_SCAN_THREADS : 1;
+    SgScanJob jobs[SG_SCAN_THREADS];
+    SgStats s = { 0 };
+
+    for (unsigned i = 0; i < n; i++) {
+        jobs[i] = (SgScanJob){ .g = g, .first = g->npages * i / n,
+                               .end = g->npages * (i + 1) / n };
+    }
+    sg_run_jobs(sg_check_job, jobs, n);
+
+    s.pages_checked = g->npages;
+    for (unsigned i = 0; i < n; i++) {
+        /* Jobs are in page order, so the first one with a bad page has the
+         * lowest bad page. */
+        if (jobs[i].bad && s.pages_bad == 0) {
+            s.first_bad_page = jobs[i].first_bad;
+        }
+        s.pages_bad += jobs[i].bad;
+    }
+    s.pages_written = atomic_load(&g->pages_written);
+
+    g_mutex_lock(&g->lock);
+    g->last_check = s;
+    g_mutex_unlock(&g->lock);
+    if (stats) {
+        *stats = s;
+    }
+    return s.pages_bad == 0;
+}
+
+void sg_get_stats(SyntheticGuest *g, SgStats *stats)
+{
+    g_mutex_lock(&g->lock);
+    *stats = g->last_check;
+    g_mutex_unlock(&g->lock);
+    stats->pages_written = atomic_load(&g->pages_written);
+}
+
+/* ---- device state ---- */
+
+static void sg_put_be64(uint8_t *p, uint64_t v)
+{
+    v = GUINT64_TO_BE(v);
+    memcpy(p, &v, sizeof(v));
+}
+
+static void sg_put_be32(uint8_t *p, uint32_t v)
+{
+    v = GUINT32_TO_BE(v);
+    memcpy(p, &v, sizeof(v));
+}
+
+static uint64_t sg_get_be64(const uint8_t *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof(v));
+    return GUINT64_FROM_BE(v);
+}
+
+static uint32_t sg_get_be32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof(v));
+    return GUINT32_FROM_BE(v);
+}
+
+static uint64_t sg_fnv1a64(const uint8_t *p, size_t len)
+{
+    uint64_t h = UINT64_C(0xcbf29ce484222325);
+
+    for (size_t i = 0; i < len; i++) {
+        h = (h ^ p[i]) * UINT64_C(0x100000001b3);
+    }
+    return h;
+}
+
+/* Filler byte at @off: deterministic, so the blob of a given state is always
+ * the same bytes. */
+static uint8_t sg_ds_filler(size_t off)
+{
+    return (uint8_t)sg_mix64(SG_DS_MAGIC + off);
+}
+
+void sg_save_device_state(SyntheticGuest *g, GByteArray *out)
+{
+    uint8_t b[SG_DS_SIZE];
+
+    g_return_if_fail(out != NULL);
+
+    g_mutex_lock(&g->lock);
+    if (g->running) {
+        g_warning("sg_save_device_state: guest is running; the state may be stale");
+    }
+    sg_put_be64(b + 0, SG_DS_MAGIC);
+    sg_put_be32(b + 8, SG_DS_VERSION);
+    sg_put_be32(b + 12, g->cfg.vcpus);
+    sg_put_be32(b + 16, g->cfg.page_size);
+    sg_put_be32(b + 20, 0);
+    sg_put_be64(b + 24, g->cfg.ram_size);
+    sg_put_be64(b + 32, atomic_load(&g->pages_written));
+    size_t off = SG_DS_VCPU_OFF;
+    for (uint32_t i = 0; i < g->cfg.vcpus; i++, off += SG_DS_VCPU_SIZE) {
+        sg_put_be64(b + off, g->vcpus[i].rng);
+        sg_put_be64(b + off + 8, g->vcpus[i].pages_written);
+    }
+    g_mutex_unlock(&g->lock);
+    for (; off < SG_DS_SUM_OFF; off++) {
+        b[off] = sg_ds_filler(off);
+    }
+    sg_put_be64(b + SG_DS_SUM_OFF, sg_fnv1a64(b, SG_DS_SUM_OFF));
+    g_byte_array_append(out, b, sizeof(b));
+}
+
+bool sg_load_device_state(SyntheticGuest *g, const uint8_t *data, size_t len, GError **error)
+{
+    g_return_val_if_fail(error == NULL || *error == NULL, false);
+
+    if (!data || len != SG_DS_SIZE) {
+        g_set_error(error, SG_ERROR, SG_ERROR_DEVICE_STATE,
+                    "device state is %zu bytes, expected %d", data ? len : 0,
+                    SG_DS_SIZE);
+        return false;
+    }
+    if (sg_get_be64(data) != SG_DS_MAGIC) {
+        g_set_error(error, SG_ERROR, SG_ERROR_DEVICE_STATE,
+                    "device state has a bad magic %#018" G_GINT64_MODIFIER "x",
+                    sg_get_be64(data));
+        return false;
+    }
+    uint32_t version = sg_get_be32(data + 8);
+    if (version != SG_DS_VERSION) {
+        g_set_error(error, SG_ERROR, SG_ERROR_DEVICE_STATE,
+                    "device state version %u, expected %d", version, SG_DS_VERSION);
+        return false;
+    }
+    uint64_t want = sg_get_be64(data + SG_DS_SUM_OFF);
+    uint64_t have = sg_fnv1a64(data, SG_DS_SUM_OFF);
+    if (want != have) {
+        g_set_error(error, SG_ERROR, SG_ERROR_DEVICE_STATE,
+                    "device state checksum mismatch (stored %#018" G_GINT64_MODIFIER
+                    "x, computed %#018" G_GINT64_MODIFIER "x)", want, have);
+        return false;
+    }
+    uint32_t vcpus = sg_get_be32(data + 12);
+    uint32_t page_size = sg_get_be32(data + 16);
+    uint64_t ram_size = sg_get_be64(data + 24);
+    if (vcpus != g->cfg.vcpus || page_size != g->cfg.page_size ||
+        ram_size != g->cfg.ram_size) {
+        g_set_error(error, SG_ERROR, SG_ERROR_DEVICE_STATE,
+                    "device state is for %u vCPUs, %" G_GUINT64_FORMAT " bytes of "
+                    "RAM in %u-byte pages; this guest has %u vCPUs, %"
+                    G_GUINT64_FORMAT " bytes in %u-byte pages",
+                    vcpus, ram_size, page_size, g->cfg.vcpus, g->cfg.ram_size,
+                    g->cfg.page_size);
+        return false;
+    }
+    for (uint32_t i = 0; i < vcpus; i++) {
+        if (sg_get_be64(data + SG_DS_VCPU_OFF + i * SG_DS_VCPU_SIZE) == 0) {
+            g_set_error(error, SG_ERROR, SG_ERROR_DEVICE_STATE,
+                        "device state has a zero RNG state for vCPU %u", i);
+            return false;
+        }
+    }
+
+    g_mutex_lock(&g->lock);
+    if (g->running) {
+        g_mutex_unlock(&g->lock);
+        g_set_error(error, SG_ERROR, SG_ERROR_INVALID,
+                    "device state can only be loaded into a paused guest");
+        return false;
+    }
+    for (uint32_t i = 0; i < vcpus; i++) {
+        const uint8_t *p = data + SG_DS_VCPU_OFF + i * SG_DS_VCPU_SIZE;
+        g->vcpus[i].rng = sg_get_be64(p);
+        g->vcpus[i].pages_written = sg_get_be64(p + 8);
+    }
+    atomic_store(&g->pages_written, sg_get_be64(data + 32));
+    g_mutex_unlock(&g->lock);
+    return true;
+}

@@ -1,0 +1,28 @@
+/* SPDX-License-Identifier: MIT */
+/* "host:port" parsing shared by the control channel and the TCP backend. */
+#ifndef RDMIG_TRANSPORT_ADDRESS_H
+#define RDMIG_TRANSPORT_ADDRESS_H
+
+#include <glib.h>
+#include <stdbool.h>
+#include <sys/socket.h>
+
+/** rdmig_address_parse: "HOST:PORT", "[V6]:PORT" or "tcp:..." into @ss.
+ *  HOST may be a name (resolved once). @allow_port0 for listeners. */
+bool rdmig_address_parse(const char *address, bool allow_port0, struct sockaddr_storage *ss,
+                         socklen_t *len, GError **error);
+
+/** rdmig_address_format: "host:port" / "[v6]:port" of @sa, newly allocated. */
+char *rdmig_address_format(const struct sockaddr *sa);
+
+/** rdmig_socket_listen: bound, listening, non-blocking TCP socket on @address. */
+int rdmig_socket_listen(const char *address, char **bound, GError **error);
+
+/** rdmig_socket_accept: waits up to @timeout_ms (-1: forever) for a connection;
+ *  @cancel_fd (or -1) readable aborts the wait. Returns a blocking socket. */
+int rdmig_socket_accept(int listen_fd, int timeout_ms, int cancel_fd, GError **error);
+
+/** rdmig_socket_connect: connects with a timeout; returns a blocking socket. */
+int rdmig_socket_connect(const char *address, int timeout_ms, GError **error);
+
+#endif

@@ -1,0 +1,181 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The transport registry.  A table is checked against the ABI this build
+ * knows, copied, and its absent members are filled with stubs that fail with
+ * -ENOTSUP or RDMIG_ERROR_UNSUPPORTED, so no caller ever tests for NULL.
+ */
+#define G_LOG_DOMAIN "rdmig-transport"
+
+#include <errno.h>
+#include <string.h>
+
+#include "rdmig/error.h"
+#include "rdmig/transport.h"
+#include "registry.h"
+
+#define MAX_TRANSPORTS 8
+
+static RdmigTransportOps registered[MAX_TRANSPORTS];
+static const RdmigTransportOps *listed[MAX_TRANSPORTS + 1];
+static unsigned n_registered;
+static GMutex registry_lock;
+
+static void unsupported(GError **error)
+{
+    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
+                "operation not supported by this transport");
+}
+static bool stub_probe(GError **error) { unsupported(error); return false; }
+static RdmigTransport *stub_create(const RdmigTransportConfig *c, GError **error)
+{
+    (void)c;
+    unsupported(error);
+    return NULL;
+}
+static void stub_destroy(RdmigTransport *t) { (void)t; }
+static RdmigListener *stub_listen(RdmigTransport *t, const char *a, GError **error)
+{
+    (void)t; (void)a;
+    unsupported(error);
+    return NULL;
+}
+static const char *stub_listener_address(RdmigListener *l) { (void)l; return ""; }
+static RdmigConn *stub_accept(RdmigListener *l, int timeout_ms, GError **error)
+{
+    (void)l; (void)timeout_ms;
+    unsupported(error);
+    return NULL;
+}
+static void stub_listener_close(RdmigListener *l) { (void)l; }
+static RdmigConn *stub_connect(RdmigTransport *t, const char *a, GError **error)
+{
+    (void)t; (void)a;
+    unsupported(error);
+    return NULL;
+}
+static void stub_conn_void(RdmigConn *c) { (void)c; }
+static RdmigRegion *stub_register(RdmigTransport *t, void *addr, size_t len, uint32_t access,
+                                  GError **error)
+{
+    (void)t; (void)addr; (void)len; (void)access;
+    unsupported(error);
+    return NULL;
+}
+static void stub_region_key(RdmigRegion *r, RdmigRemoteKey *k) { (void)r; k->len = 0; }
+static void stub_deregister(RdmigRegion *r) { (void)r; }
+static int stub_submit(RdmigConn *c, RdmigIoReq *req) { (void)c; (void)req; return -ENOTSUP; }
+static int stub_poll(RdmigConn *c, RdmigIoReq **done, int max)
+{
+    (void)c; (void)done; (void)max;
+    return -ENOTSUP;
+}
+static int stub_conn_fd(RdmigConn *c, short *events) { (void)c; *events = 0; return -1; }
+static const char *stub_conn_error(RdmigConn *c) { (void)c; return NULL; }
+
+#define FILL(member, stub) do { if (!t->member) t->member = stub; } while (0)
+
+bool rdmig_transport_register(const RdmigTransportOps *ops, GError **error)
+{
+    if (ops->abi_version != RDMIG_TRANSPORT_ABI_VERSION || ops->size > sizeof(RdmigTransportOps) ||
+        ops->size < offsetof(RdmigTransportOps, caps) + sizeof(ops->caps)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_VERSION,
+                    "transport '%s' was built for ABI %u (size %u); this library has ABI %u "
+                    "(size %zu)", ops->name ? ops->name : "?", ops->abi_version, ops->size,
+                    RDMIG_TRANSPORT_ABI_VERSION, sizeof(RdmigTransportOps));
+        return false;
+    }
+    if (!ops->name || !*ops->name) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID, "transport without a name");
+        return false;
+    }
+    g_mutex_lock(&registry_lock);
+    for (unsigned i = 0; i < n_registered; i++) {
+        if (strcmp(registered[i].name, ops->name) == 0) {
+            g_mutex_unlock(&registry_lock);
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                        "transport '%s' is already registered", ops->name);
+            return false;
+        }
+    }
+    if (n_registered == MAX_TRANSPORTS) {
+        g_mutex_unlock(&registry_lock);
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "transport registry is full");
+        return false;
+    }
+    RdmigTransportOps *t = &registered[n_registered];
+    memset(t, 0, sizeof(*t));
+    /* An older, smaller table: copy what it has, the rest stays NULL and gets stubs. */
+    memcpy(t, ops, ops->size);
+    t->size = sizeof(*t);
+    FILL(probe, stub_probe);
+    FILL(create, stub_create);
+    FILL(destroy, stub_destroy);
+    FILL(listen, stub_listen);
+    FILL(listener_address, stub_listener_address);
+    FILL(accept, stub_accept);
+    FILL(listener_close, stub_listener_close);
+    FILL(connect, stub_connect);
+    FILL(disconnect, stub_conn_void);
+    FILL(conn_close, stub_conn_void);
+    FILL(register_region, stub_register);
+    FILL(region_key, stub_region_key);
+    FILL(deregister_region, stub_deregister);
+    FILL(submit, stub_submit);
+    FILL(poll, stub_poll);
+    FILL(conn_fd, stub_conn_fd);
+    FILL(conn_error, stub_conn_error);
+    listed[n_registered] = t;
+    n_registered++;
+    g_mutex_unlock(&registry_lock);
+    return true;
+}
+
+static void register_builtin(void)
+{
+    static gsize once;
+    if (g_once_init_enter(&once)) {
+        rdmig_transport_register_builtin();
+        g_once_init_leave(&once, 1);
+    }
+}
+
+const RdmigTransportOps *const *rdmig_transport_list(void)
+{
+    register_builtin();
+    return listed;
+}
+
+const RdmigTransportOps *rdmig_transport_lookup(const char *name)
+{
+    register_builtin();
+    for (unsigned i = 0; listed[i]; i++)
+        if (strcmp(listed[i]->name, name) == 0)
+            return listed[i];
+    return NULL;
+}
+
+const RdmigTransportOps *rdmig_transport_find(uint32_t caps, GError **error)
+{
+    register_builtin();
+    const RdmigTransportOps *best = NULL;
+    GString *why = g_string_new(NULL);
+    for (unsigned i = 0; listed[i]; i++) {
+        const RdmigTransportOps *t = listed[i];
+        if ((t->caps & caps) != caps)
+            continue;
+        g_autoptr(GError) perr = NULL;
+        if (!t->probe(&perr)) {
+            g_string_append_printf(why, "%s%s: %s", why->len ? "; " : "", t->name, perr->message);
+            continue;
+        }
+        if (!best || ((t->caps & RDMIG_TRANSPORT_CAP_ZERO_TARGET_CPU) &&
+                      !(best->caps & RDMIG_TRANSPORT_CAP_ZERO_TARGET_CPU)))
+            best = t;
+    }
+    if (!best)
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
+                    "no usable transport with capabilities 0x%x%s%s", caps, why->len ? ": " : "",
+                    why->str);
+    g_string_free(why, TRUE);
+    return best;
+}

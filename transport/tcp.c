@@ -1,0 +1,761 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * TCP data backend: emulates one-sided writes and reads with framed messages.
+ *
+ * Each connection carries, in both directions, a stream of 32-byte headers,
+ * some followed by a payload:
+ *
+ *   initiator                                   target
+ *   ---------                                   ------
+ *   HELLO(token) ------------------------------> accept() checks the token
+ *   PUT(region, offset, len, seq) + payload ---> bounds-checked, received
+ *                                                straight into the region
+ *   <------------------------------------------- ACK(seq): every PUT up to seq
+ *                                                is placed (sent once per poll)
+ *   GET(region, offset, len, seq) -------------> bounds-checked
+ *   <------------------------------------------- GET_RESP(seq, len) + payload,
+ *                                                sent straight from the region
+ *
+ * A write completes on the ACK, not when the socket took the bytes, so
+ * "completed" means "in the target's memory", as with an RDMA WRITE.  Both
+ * ends may be initiator and target at once.  Target-side CPU does the
+ * placing, inside poll(): whoever owns the connection must keep polling it.
+ *
+ * Header, big-endian:
+ *   0 u32 magic "RDTD"   4 u8 type   5 u8 flags   6 u16 reserved
+ *   8 u32 region id     12 u32 length            16 u64 offset   24 u64 seq
+ */
+#define G_LOG_DOMAIN "rdmig-transport"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "address.h"
+#include "rdmig/error.h"
+#include "rdmig/transport.h"
+#include "registry.h"
+
+#define TCP_MAGIC 0x52445444u /* "RDTD" */
+#define TCP_VERSION 1
+#define TCP_HDR 32
+#define TCP_MAX_REGIONS 1024
+#define TCP_DEFAULT_DEPTH 64
+#define TCP_DEFAULT_MAX_IO (4u << 20)
+/* Bytes received per poll() before sending gets its turn. */
+#define TCP_RX_BUDGET (8u << 20)
+
+enum { T_HELLO = 1, T_PUT, T_GET, T_ACK, T_GET_RESP };
+
+struct RdmigTransport {
+    RdmigTransportConfig cfg;
+    RdmigRegion *regions[TCP_MAX_REGIONS]; /* atomic pointers: read by conn threads */
+    GMutex lock;                           /* serialises register/deregister */
+};
+
+struct RdmigRegion {
+    RdmigTransport *t;
+    uint32_t id;
+    uint8_t *addr;
+    size_t len;
+    uint32_t access;
+};
+
+struct RdmigListener {
+    RdmigTransport *t;
+    int fd;
+    char *address;
+};
+
+/* A GET the peer asked of us, waiting to be answered from our region. */
+typedef struct {
+    const uint8_t *src;
+    uint32_t len;
+    uint64_t seq;
+} TcpGetResp;
+
+typedef enum { TX_NONE, TX_REQ, TX_RESP, TX_ACK } TcpTxKind;
+typedef enum { RX_HDR, RX_PUT, RX_RESP, RX_FAILED } TcpRxState;
+
+struct RdmigConn {
+    RdmigTransport *t;
+    int fd;
+    uint32_t depth;
+    bool failed;
+    int fail_errno;
+    char error[256];
+
+    /* initiator: submitted, not yet fully sent; then sent, awaiting ACK/GET_RESP */
+    RdmigIoReq *sq_head, *sq_tail;
+    RdmigIoReq *wq_head, *wq_tail;
+    RdmigIoReq *done_head, *done_tail;
+    uint32_t outstanding;
+    uint64_t next_seq;
+
+    /* target */
+    uint64_t peer_done_seq; /* highest peer request placed/queued */
+    uint64_t acked_seq;     /* highest seq we sent an ACK for */
+    TcpGetResp *resp;       /* ring of answers to send */
+    uint32_t resp_cap, resp_head, resp_count;
+
+    /* transmit: one frame in flight at a time */
+    TcpTxKind tx_kind;
+    uint8_t tx_hdr[TCP_HDR];
+    struct iovec tx_iov[RDMIG_IO_MAX_IOV + 1];
+    int tx_iovcnt;
+    size_t tx_total, tx_done;
+    RdmigIoReq *tx_req;
+
+    /* receive */
+    TcpRxState rx;
+    uint8_t rx_hdr[TCP_HDR];
+    size_t rx_hdr_got;
+    uint8_t *rx_dst;     /* PUT payload destination */
+    size_t rx_left;
+    RdmigIoReq *rx_req;  /* GET_RESP destination */
+    size_t rx_req_off;
+};
+
+static inline void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+static inline void put64(uint8_t *p, uint64_t v) { put32(p, v >> 32); put32(p + 4, (uint32_t)v); }
+static inline uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline uint64_t get64(const uint8_t *p) { return (uint64_t)get32(p) << 32 | get32(p + 4); }
+
+static void hdr_encode(uint8_t *h, uint8_t type, uint32_t region, uint32_t len, uint64_t off,
+                       uint64_t seq)
+{
+    put32(h, TCP_MAGIC);
+    h[4] = type;
+    h[5] = 0;
+    h[6] = h[7] = 0;
+    put32(h + 8, region);
+    put32(h + 12, len);
+    put64(h + 16, off);
+    put64(h + 24, seq);
+}
+
+/* ---------------------------------------------------------------- control path */
+
+static bool tcp_probe(GError **error)
+{
+    (void)error;
+    return true;
+}
+
+static RdmigTransport *tcp_create(const RdmigTransportConfig *config, GError **error)
+{
+    (void)error;
+    RdmigTransport *t = g_new0(RdmigTransport, 1);
+    if (config)
+        t->cfg = *config;
+    if (!t->cfg.queue_depth)
+        t->cfg.queue_depth = TCP_DEFAULT_DEPTH;
+    if (!t->cfg.max_io_bytes)
+        t->cfg.max_io_bytes = TCP_DEFAULT_MAX_IO;
+    if (!t->cfg.connect_timeout_ms)
+        t->cfg.connect_timeout_ms = 10000;
+    g_mutex_init(&t->lock);
+    return t;
+}
+
+static void tcp_destroy(RdmigTransport *t)
+{
+    if (!t)
+        return;
+    g_mutex_clear(&t->lock);
+    g_free(t);
+}
+
+static RdmigConn *conn_new(RdmigTransport *t, int fd)
+{
+    RdmigConn *c = g_new0(RdmigConn, 1);
+    c->t = t;
+    c->fd = fd;
+    c->depth = t->cfg.queue_depth;
+    c->next_seq = 1;
+    /* The peer's depth may differ from ours; answers wait here when our
+     * socket is full, and reading stops when the ring is. */
+    c->resp_cap = 2 * t->cfg.queue_depth;
+    c->resp = g_new0(TcpGetResp, c->resp_cap);
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    return c;
+}
+
+static RdmigListener *tcp_listen(RdmigTransport *t, const char *address, GError **error)
+{
+    char *bound = NULL;
+    int fd = rdmig_socket_listen(address, &bound, error);
+    if (fd < 0)
+        return NULL;
+    RdmigListener *l = g_new0(RdmigListener, 1);
+    l->t = t;
+    l->fd = fd;
+    l->address = bound;
+    return l;
+}
+
+static const char *tcp_listener_address(RdmigListener *l) { return l->address; }
+
+static void tcp_listener_close(RdmigListener *l)
+{
+    if (!l)
+        return;
+    close(l->fd);
+    g_free(l->address);
+    g_free(l);
+}
+
+/* Reads exactly @len bytes from a blocking-mode socket within @timeout_ms. */
+static bool read_exact(int fd, uint8_t *buf, size_t len, int timeout_ms)
+{
+    gint64 deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
+    size_t got = 0;
+    while (got < len) {
+        gint64 left = (deadline - g_get_monotonic_time()) / 1000;
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        if (left <= 0 || poll(&p, 1, (int)left) <= 0)
+            return false;
+        ssize_t r = recv(fd, buf + got, len - got, MSG_DONTWAIT);
+        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
+            return false;
+        if (r > 0)
+            got += r;
+    }
+    return true;
+}
+
+static RdmigConn *tcp_accept(RdmigListener *l, int timeout_ms, GError **error)
+{
+    int fd = rdmig_socket_accept(l->fd, timeout_ms, -1, error);
+    if (fd < 0)
+        return NULL;
+    uint8_t h[TCP_HDR];
+    int hello_ms = (int)MIN(l->t->cfg.connect_timeout_ms, 5000u);
+    if (!read_exact(fd, h, sizeof(h), hello_ms)) {
+        close(fd);
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "data connection on %s sent no hello within %d ms", l->address, hello_ms);
+        return NULL;
+    }
+    if (get32(h) != TCP_MAGIC || h[4] != T_HELLO) {
+        close(fd);
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "data connection on %s did not start with an rdmig hello (magic 0x%08x, "
+                    "type %u)", l->address, get32(h), h[4]);
+        return NULL;
+    }
+    if (get32(h + 12) != TCP_VERSION) {
+        close(fd);
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_VERSION,
+                    "data connection speaks TCP data version %u, this build %u", get32(h + 12),
+                    TCP_VERSION);
+        return NULL;
+    }
+    if (get64(h + 16) != l->t->cfg.conn_token) {
+        close(fd);
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_AUTH,
+                    "data connection presented another session's token");
+        return NULL;
+    }
+    return conn_new(l->t, fd);
+}
+
+static RdmigConn *tcp_connect(RdmigTransport *t, const char *address, GError **error)
+{
+    int fd = rdmig_socket_connect(address, (int)t->cfg.connect_timeout_ms, error);
+    if (fd < 0)
+        return NULL;
+    uint8_t h[TCP_HDR];
+    hdr_encode(h, T_HELLO, 0, TCP_VERSION, t->cfg.conn_token, 0);
+    if (send(fd, h, sizeof(h), MSG_NOSIGNAL) != sizeof(h)) {
+        int e = errno;
+        close(fd);
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CONNECT, "data connection to '%s': %s",
+                    address, g_strerror(e));
+        return NULL;
+    }
+    return conn_new(t, fd);
+}
+
+static void push(RdmigIoReq **head, RdmigIoReq **tail, RdmigIoReq *r)
+{
+    r->tp_next = NULL;
+    if (*tail)
+        (*tail)->tp_next = r;
+    else
+        *head = r;
+    *tail = r;
+}
+
+static void complete(RdmigConn *c, RdmigIoReq *r, int status)
+{
+    r->status = status;
+    c->outstanding--;
+    push(&c->done_head, &c->done_tail, r);
+}
+
+/* Fails the connection once: every outstanding request completes with an
+ * error; later polls report -fail_errno after the completions are reaped. */
+static void conn_fail(RdmigConn *c, int err, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
+static void conn_fail(RdmigConn *c, int err, const char *fmt, ...)
+{
+    if (c->failed)
+        return;
+    c->failed = true;
+    c->fail_errno = err;
+    c->rx = RX_FAILED;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->error, sizeof(c->error), fmt, ap);
+    va_end(ap);
+    shutdown(c->fd, SHUT_RDWR);
+    RdmigIoReq *r;
+    if (c->tx_kind == TX_REQ && c->tx_req) {
+        complete(c, c->tx_req, -err);
+        c->tx_req = NULL;
+    }
+    c->tx_kind = TX_NONE;
+    while ((r = c->wq_head)) {
+        c->wq_head = r->tp_next;
+        complete(c, r, -err);
+    }
+    c->wq_tail = NULL;
+    while ((r = c->sq_head)) {
+        c->sq_head = r->tp_next;
+        complete(c, r, -err);
+    }
+    c->sq_tail = NULL;
+}
+
+static void tcp_disconnect(RdmigConn *c)
+{
+    conn_fail(c, ECANCELED, "disconnected");
+}
+
+static void tcp_conn_close(RdmigConn *c)
+{
+    if (!c)
+        return;
+    close(c->fd);
+    g_free(c->resp);
+    g_free(c);
+}
+
+static RdmigRegion *tcp_register(RdmigTransport *t, void *addr, size_t len, uint32_t access,
+                                 GError **error)
+{
+    if (!addr || !len) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID, "empty region");
+        return NULL;
+    }
+    g_mutex_lock(&t->lock);
+    for (uint32_t i = 0; i < TCP_MAX_REGIONS; i++) {
+        if (t->regions[i])
+            continue;
+        RdmigRegion *r = g_new0(RdmigRegion, 1);
+        *r = (RdmigRegion){ .t = t, .id = i, .addr = addr, .len = len, .access = access };
+        g_atomic_pointer_set(&t->regions[i], r);
+        g_mutex_unlock(&t->lock);
+        return r;
+    }
+    g_mutex_unlock(&t->lock);
+    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "more than %d regions registered",
+                TCP_MAX_REGIONS);
+    return NULL;
+}
+
+static void tcp_region_key(RdmigRegion *r, RdmigRemoteKey *key)
+{
+    key->len = 12;
+    put32(key->bytes, r->id);
+    put64(key->bytes + 4, r->len);
+}
+
+static void tcp_deregister(RdmigRegion *r)
+{
+    if (!r)
+        return;
+    g_mutex_lock(&r->t->lock);
+    g_atomic_pointer_set(&r->t->regions[r->id], NULL);
+    g_mutex_unlock(&r->t->lock);
+    g_free(r);
+}
+
+/* ---------------------------------------------------------------- data path */
+
+static size_t iov_total(const RdmigIoReq *r)
+{
+    size_t n = 0;
+    for (int i = 0; i < r->iovcnt; i++)
+        n += r->iov[i].iov_len;
+    return n;
+}
+
+static int tcp_submit(RdmigConn *c, RdmigIoReq *req)
+{
+    if (c->failed)
+        return -ENOTCONN;
+    if (req->iovcnt < 1 || req->iovcnt > RDMIG_IO_MAX_IOV || !req->rkey || req->rkey->len != 12 ||
+        (req->op != RDMIG_IO_WRITE && req->op != RDMIG_IO_READ))
+        return -EINVAL;
+    size_t total = iov_total(req);
+    if (!total || total > c->t->cfg.max_io_bytes)
+        return -EINVAL;
+    /* The remote bounds are the target's to enforce; checking here too gives
+     * the caller an early, local error. */
+    uint64_t rlen = get64(req->rkey->bytes + 4);
+    if (req->remote_offset > rlen || total > rlen - req->remote_offset)
+        return -EINVAL;
+    if (c->outstanding >= c->depth)
+        return -EAGAIN;
+    req->tp_priv[0] = total;
+    req->tp_priv[1] = 0; /* seq, assigned when sending starts */
+    req->status = 0;
+    c->outstanding++;
+    push(&c->sq_head, &c->sq_tail, req);
+    return 0;
+}
+
+static bool tx_pending(RdmigConn *c)
+{
+    return c->tx_kind != TX_NONE || c->sq_head || c->resp_count || c->peer_done_seq > c->acked_seq;
+}
+
+/* Picks the next frame to send: answers to the peer first (it may be waiting
+ * on them), then our own requests. */
+static bool tx_next(RdmigConn *c)
+{
+    c->tx_done = 0;
+    if (c->peer_done_seq > c->acked_seq) {
+        hdr_encode(c->tx_hdr, T_ACK, 0, 0, 0, c->peer_done_seq);
+        c->acked_seq = c->peer_done_seq;
+        c->tx_kind = TX_ACK;
+        c->tx_iov[0] = (struct iovec){ c->tx_hdr, TCP_HDR };
+        c->tx_iovcnt = 1;
+        c->tx_total = TCP_HDR;
+        return true;
+    }
+    if (c->resp_count) {
+        TcpGetResp *g = &c->resp[c->resp_head];
+        hdr_encode(c->tx_hdr, T_GET_RESP, 0, g->len, 0, g->seq);
+        c->tx_kind = TX_RESP;
+        c->tx_iov[0] = (struct iovec){ c->tx_hdr, TCP_HDR };
+        c->tx_iov[1] = (struct iovec){ (void *)g->src, g->len };
+        c->tx_iovcnt = 2;
+        c->tx_total = TCP_HDR + g->len;
+        return true;
+    }
+    RdmigIoReq *r = c->sq_head;
+    if (!r)
+        return false;
+    c->sq_head = r->tp_next;
+    if (!c->sq_head)
+        c->sq_tail = NULL;
+    r->tp_priv[1] = c->next_seq++;
+    uint32_t region = get32(r->rkey->bytes);
+    uint32_t len = (uint32_t)r->tp_priv[0];
+    c->tx_req = r;
+    c->tx_kind = TX_REQ;
+    c->tx_iov[0] = (struct iovec){ c->tx_hdr, TCP_HDR };
+    c->tx_iovcnt = 1;
+    c->tx_total = TCP_HDR;
+    if (r->op == RDMIG_IO_WRITE) {
+        hdr_encode(c->tx_hdr, T_PUT, region, len, r->remote_offset, r->tp_priv[1]);
+        memcpy(&c->tx_iov[1], r->iov, r->iovcnt * sizeof(struct iovec));
+        c->tx_iovcnt += r->iovcnt;
+        c->tx_total += len;
+    } else {
+        hdr_encode(c->tx_hdr, T_GET, region, len, r->remote_offset, r->tp_priv[1]);
+    }
+    return true;
+}
+
+static void tx_finish(RdmigConn *c)
+{
+    if (c->tx_kind == TX_REQ) {
+        push(&c->wq_head, &c->wq_tail, c->tx_req);
+        c->tx_req = NULL;
+    } else if (c->tx_kind == TX_RESP) {
+        c->resp_head = (c->resp_head + 1) % c->resp_cap;
+        c->resp_count--;
+    }
+    c->tx_kind = TX_NONE;
+}
+
+static void progress_tx(RdmigConn *c)
+{
+    while (!c->failed) {
+        if (c->tx_kind == TX_NONE && !tx_next(c))
+            return;
+        /* Skip what an earlier partial send already took. */
+        struct iovec v[RDMIG_IO_MAX_IOV + 1];
+        int n = 0;
+        size_t skip = c->tx_done;
+        for (int i = 0; i < c->tx_iovcnt; i++) {
+            if (skip >= c->tx_iov[i].iov_len) {
+                skip -= c->tx_iov[i].iov_len;
+                continue;
+            }
+            v[n].iov_base = (uint8_t *)c->tx_iov[i].iov_base + skip;
+            v[n].iov_len = c->tx_iov[i].iov_len - skip;
+            skip = 0;
+            n++;
+        }
+        struct msghdr m = { .msg_iov = v, .msg_iovlen = n };
+        ssize_t r = sendmsg(c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                return;
+            conn_fail(c, errno == EPIPE ? ECONNRESET : errno, "send: %s", g_strerror(errno));
+            return;
+        }
+        c->tx_done += r;
+        if (c->tx_done == c->tx_total)
+            tx_finish(c);
+        else
+            return;
+    }
+}
+
+/* First waiting request of kind @op in the wait queue, and its predecessor. */
+static RdmigIoReq *wq_find(RdmigConn *c, RdmigIoOp op, RdmigIoReq **prev)
+{
+    *prev = NULL;
+    for (RdmigIoReq *r = c->wq_head; r; *prev = r, r = r->tp_next)
+        if (r->op == op)
+            return r;
+    return NULL;
+}
+
+static void wq_unlink(RdmigConn *c, RdmigIoReq *r, RdmigIoReq *prev)
+{
+    if (prev)
+        prev->tp_next = r->tp_next;
+    else
+        c->wq_head = r->tp_next;
+    if (c->wq_tail == r)
+        c->wq_tail = prev;
+}
+
+/* A whole header arrived: validate it and set up the payload, if any. */
+static void rx_header(RdmigConn *c)
+{
+    const uint8_t *h = c->rx_hdr;
+    c->rx_hdr_got = 0;
+    if (get32(h) != TCP_MAGIC) {
+        conn_fail(c, EPROTO, "bad frame magic 0x%08x on data connection", get32(h));
+        return;
+    }
+    uint8_t type = h[4];
+    uint32_t region = get32(h + 8), len = get32(h + 12);
+    uint64_t off = get64(h + 16), seq = get64(h + 24);
+    switch (type) {
+    case T_PUT:
+    case T_GET: {
+        RdmigRegion *r = region < TCP_MAX_REGIONS ? g_atomic_pointer_get(&c->t->regions[region])
+                                                  : NULL;
+        const char *op = type == T_PUT ? "write" : "read";
+        if (!r) {
+            conn_fail(c, EPROTO, "peer %s to unknown region %u", op, region);
+            return;
+        }
+        uint32_t need = type == T_PUT ? RDMIG_ACCESS_REMOTE_WRITE : RDMIG_ACCESS_REMOTE_READ;
+        if (!(r->access & need)) {
+            conn_fail(c, EACCES, "peer %s to region %u, which does not allow remote %ss", op,
+                      region, op);
+            return;
+        }
+        if (!len || len > c->t->cfg.max_io_bytes || off > r->len || len > r->len - off) {
+            conn_fail(c, EPROTO,
+                      "peer %s out of range: region %u offset %" G_GUINT64_FORMAT
+                      " length %u (region is %zu bytes, limit %u per request)", op, region, off,
+                      len, r->len, c->t->cfg.max_io_bytes);
+            return;
+        }
+        if (seq != c->peer_done_seq + 1) {
+            conn_fail(c, EPROTO, "peer request out of sequence: %" G_GUINT64_FORMAT
+                      " after %" G_GUINT64_FORMAT, seq, c->peer_done_seq);
+            return;
+        }
+        if (type == T_PUT) {
+            c->rx_dst = r->addr + off;
+            c->rx_left = len;
+            c->rx = RX_PUT;
+        } else {
+            uint32_t slot = (c->resp_head + c->resp_count) % c->resp_cap;
+            c->resp[slot] = (TcpGetResp){ .src = r->addr + off, .len = len, .seq = seq };
+            c->resp_count++;
+            c->peer_done_seq = seq;
+        }
+        return;
+    }
+    case T_ACK: {
+        if (seq >= c->next_seq) {
+            conn_fail(c, EPROTO, "peer acknowledged request %" G_GUINT64_FORMAT
+                      " that was never sent", seq);
+            return;
+        }
+        RdmigIoReq *prev = NULL, *r = c->wq_head;
+        while (r) {
+            RdmigIoReq *next = r->tp_next;
+            if (r->op == RDMIG_IO_WRITE && r->tp_priv[1] <= seq) {
+                wq_unlink(c, r, prev);
+                complete(c, r, 0);
+            } else {
+                prev = r;
+            }
+            r = next;
+        }
+        return;
+    }
+    case T_GET_RESP: {
+        RdmigIoReq *prev, *r = wq_find(c, RDMIG_IO_READ, &prev);
+        if (!r || r->tp_priv[1] != seq || len != r->tp_priv[0]) {
+            conn_fail(c, EPROTO, "unexpected read response (seq %" G_GUINT64_FORMAT
+                      ", %u bytes)", seq, len);
+            return;
+        }
+        wq_unlink(c, r, prev);
+        c->rx_req = r;
+        c->rx_req_off = 0;
+        c->rx_left = len;
+        c->rx = RX_RESP;
+        return;
+    }
+    default:
+        conn_fail(c, EPROTO, "unknown frame type %u on data connection", type);
+    }
+}
+
+/* Builds the receive vector: the rest of the current payload, then room for
+ * the next header, so one recvmsg() usually ends a payload and begins the next
+ * frame. */
+static int rx_vector(RdmigConn *c, struct iovec *v)
+{
+    int n = 0;
+    if (c->rx == RX_PUT) {
+        v[n++] = (struct iovec){ c->rx_dst, c->rx_left };
+    } else if (c->rx == RX_RESP) {
+        RdmigIoReq *r = c->rx_req;
+        size_t skip = c->rx_req_off;
+        for (int i = 0; i < r->iovcnt; i++) {
+            if (skip >= r->iov[i].iov_len) {
+                skip -= r->iov[i].iov_len;
+                continue;
+            }
+            v[n++] = (struct iovec){ (uint8_t *)r->iov[i].iov_base + skip,
+                                     r->iov[i].iov_len - skip };
+            skip = 0;
+        }
+    }
+    v[n++] = (struct iovec){ c->rx_hdr + c->rx_hdr_got, TCP_HDR - c->rx_hdr_got };
+    return n;
+}
+
+static void progress_rx(RdmigConn *c)
+{
+    size_t budget = TCP_RX_BUDGET;
+    while (!c->failed && budget) {
+        /* Answers we still owe cap how many more reads we accept. */
+        if (c->resp_count == c->resp_cap)
+            return;
+        struct iovec v[RDMIG_IO_MAX_IOV + 1];
+        int n = rx_vector(c, v);
+        struct msghdr m = { .msg_iov = v, .msg_iovlen = n };
+        ssize_t r = recvmsg(c->fd, &m, MSG_DONTWAIT);
+        if (r == 0) {
+            conn_fail(c, ECONNRESET, "peer closed the data connection");
+            return;
+        }
+        if (r < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                return;
+            conn_fail(c, errno, "receive: %s", g_strerror(errno));
+            return;
+        }
+        budget = (size_t)r >= budget ? 0 : budget - r;
+        size_t got = r;
+        if (c->rx != RX_HDR) {
+            size_t take = MIN(got, c->rx_left);
+            c->rx_left -= take;
+            got -= take;
+            if (c->rx == RX_RESP)
+                c->rx_req_off += take;
+            else
+                c->rx_dst += take;
+            if (!c->rx_left) {
+                if (c->rx == RX_PUT) {
+                    c->peer_done_seq++;
+                } else {
+                    complete(c, c->rx_req, 0);
+                    c->rx_req = NULL;
+                }
+                c->rx = RX_HDR;
+            }
+        }
+        c->rx_hdr_got += got;
+        if (c->rx_hdr_got == TCP_HDR)
+            rx_header(c);
+    }
+}
+
+static int tcp_poll(RdmigConn *c, RdmigIoReq **done, int max)
+{
+    if (!c->failed) {
+        progress_rx(c);
+        progress_tx(c);
+    }
+    int n = 0;
+    while (n < max && c->done_head) {
+        RdmigIoReq *r = c->done_head;
+        c->done_head = r->tp_next;
+        if (!c->done_head)
+            c->done_tail = NULL;
+        done[n++] = r;
+    }
+    if (!n && c->failed)
+        return -c->fail_errno;
+    return n;
+}
+
+static int tcp_conn_fd(RdmigConn *c, short *events)
+{
+    *events = POLLIN | (tx_pending(c) ? POLLOUT : 0);
+    return c->fd;
+}
+
+static const char *tcp_conn_error(RdmigConn *c) { return c->failed ? c->error : NULL; }
+
+const RdmigTransportOps rdmig_tcp_transport_ops = {
+    .abi_version = RDMIG_TRANSPORT_ABI_VERSION,
+    .size = sizeof(RdmigTransportOps),
+    .name = "tcp",
+    .caps = RDMIG_TRANSPORT_CAP_ONESIDED_WRITE | RDMIG_TRANSPORT_CAP_ONESIDED_READ,
+    .probe = tcp_probe,
+    .create = tcp_create,
+    .destroy = tcp_destroy,
+    .listen = tcp_listen,
+    .listener_address = tcp_listener_address,
+    .accept = tcp_accept,
+    .listener_close = tcp_listener_close,
+    .connect = tcp_connect,
+    .disconnect = tcp_disconnect,
+    .conn_close = tcp_conn_close,
+    .register_region = tcp_register,
+    .region_key = tcp_region_key,
+    .deregister_region = tcp_deregister,
+    .submit = tcp_submit,
+    .poll = tcp_poll,
+    .conn_fd = tcp_conn_fd,
+    .conn_error = tcp_conn_error,
+};
