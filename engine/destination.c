@@ -53,9 +53,12 @@ static gpointer data_poller(gpointer data)
     RdmigConn *c = s->conns[dp->index];
     while (!g_atomic_int_get(&s->stop_threads)) {
         short ev;
-        struct pollfd p = { .fd = s->tp->conn_fd(c, &ev) };
-        p.events = ev;
-        if (poll(&p, 1, 100) < 0 && errno != EINTR)
+        struct pollfd p[2] = { { .fd = s->tp->conn_fd(c, &ev) },
+                               { .fd = s->stop_fd, .events = POLLIN } };
+        p[0].events = ev;
+        if (poll(p, 2, -1) < 0 && errno != EINTR)
+            break;
+        if (p[1].revents)
             break;
         RdmigIoReq *done[16];
         int n = s->tp->poll(c, done, G_N_ELEMENTS(done));
@@ -74,6 +77,10 @@ static gpointer data_poller(gpointer data)
 static void stop_data_pollers(RdmigSession *s)
 {
     g_atomic_int_set(&s->stop_threads, 1);
+    uint64_t one = 1;
+    if (write(s->stop_fd, &one, sizeof(one)) < 0) {
+        /* Saturated: the pollers are being told already. */
+    }
     for (uint32_t i = 0; i < s->nconns; i++) {
         if (s->data_threads[i])
             g_thread_join(s->data_threads[i]);
@@ -97,6 +104,9 @@ static bool accept_source(RdmigSession *s, RdmigHello *hello, GError **error)
         }
         s->ctl = rdmig_control_new(fd, (int)s->params.peer_timeout_ms);
         g_atomic_pointer_set(&s->last_rx_us, now_us());
+        /* Times on this side count from the source's arrival, not from
+         * when we began to listen. */
+        s->t_start = now_us();
         RdmigFrame f;
         g_autoptr(GError) err = NULL;
         int r = rdmig_control_recv(s->ctl, &f, (int)s->params.peer_timeout_ms, &err);
@@ -345,9 +355,22 @@ static gpointer verify_slice(gpointer data)
 {
     VerifySlice *v = data;
     RdmigRamBlock *b = v->s->blocks->pdata[v->block];
+    if (v->end <= v->first)
+        return NULL;
+    /* A page this side never touched is zero without reading it (reading
+     * would allocate it); it passes if the source's page was zero too. */
+    g_autofree uint8_t *zero = g_malloc0(b->page_size);
+    uint64_t zero_hash = rdmig_page_hash(zero, b->page_size);
+    uint64_t n = v->end - v->first;
+    g_autofree uint64_t *resident = rdmig_bitmap_new(n);
+    if (!rdmig_ram_resident(b->host + v->first * b->page_size, n * b->page_size, b->page_size,
+                            resident, NULL))
+        memset(resident, 0xff, rdmig_bitmap_words(n) * 8);
     for (uint64_t p = v->first; p < v->end; p++) {
-        bool ok = rdmig_bitmap_test(b->hash_known, p) &&
-                  rdmig_page_hash(b->host + p * b->page_size, b->page_size) == b->hashes[p];
+        uint64_t h = rdmig_bitmap_test(resident, p - v->first)
+                         ? rdmig_page_hash(b->host + p * b->page_size, b->page_size)
+                         : zero_hash;
+        bool ok = rdmig_bitmap_test(b->hash_known, p) && h == b->hashes[p];
         if (ok) {
             v->verified++;
         } else {

@@ -88,8 +88,13 @@ RdmigSession *rdmig_session_new(RdmigRole role, const RdmigParams *params, GErro
     if (!params_check(&p, error))
         return NULL;
     int wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (wake < 0) {
+    int stop = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (wake < 0 || stop < 0) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "eventfd: %s", g_strerror(errno));
+        if (wake >= 0)
+            close(wake);
+        if (stop >= 0)
+            close(stop);
         return NULL;
     }
     RdmigSession *s = g_new0(RdmigSession, 1);
@@ -97,9 +102,12 @@ RdmigSession *rdmig_session_new(RdmigRole role, const RdmigParams *params, GErro
     s->params = p;
     s->blocks = g_ptr_array_new();
     s->wake_fd = wake;
+    s->stop_fd = stop;
     s->listen_fd = -1;
     g_mutex_init(&s->lock);
     g_mutex_init(&s->data_err_lock);
+    g_mutex_init(&s->keepalive_lock);
+    g_cond_init(&s->keepalive_cond);
     s->state = RDMIG_STATE_NONE;
     s->stats.state = RDMIG_STATE_NONE;
     return s;
@@ -128,12 +136,15 @@ void rdmig_session_free(RdmigSession *s)
         close(s->listen_fd);
     g_free(s->listen_address);
     close(s->wake_fd);
+    close(s->stop_fd);
     g_clear_error(&s->error);
     g_free(s->data_error);
     if (s->device_state)
         g_byte_array_unref(s->device_state);
     g_mutex_clear(&s->lock);
     g_mutex_clear(&s->data_err_lock);
+    g_mutex_clear(&s->keepalive_lock);
+    g_cond_clear(&s->keepalive_cond);
     g_free(s);
 }
 
@@ -369,13 +380,21 @@ int rdmig_session_recv(RdmigSession *s, RdmigFrame *f, int timeout_ms, GError **
 static gpointer keepalive_thread(gpointer data)
 {
     RdmigSession *s = data;
-    while (!g_atomic_int_get(&s->stop_threads)) {
-        g_usleep((gulong)s->params.keepalive_ms * 1000 / 2);
-        if (g_atomic_int_get(&s->stop_threads))
+    g_mutex_lock(&s->keepalive_lock);
+    while (!g_atomic_int_get(&s->stop_keepalive)) {
+        /* Twice per period, so one late PING does not look like silence. */
+        gint64 until = g_get_monotonic_time() + (gint64)s->params.keepalive_ms * 500;
+        while (!g_atomic_int_get(&s->stop_keepalive) &&
+               g_cond_wait_until(&s->keepalive_cond, &s->keepalive_lock, until))
+            ;
+        if (g_atomic_int_get(&s->stop_keepalive))
             break;
+        g_mutex_unlock(&s->keepalive_lock);
         /* A failed send is noticed by the thread that owns the channel. */
         rdmig_control_send(s->ctl, RDMIG_MSG_PING, NULL, 0, NULL);
+        g_mutex_lock(&s->keepalive_lock);
     }
+    g_mutex_unlock(&s->keepalive_lock);
     return NULL;
 }
 
@@ -383,7 +402,7 @@ void rdmig_session_start_keepalive(RdmigSession *s)
 {
     if (!(s->features & RDMIG_FEATURE_KEEPALIVE) || s->keepalive)
         return;
-    g_atomic_int_set(&s->stop_threads, 0);
+    g_atomic_int_set(&s->stop_keepalive, 0);
     s->keepalive = g_thread_new("rdmig-keepalive", keepalive_thread, s);
 }
 
@@ -391,7 +410,10 @@ void rdmig_session_stop_keepalive(RdmigSession *s)
 {
     if (!s->keepalive)
         return;
-    g_atomic_int_set(&s->stop_threads, 1);
+    g_mutex_lock(&s->keepalive_lock);
+    g_atomic_int_set(&s->stop_keepalive, 1);
+    g_cond_signal(&s->keepalive_cond);
+    g_mutex_unlock(&s->keepalive_lock);
     g_thread_join(s->keepalive);
     s->keepalive = NULL;
 }

@@ -44,8 +44,12 @@ struct RdmigSession {
     bool started, joined;
 
     int wake_fd;       /* eventfd: cancel, data-thread failure */
+    int stop_fd;       /* eventfd: tells the destination's data pollers to exit */
     gint cancel;
-    gint stop_threads;
+    gint stop_threads;  /* destination data pollers */
+    gint stop_keepalive;
+    GMutex keepalive_lock;
+    GCond keepalive_cond;  /* wakes the keepalive thread to stop */
 
     /* control channel */
     RdmigControl *ctl;
@@ -79,6 +83,8 @@ struct RdmigSession {
     bool complete_acked;
     RdmigCompleteAck complete_ack;
     bool guest_stopped;
+    bool data_done;             /* every write completed: data connections no longer matter */
+    bool complete_sent;         /* the destination may be running the guest from here on */
     uint64_t zero_hash;         /* hash of an all-zero page */
     uint64_t bw_window_start_us, bw_window_bytes; /* max_bandwidth pacing */
 

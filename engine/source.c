@@ -296,7 +296,10 @@ static bool wait_events(RdmigSession *s, int timeout_ms, GError **error)
 {
     struct pollfd p[RDMIG_MAX_DATA_CONNS + 2];
     uint32_t n = 0;
-    for (uint32_t i = 0; i < s->nconns; i++) {
+    /* After the last write completed, the destination may close its end of
+     * the data connections at any time: only the control channel counts. */
+    uint32_t nconns = s->data_done ? 0 : s->nconns;
+    for (uint32_t i = 0; i < nconns; i++) {
         short ev;
         p[n].fd = s->tp->conn_fd(s->conns[i], &ev);
         p[n++].events = ev;
@@ -311,10 +314,10 @@ static bool wait_events(RdmigSession *s, int timeout_ms, GError **error)
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
         return false;
     }
-    for (uint32_t i = 0; i < s->nconns; i++)
+    for (uint32_t i = 0; i < nconns; i++)
         if (p[i].revents && !reap(s, i, error))
             return false;
-    if (p[s->nconns].revents) {
+    if (p[nconns].revents) {
         RdmigFrame f;
         int r = rdmig_session_recv(s, &f, 0, error);
         if (r < 0)
@@ -593,6 +596,7 @@ static bool stop_and_copy(RdmigSession *s, uint64_t round, GError **error)
     });
     if (!send_dirty(s, error) || !end_round(s, round, error))
         return false;
+    s->data_done = true;
     GByteArray *dev = g_byte_array_new();
     if (s->guest.save_device_state &&
         !s->guest.save_device_state(s->guest_opaque, dev, error)) {
@@ -611,6 +615,7 @@ static bool stop_and_copy(RdmigSession *s, uint64_t round, GError **error)
         return false;
     if ((s->features & RDMIG_FEATURE_VERIFY) && !send_hashes(s, error))
         return false;
+    s->complete_sent = true;
     if (!rdmig_session_send(s, RDMIG_MSG_COMPLETE, rdmig_u64_encode(s->stats.pages_total), error))
         return false;
     while (!s->complete_acked)
@@ -737,6 +742,15 @@ gpointer rdmig_source_thread(gpointer data)
         ok = precopy(s, &err);
     if (ok) {
         rdmig_session_set_state(s, RDMIG_STATE_DEVICE, RDMIG_STATE_COMPLETED);
+    } else if (s->complete_sent && !s->complete_acked) {
+        /* COMPLETE went out but no answer came back: the destination may
+         * already run the guest.  Resuming here too could run it twice, so
+         * the guest stays stopped and the operator decides (QEMU's
+         * postmigrate). */
+        g_prefix_error(&err, "outcome unknown, the source guest stays stopped (resume it only "
+                             "if the destination is not running it): ");
+        rdmig_session_set_state(s, RDMIG_STATE_DEVICE, RDMIG_STATE_FAILED);
+        rdmig_session_take_error(s, err);
     } else {
         /* The guest runs on here, its memory untouched by the migration. */
         if (s->guest_stopped && s->guest.resume)

@@ -52,6 +52,7 @@ typedef struct {
     gboolean json;
     gboolean quiet;
     gboolean print_address;
+    gboolean prealloc;
     int run_after_ms;
     int cancel_after_ms;
     int stop_after_failure_ms;
@@ -453,6 +454,8 @@ static int cmd_recv(void)
         return EXIT_USAGE;
     }
     rdmig_session_set_guest_ops(s, &guest_ops, g);
+    if (opt.prealloc)
+        sg_prealloc(g);
     if (!rdmig_session_start(s, opt.address, &err)) {
         fprintf(stderr, "rdmig recv: %s\n", err->message);
         sg_free(g);
@@ -558,6 +561,8 @@ static int cmd_demo(const char *self)
     g_ptr_array_add(argv, g_strdup_printf("--peer-timeout-ms=%d", opt.peer_timeout_ms));
     if (opt.transport)
         g_ptr_array_add(argv, g_strdup_printf("--transport=%s", opt.transport));
+    if (opt.prealloc)
+        g_ptr_array_add(argv, g_strdup("--prealloc"));
     if (opt.json)
         g_ptr_array_add(argv, g_strdup("--json"));
     g_ptr_array_add(argv, NULL);
@@ -630,6 +635,7 @@ int main(int argc, char **argv)
         { "json", 0, 0, G_OPTION_ARG_NONE, &opt.json, "final report as JSON", NULL },
         { "quiet", 'q', 0, G_OPTION_ARG_NONE, &opt.quiet, "no progress line", NULL },
         { "print-address", 0, 0, G_OPTION_ARG_NONE, &opt.print_address, "recv: print the bound address on stdout first", NULL },
+        { "prealloc", 0, 0, G_OPTION_ARG_NONE, &opt.prealloc, "recv: allocate all guest RAM before listening, like QEMU's -mem-prealloc", NULL },
         { "run-after-ms", 0, 0, G_OPTION_ARG_INT, &opt.run_after_ms, "recv: run the guest this long before checking it (default 300)", "MS" },
         { "cancel-after-ms", 0, 0, G_OPTION_ARG_INT, &opt.cancel_after_ms, "send: cancel after this long", "MS" },
         { NULL },

@@ -891,3 +891,31 @@ bool sg_load_device_state(SyntheticGuest *g, const uint8_t *data, size_t len, GE
     g_mutex_unlock(&g->lock);
     return true;
 }
+
+typedef struct {
+    uint8_t *addr;
+    size_t len;
+} SgPreallocJob;
+
+static gpointer sg_prealloc_job(gpointer data)
+{
+    SgPreallocJob *j = data;
+#ifdef MADV_POPULATE_WRITE
+    if (madvise(j->addr, j->len, MADV_POPULATE_WRITE) == 0)
+        return NULL;
+#endif
+    /* Older kernels: touch every page (writing zero keeps it zero). */
+    for (size_t off = 0; off < j->len; off += 4096)
+        ((volatile uint8_t *)j->addr)[off] = 0;
+    return NULL;
+}
+
+void sg_prealloc(SyntheticGuest *g)
+{
+    uint64_t half = sg_ram_size(g) / 2 / g->cfg.page_size * g->cfg.page_size;
+    SgPreallocJob jobs[2] = { { sg_ram(g), half },
+                              { (uint8_t *)sg_ram(g) + half, sg_ram_size(g) - half } };
+    GThread *t = g_thread_new("sg-prealloc", sg_prealloc_job, &jobs[1]);
+    sg_prealloc_job(&jobs[0]);
+    g_thread_join(t);
+}

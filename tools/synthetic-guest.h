@@ -56,6 +56,11 @@ void sg_config_init(SgConfig *cfg);
 SyntheticGuest *sg_new(const SgConfig *cfg, GError **error);
 void sg_free(SyntheticGuest *g);
 
+/** sg_prealloc: allocates every page of RAM now, on two threads (like
+ *  QEMU's -mem-prealloc), so that receiving pages later does not pay for
+ *  first-touch page faults. Contents stay zero. */
+void sg_prealloc(SyntheticGuest *g);
+
 /** sg_fill: writes the initial contents (source side), per fill/zero fractions. */
 void sg_fill(SyntheticGuest *g);
 
