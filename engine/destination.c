@@ -71,6 +71,7 @@ static gpointer data_poller(gpointer data)
         }
     }
     g_free(dp);
+    rdmig_session_account_thread_cpu(s);
     return NULL;
 }
 
@@ -349,6 +350,7 @@ typedef struct {
     uint64_t bad, verified;
     uint64_t bad_pages[8];
     guint bad_blocks[8];
+    bool accounted; /* runs on a thread of its own: add its CPU time */
 } VerifySlice;
 
 static gpointer verify_slice(gpointer data)
@@ -381,6 +383,8 @@ static gpointer verify_slice(gpointer data)
             v->bad++;
         }
     }
+    if (v->accounted)
+        rdmig_session_account_thread_cpu(v->s);
     return NULL;
 }
 
@@ -392,8 +396,8 @@ static bool verify_all(RdmigSession *s, RdmigCompleteAck *ack)
     GString *list = g_string_new(NULL);
     for (guint bi = 0; bi < s->blocks->len; bi++) {
         RdmigRamBlock *b = s->blocks->pdata[bi];
-        VerifySlice v[2] = { { s, bi, 0, b->npages / 2, 0, 0, { 0 }, { 0 } },
-                             { s, bi, b->npages / 2, b->npages, 0, 0, { 0 }, { 0 } } };
+        VerifySlice v[2] = { { s, bi, 0, b->npages / 2, 0, 0, { 0 }, { 0 }, false },
+                             { s, bi, b->npages / 2, b->npages, 0, 0, { 0 }, { 0 }, true } };
         GThread *t = g_thread_new("rdmig-verify", verify_slice, &v[1]);
         verify_slice(&v[0]);
         g_thread_join(t);
@@ -592,5 +596,6 @@ gpointer rdmig_destination_thread(gpointer data)
     }
     teardown(s);
     RDMIG_STATS_UPDATE(s, s->stats.total_time_ms = (uint64_t)(now_us() - s->t_start) / 1000);
+    rdmig_session_account_thread_cpu(s);
     return NULL;
 }

@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "state.h"
@@ -377,6 +378,15 @@ int rdmig_session_recv(RdmigSession *s, RdmigFrame *f, int timeout_ms, GError **
     }
 }
 
+void rdmig_session_account_thread_cpu(RdmigSession *s)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) < 0)
+        return;
+    uint64_t us = (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+    RDMIG_STATS_UPDATE(s, s->stats.cpu_time_us += us);
+}
+
 static gpointer keepalive_thread(gpointer data)
 {
     RdmigSession *s = data;
@@ -395,6 +405,7 @@ static gpointer keepalive_thread(gpointer data)
         g_mutex_lock(&s->keepalive_lock);
     }
     g_mutex_unlock(&s->keepalive_lock);
+    rdmig_session_account_thread_cpu(s);
     return NULL;
 }
 

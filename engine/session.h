@@ -117,6 +117,10 @@ int rdmig_session_recv(RdmigSession *s, RdmigFrame *f, int timeout_ms, GError **
 /** Best-effort: tells the peer why we stop. */
 void rdmig_session_send_error(RdmigSession *s, const GError *err);
 
+/** Adds the calling thread's CPU time to the stats; each session thread
+ *  calls it once, as it exits. */
+void rdmig_session_account_thread_cpu(RdmigSession *s);
+
 void rdmig_session_start_keepalive(RdmigSession *s);
 void rdmig_session_stop_keepalive(RdmigSession *s);
 

@@ -772,5 +772,6 @@ gpointer rdmig_source_thread(gpointer data)
             s->stats.throughput = (uint64_t)((double)s->total_data_bytes * 1e6 /
                                              (double)MAX(now_us() - s->t_active, 1));
     });
+    rdmig_session_account_thread_cpu(s);
     return NULL;
 }

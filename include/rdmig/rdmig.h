@@ -147,6 +147,7 @@ typedef struct {
     uint64_t remaining_bytes;     /* dirty bytes not yet sent */
     uint64_t pages_verified;      /* destination: pages whose hash matched */
     uint64_t verify_mismatches;   /* destination: pages whose hash did not match */
+    uint64_t cpu_time_us;         /* CPU time of the session's own threads (not the guest's) */
     bool forced_switchover;       /* switched over beyond the downtime limit */
     char dirty_method[16];        /* tracker in use on the source */
     char error[512];              /* why it failed, "" otherwise */

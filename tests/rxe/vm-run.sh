@@ -40,7 +40,7 @@ OUT=$(port stdout) ERR=$(port stderr)
 NET=10.77.0
 setup_rxe() {
 	modprobe -a rdma_rxe ib_uverbs rdma_ucm veth || return
-	echo "rxe-vm: modules loaded $(up)"
+	echo "rxe-vm: modules loaded $(up)" > /dev/console
 	# rdma_rxe in 6.1 is not netns-aware (its UDP socket and route lookups
 	# live in init_net), so both ends of the veth pair stay in this one
 	# namespace.  There the kernel would route .1 <-> .2 through lo, where

@@ -1,0 +1,55 @@
+#!/bin/bash
+# Runs the whole test suite, installing what it needs:
+#   1. unit, contract and integration suites on the host,
+#   2. the same under AddressSanitizer + UndefinedBehaviorSanitizer,
+#   3. the soft-RoCE suite inside a VM (tests/rxe/run), where RDMA works.
+# Prints one closing line "rdmig-tests: N passed, N failed, N skipped".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh all || exit 1
+
+passed=0 failed=0 skipped=0
+count() { # sums meson's testlog.json into the totals
+	local log=$1/meson-logs/testlog.json
+	[ -f "$log" ] || return 0
+	read -r p f s < <(python3 - "$log" <<'PY'
+import json, sys
+p = f = s = 0
+for line in open(sys.argv[1]):
+    r = json.loads(line)["result"]
+    if r in ("OK", "EXPECTEDFAIL"): p += 1
+    elif r == "SKIP": s += 1
+    else: f += 1
+print(p, f, s)
+PY
+)
+	passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
+}
+
+status=0
+echo "== host suites (unit, contract, integration)"
+rm -f build/meson-logs/testlog.json
+meson test -C build --suite unit --suite contract --suite integration --print-errorlogs || status=1
+count build
+
+echo "== the same under ASan + UBSan"
+[ -f build-asan/build.ninja ] || meson setup build-asan -Db_sanitize=address,undefined \
+	-Db_lundef=false --buildtype=debug >/dev/null
+ninja -C build-asan >/dev/null || status=1
+rm -f build-asan/meson-logs/testlog.json
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	meson test -C build-asan --suite unit --suite contract --suite integration \
+	--print-errorlogs --timeout-multiplier 3 || status=1
+count build-asan
+
+echo "== soft-RoCE suite (inside a VM)"
+tests/rxe/run --timeout 1500 -- tests/rxe/smoke.sh || status=1
+if grep -q "suite : 'rdma'\|suite: 'rdma'" tests/*/meson.build 2>/dev/null; then
+	rm -f build/meson-logs/testlog.json
+	tests/rxe/run --timeout 2400 -- meson test -C build --suite rdma --no-rebuild --print-errorlogs || status=1
+	count build
+fi
+
+echo "rdmig-tests: $passed passed, $failed failed, $skipped skipped"
+[ "$failed" = 0 ] || status=1
+exit $status

@@ -1,0 +1,563 @@
+# SPDX-License-Identifier: MIT
+"""Shared helpers for the integration suite: real rdmig processes, real sockets.
+
+Every test file runs as
+
+    python3 test_X.py RDMIG_PATH [TestClass.test_name ...]
+
+(the environment variable RDMIG, when set, overrides RDMIG_PATH).  meson
+registers one test per case, so each shows up on its own.
+
+What lives here:
+  * RdmigProc: one rdmig process; stdout read by a thread (the JSON report is
+    its last line), stderr into a file; killed in cleanup whatever happens.
+  * RdmigTestCase: spawn(), start_recv(), migrate() and the assertions every
+    migration test makes (completed on both sides, page-by-page verified, the
+    destination guest intact).
+  * A fake peer: control frames, HELLO/HELLO_ACK/REGIONS/ERROR payloads and the
+    TCP data-connection header, written from the format comments in
+    transport/control.h, engine/wire.c and transport/tcp.c.
+
+Nothing here waits without a bound: every read, connect and wait has a timeout.
+"""
+import json
+import os
+import queue
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+RDMIG = None  # full path of the binary, set by main()
+
+# ----------------------------------------------------------------- protocol constants
+
+CONTROL_MAGIC = 0x52444D47  # "RDMG"
+CONTROL_VERSION = 1
+CONTROL_HEADER = struct.Struct(">IHHII")  # magic, version, type, length, seq
+CONTROL_MAX_PAYLOAD = 16 << 20
+
+HELLO_MAGIC = 0x524D4849  # "RMHI"
+PROTOCOL_VERSION = 1
+
+MSG_HELLO = 1
+MSG_HELLO_ACK = 2
+MSG_REGIONS = 3
+MSG_ZERO = 4
+MSG_ROUND_END = 5
+MSG_ROUND_ACK = 6
+MSG_DEVICE_STATE = 7
+MSG_HASHES = 8
+MSG_COMPLETE = 9
+MSG_COMPLETE_ACK = 10
+MSG_ERROR = 11
+MSG_PING = 12
+
+FEATURE_VERIFY = 1 << 0
+FEATURE_ZERO_PAGES = 1 << 1
+FEATURE_MULTI_CONN = 1 << 2
+FEATURE_KEEPALIVE = 1 << 3
+
+# rdmig error codes (include/rdmig/error.h), as sent in ERROR frames
+ERROR_CODES = ["connect", "protocol", "version", "unsupported", "peer", "resource",
+               "cancelled", "auth", "invalid", "layout", "converge", "verify"]
+
+# TCP data connection (transport/tcp.c): 32-byte header
+TCP_MAGIC = 0x52445444  # "RDTD"
+TCP_VERSION = 1
+TCP_HDR = struct.Struct(">IBBHIIQQ")  # magic, type, flags, reserved, region, length, offset, seq
+T_HELLO, T_PUT, T_GET, T_ACK, T_GET_RESP = 1, 2, 3, 4, 5
+
+PAGE = 4096
+MiB = 1 << 20
+
+# Signs of a crash or of a broken invariant in a child's stderr.
+CRASH_MARKERS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer",
+                 "runtime error:", "-CRITICAL **", "-ERROR **", "Segmentation fault",
+                 "Aborted", "Traceback")
+
+
+def parse_size(s):
+    mul = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    s = str(s)
+    if s[-1].upper() in mul:
+        return int(s[:-1]) * mul[s[-1].upper()]
+    return int(s)
+
+
+# ----------------------------------------------------------------- processes
+
+class RdmigProc:
+    """One rdmig process.  stdout lines go to a queue (and self.lines), stderr
+    to a temporary file, so neither pipe can fill and block the child."""
+
+    def __init__(self, args, name=None, env=None):
+        self.args = [RDMIG] + list(args)
+        self.name = name or (args[0] if args else "rdmig")
+        self._err = tempfile.TemporaryFile()
+        full_env = dict(os.environ)
+        full_env.setdefault("G_DEBUG", "fatal-criticals")
+        if env:
+            full_env.update(env)
+        self.t_start = time.monotonic()
+        self.t_exit = None
+        self.p = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=self._err, env=full_env)
+        self.pid = self.p.pid
+        self.lines = []
+        self._q = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for raw in iter(self.p.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.lines.append(line)
+            self._q.put(line)
+        self._q.put(None)
+
+    def next_line(self, timeout):
+        """The next stdout line, or None if the process ended or @timeout passed."""
+        try:
+            return self._q.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def wait(self, timeout):
+        """Exit status, or None (the process is then still running) after @timeout s."""
+        try:
+            rc = self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        if self.t_exit is None:
+            self.t_exit = time.monotonic()
+        self._reader.join(timeout=5)
+        return rc
+
+    def signal(self, sig):
+        if self.alive():
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def kill(self):
+        """SIGKILL (after SIGCONT, in case it was stopped) and reap; idempotent."""
+        if self.p.poll() is None:
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    os.kill(self.pid, sig)
+                except ProcessLookupError:
+                    pass
+            try:
+                self.p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self._reader.join(timeout=5)
+        try:
+            self.p.stdout.close()
+        except OSError:
+            pass
+
+    def close(self):
+        """kill(), then release the stderr file."""
+        self.kill()
+        self._err.close()
+
+    @property
+    def returncode(self):
+        return self.p.returncode
+
+    def stderr(self):
+        self._err.seek(0)
+        return self._err.read().decode("utf-8", "replace")
+
+    def stdout(self):
+        return "\n".join(self.lines)
+
+    def reports(self):
+        """Every JSON object printed on stdout, in order."""
+        out = []
+        for line in self.lines:
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError as e:
+                    raise AssertionError("%s printed invalid JSON (%s): %r" % (self.name, e, line))
+        return out
+
+    def report(self):
+        r = self.reports()
+        if not r:
+            raise AssertionError("%s printed no JSON report\n%s" % (self.name, self.describe()))
+        return r[-1]
+
+    def describe(self):
+        return ("--- %s (pid %d, exit %s): %s\n--- stdout:\n%s\n--- stderr:\n%s" %
+                (self.name, self.pid, self.p.returncode, " ".join(self.args), self.stdout(),
+                 self.stderr()[-6000:]))
+
+
+# ----------------------------------------------------------------- fake peer
+
+def frame(mtype, payload=b"", seq=0, magic=CONTROL_MAGIC, version=CONTROL_VERSION, length=None):
+    if length is None:
+        length = len(payload)
+    return CONTROL_HEADER.pack(magic, version, mtype, length, seq) + payload
+
+
+def str8(s):
+    b = s.encode()
+    return struct.pack(">B", len(b)) + b
+
+
+def str16(s):
+    b = s.encode()
+    return struct.pack(">H", len(b)) + b
+
+
+def hello_payload(blocks, version=PROTOCOL_VERSION,
+                  supported=FEATURE_VERIFY | FEATURE_ZERO_PAGES, required=0, connections=1,
+                  transports=("tcp",), session_id=b"integration-test"):
+    """HELLO as engine/wire.c encodes it; @blocks: [(name, length, page_size)]."""
+    p = struct.pack(">IHHQQ", HELLO_MAGIC, version, 0, supported, required)
+    p += session_id[:16].ljust(16, b"\0")
+    p += struct.pack(">II", connections, len(transports))
+    for t in transports:
+        p += str8(t)
+    p += struct.pack(">I", len(blocks))
+    for name, length, page_size in blocks:
+        p += str8(name) + struct.pack(">QI", length, page_size)
+    return p
+
+
+class Reader:
+    def __init__(self, data, what):
+        self.d, self.off, self.what = data, 0, what
+
+    def take(self, fmt):
+        n = struct.calcsize(fmt)
+        if self.off + n > len(self.d):
+            raise AssertionError("%s payload truncated at offset %d" % (self.what, self.off))
+        v = struct.unpack_from(fmt, self.d, self.off)
+        self.off += n
+        return v if len(v) > 1 else v[0]
+
+    def bytes(self, n):
+        if self.off + n > len(self.d):
+            raise AssertionError("%s payload truncated at offset %d" % (self.what, self.off))
+        v = self.d[self.off:self.off + n]
+        self.off += n
+        return v
+
+    def str8(self):
+        return self.bytes(self.take(">B")).decode("utf-8", "replace")
+
+    def str16(self):
+        return self.bytes(self.take(">H")).decode("utf-8", "replace")
+
+
+def parse_hello_ack(p):
+    r = Reader(p, "HELLO_ACK")
+    a = {"version": r.take(">H"), "supported": r.take(">Q"), "enabled": r.take(">Q"),
+         "connections": r.take(">I"), "transport": r.str8(), "data_address": r.str16(),
+         "token": r.take(">Q")}
+    assert r.off == len(p), "HELLO_ACK has trailing bytes"
+    return a
+
+
+def parse_regions(p):
+    """[(region id, region length)] for TCP keys (u32 id, u64 length)."""
+    r = Reader(p, "REGIONS")
+    out = []
+    for _ in range(r.take(">I")):
+        key = r.bytes(r.take(">B"))
+        assert len(key) == 12, "TCP remote key of %d bytes" % len(key)
+        out.append(struct.unpack(">IQ", key))
+    return out
+
+
+def parse_error(p):
+    r = Reader(p, "ERROR")
+    code = r.take(">I")
+    msg = r.str16()
+    return (ERROR_CODES[code] if code < len(ERROR_CODES) else str(code)), msg
+
+
+def split_address(addr):
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def connect(addr, timeout=10):
+    s = socket.create_connection(split_address(addr), timeout=timeout)
+    s.settimeout(timeout)
+    return s
+
+
+def recv_exact(sock, n, timeout):
+    """@n bytes, or fewer if the peer closed first (or reset), within @timeout s."""
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while len(buf) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("timed out after %.1f s waiting for %d bytes (got %d)" %
+                                 (timeout, n, len(buf)))
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(n - len(buf))
+        except socket.timeout:
+            continue
+        except (ConnectionResetError, BrokenPipeError):
+            return buf
+        if not chunk:
+            return buf
+        buf += chunk
+    return buf
+
+
+def wait_closed(sock, timeout):
+    """True if the peer closes (or resets) @sock within @timeout s; data is discarded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            if not sock.recv(65536):
+                return True
+        except socket.timeout:
+            return False
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+    return False
+
+
+def send_quietly(sock, data):
+    """Sends what the peer will take; a peer that hung up is not our failure."""
+    try:
+        sock.sendall(data)
+        return True
+    except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        return False
+
+
+class FakeControl:
+    """The source end of a control channel, speaking frames by hand."""
+
+    def __init__(self, addr, timeout=10):
+        self.sock = connect(addr, timeout)
+        self.seq = 0
+        self.rx_seq = 0
+
+    def send(self, mtype, payload=b""):
+        self.sock.sendall(frame(mtype, payload, self.seq))
+        self.seq += 1
+
+    def recv(self, timeout=10, skip_ping=True):
+        """(type, payload), or None if the peer closed the channel."""
+        while True:
+            h = recv_exact(self.sock, CONTROL_HEADER.size, timeout)
+            if len(h) < CONTROL_HEADER.size:
+                return None
+            magic, version, mtype, length, seq = CONTROL_HEADER.unpack(h)
+            assert magic == CONTROL_MAGIC, "bad magic 0x%08x from rdmig" % magic
+            assert version == CONTROL_VERSION, "frame version %d from rdmig" % version
+            assert seq == self.rx_seq, "rdmig sent seq %d, expected %d" % (seq, self.rx_seq)
+            assert length <= CONTROL_MAX_PAYLOAD, "rdmig sent a %d-byte frame" % length
+            self.rx_seq += 1
+            payload = recv_exact(self.sock, length, timeout)
+            assert len(payload) == length, "rdmig closed in the middle of a frame"
+            if mtype == MSG_PING and skip_ping:
+                continue
+            return mtype, payload
+
+    def recv_error(self, timeout=10):
+        """Reads until an ERROR frame; returns (code name, message) or None on close."""
+        while True:
+            f = self.recv(timeout)
+            if f is None:
+                return None
+            if f[0] == MSG_ERROR:
+                return parse_error(f[1])
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class FakeSource:
+    """A hand-made source: HELLO matching the destination's layout, HELLO_ACK,
+    REGIONS, then data connections presenting the token."""
+
+    def __init__(self, addr, blocks, **hello_kw):
+        self.addr = addr
+        self.blocks = blocks
+        self.ctl = FakeControl(addr)
+        self.ctl.send(MSG_HELLO, hello_payload(blocks, **hello_kw))
+        f = self.ctl.recv()
+        assert f is not None, "destination closed the control channel after HELLO"
+        assert f[0] == MSG_HELLO_ACK, "expected HELLO_ACK, got type %d" % f[0]
+        self.ack = parse_hello_ack(f[1])
+        f = self.ctl.recv()
+        assert f is not None and f[0] == MSG_REGIONS, "expected REGIONS, got %r" % (f,)
+        self.regions = parse_regions(f[1])
+        assert len(self.regions) == len(blocks)
+        self.data = []
+
+    def data_connect(self, token=None, version=TCP_VERSION):
+        s = connect(self.ack["data_address"])
+        tok = self.ack["token"] if token is None else token
+        s.sendall(TCP_HDR.pack(TCP_MAGIC, T_HELLO, 0, 0, 0, version, tok, 0))
+        self.data.append(s)
+        return s
+
+    def close(self):
+        for s in self.data:
+            try:
+                s.close()
+            except OSError:
+                pass
+        self.ctl.close()
+
+
+def tcp_put_header(region, length, offset, seq):
+    return TCP_HDR.pack(TCP_MAGIC, T_PUT, 0, 0, region, length, offset, seq)
+
+
+# ----------------------------------------------------------------- test case base
+
+class RdmigTestCase(unittest.TestCase):
+    maxDiff = None
+
+    def setUp(self):
+        self.procs = []
+
+    def tearDown(self):
+        for p in self.procs:
+            p.close()
+
+    def spawn(self, *args, name=None, env=None):
+        p = RdmigProc([str(a) for a in args], name=name, env=env)
+        self.procs.append(p)
+        return p
+
+    def start_recv(self, *args, guest=(), name="recv"):
+        """rdmig recv on 127.0.0.1:0; returns (proc, bound address)."""
+        p = self.spawn("recv", "--listen", "127.0.0.1:0", "--print-address", "--json", "--quiet",
+                       *guest, *args, name=name)
+        addr = p.next_line(timeout=15)
+        if not addr or ":" not in addr:
+            p.wait(5)
+            self.fail("recv did not print its address (got %r)\n%s" % (addr, p.describe()))
+        return p, addr.strip()
+
+    def start_send(self, addr, *args, guest=(), quiet=True, name="send"):
+        extra = ["--quiet"] if quiet else []
+        return self.spawn("send", "--to", addr, "--json", *extra, *guest, *args, name=name)
+
+    def finish(self, proc, timeout):
+        """Waits for @proc, failing (with its output) if it does not exit in time."""
+        rc = proc.wait(timeout)
+        if rc is None:
+            proc.kill()
+            self.fail("%s did not exit within %.0f s\n%s" % (proc.name, timeout, proc.describe()))
+        self.assert_no_crash(proc)
+        return rc
+
+    def migrate(self, guest=(), send_args=(), recv_args=(), timeout=60):
+        """A whole migration; returns (source report, destination report)."""
+        recv, addr = self.start_recv(*recv_args, guest=guest)
+        send = self.start_send(addr, *send_args, guest=guest)
+        src_rc = self.finish(send, timeout)
+        dst_rc = self.finish(recv, 30)
+        src, dst = send.report(), recv.report()
+        ctx = "\n%s\n%s" % (send.describe(), recv.describe())
+        self.assertEqual(src_rc, 0, "source exit status" + ctx)
+        self.assertEqual(dst_rc, 0, "destination exit status" + ctx)
+        self.assert_verified(src, dst, ctx)
+        return src, dst
+
+    # -------------------------------------------------------------- assertions
+
+    def assert_no_crash(self, proc):
+        rc = proc.returncode
+        self.assertIsNotNone(rc, "%s still running" % proc.name)
+        self.assertGreaterEqual(rc, 0, "%s was killed by signal %d\n%s" %
+                                (proc.name, -rc if rc < 0 else 0, proc.describe()))
+        self.assertIn(rc, (0, 1, 2, 3), "%s exit status %d is none of 0/1/2/3\n%s" %
+                      (proc.name, rc, proc.describe()))
+        err = proc.stderr()
+        for m in CRASH_MARKERS:
+            self.assertNotIn(m, err, "%s stderr shows %r\n%s" % (proc.name, m, proc.describe()))
+
+    def assert_verified(self, src, dst, ctx=""):
+        """Completed on both sides, every page verified, the guest intact at its new home."""
+        self.assertEqual(src["role"], "source")
+        self.assertEqual(dst["role"], "destination")
+        for r in (src, dst):
+            self.assertEqual(r["result"], "completed", "%s result%s" % (r["role"], ctx))
+            self.assertEqual(r["error"], "", "%s error%s" % (r["role"], ctx))
+            self.assertEqual(r["verify_mismatches"], 0, "%s verify_mismatches%s" % (r["role"], ctx))
+        self.assertGreater(dst["pages_total"], 0, ctx)
+        self.assertEqual(dst["pages_total"], src["pages_total"], "pages_total differ" + ctx)
+        self.assertEqual(dst["pages_verified"], dst["pages_total"],
+                         "destination verified only some pages" + ctx)
+        self.assertEqual(src["pages_verified"], src["pages_total"],
+                         "source was told only some pages were verified" + ctx)
+        g = dst["guest"]
+        self.assertTrue(g["checked"], "destination guest not checked" + ctx)
+        self.assertTrue(g["intact"], "destination guest corrupt" + ctx)
+        self.assertEqual(g["pages_bad"], 0, "destination guest has bad pages" + ctx)
+        self.assertEqual(g["pages_checked"], dst["pages_total"], ctx)
+        self.assertTrue(g["running"], "destination guest not running" + ctx)
+
+    def assert_source_guest_safe(self, src, ctx=""):
+        """After a failure or cancel, the guest runs on at the source, untouched."""
+        g = src["guest"]
+        self.assertTrue(g["checked"], "source guest not checked" + ctx)
+        self.assertTrue(g["intact"], "source guest corrupt after the failure" + ctx)
+        self.assertEqual(g["pages_bad"], 0, ctx)
+        self.assertTrue(g["running"], "source guest not running after the failure" + ctx)
+
+    def wait_for_stderr(self, proc, text, timeout):
+        """Waits until @text appears in @proc's stderr (e.g. a progress line)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in proc.stderr():
+                return
+            if not proc.alive():
+                break
+            time.sleep(0.05)
+        self.fail("%r never appeared in %s stderr\n%s" % (text, proc.name, proc.describe()))
+
+
+# ----------------------------------------------------------------- entry point
+
+def main():
+    global RDMIG
+    args = sys.argv[1:]
+    path = None
+    if args and ("/" in args[0] or os.path.exists(args[0])):
+        path = args.pop(0)
+    path = os.environ.get("RDMIG") or path
+    if not path:
+        sys.stderr.write("usage: %s RDMIG_PATH [TestClass.test_name ...] (or set RDMIG)\n"
+                         % sys.argv[0])
+        sys.exit(2)
+    if not os.access(path, os.X_OK):
+        sys.stderr.write("rdmig binary %r is not executable\n" % path)
+        sys.exit(1)
+    RDMIG = os.path.abspath(path)
+    unittest.main(module="__main__", argv=[sys.argv[0]] + args, verbosity=2)

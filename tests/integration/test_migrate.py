@@ -1,0 +1,111 @@
+# SPDX-License-Identifier: MIT
+"""Migrations that should complete: idle, dirtying (one and several data
+connections, several RAM blocks, a hot set), forced switchover, the demo; and
+the one that must not: a guest that cannot converge under the default policy.
+Every completed migration is checked page by page (see assert_verified)."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import MiB  # noqa: E402
+
+
+class Idle(harness.RdmigTestCase):
+    def test_idle(self):
+        """Case 1: an idle guest; untouched pages are skipped, zero pages travel as markers."""
+        guest = ["--ram-size", "64M", "--dirty-rate", "0"]
+        src, dst = self.migrate(guest=guest)
+        self.assertGreater(src["pages_untouched"], 0, "no page was skipped as never touched")
+        self.assertGreater(src["pages_zero"], 0, "no zero page was sent as a marker")
+        self.assertEqual(dst["pages_zero"], src["pages_zero"])
+        self.assertEqual(src["pages_total"], 64 * MiB // harness.PAGE)
+        # Nothing dirtied: what was sent is what was touched and not zero.
+        self.assertEqual(src["pages_sent"] + src["pages_zero"] + src["pages_untouched"],
+                         src["pages_total"])
+        self.assertFalse(src["forced_switchover"])
+
+
+class Converge(harness.RdmigTestCase):
+    """Case 2: a guest that dirties 20 MiB/s converges under the default 300 ms."""
+
+    GUEST = ["--ram-size", "128M", "--dirty-rate", "20"]
+
+    def check(self, src, dst, connections=1):
+        self.assertGreaterEqual(src["rounds"], 2, "a dirtying guest needs a second round")
+        self.assertGreaterEqual(dst["rounds"], 2)
+        self.assertFalse(src["forced_switchover"])
+        self.assertEqual(src["transport"], "tcp")
+        self.assertEqual(src["data_connections"], connections)
+        self.assertEqual(dst["data_connections"], connections)
+        self.assertGreater(dst["guest"]["pages_written"], 0, "destination guest never ran")
+
+    def test_dirty(self):
+        src, dst = self.migrate(guest=self.GUEST)
+        self.check(src, dst)
+
+    def test_connections4(self):
+        src, dst = self.migrate(guest=self.GUEST, send_args=["--connections", "4"])
+        self.check(src, dst, connections=4)
+
+    def test_blocks3(self):
+        guest = ["--ram-size", "96M", "--dirty-rate", "20", "--blocks", "3"]
+        src, dst = self.migrate(guest=guest)
+        self.check(src, dst)
+        self.assertEqual(dst["pages_total"], 96 * MiB // harness.PAGE)
+
+    def test_hot(self):
+        src, dst = self.migrate(guest=self.GUEST + ["--pattern", "hot"])
+        self.check(src, dst)
+
+
+class NoConverge(harness.RdmigTestCase):
+    """Case 3: 60 MiB/s of writes through a 20 MiB/s pipe, 10 ms allowed."""
+
+    GUEST = ["--ram-size", "32M", "--dirty-rate", "60"]
+    LIMITS = ["--max-bandwidth", "20", "--max-rounds", "3", "--downtime-ms", "10"]
+
+    def test_fail(self):
+        recv, addr = self.start_recv(guest=self.GUEST)
+        send = self.start_send(addr, *self.LIMITS, guest=self.GUEST)
+        src_rc = self.finish(send, 60)
+        dst_rc = self.finish(recv, 30)
+        src, dst = send.report(), recv.report()
+        ctx = "\n%s\n%s" % (send.describe(), recv.describe())
+        self.assertEqual(src_rc, 1, ctx)
+        self.assertEqual(src["result"], "failed", ctx)
+        self.assertEqual(src["error_code"], "converge", ctx)
+        self.assertIn("converge", src["error"], ctx)
+        self.assertEqual(src["rounds"], 3, "gave up after another number of rounds" + ctx)
+        self.assertFalse(src["forced_switchover"], ctx)
+        self.assert_source_guest_safe(src, ctx)
+        # The destination is told why and does not pretend to have the guest.
+        self.assertEqual(dst_rc, 1, ctx)
+        self.assertEqual(dst["result"], "failed", ctx)
+        self.assertIn("converge", dst["error"], ctx)
+        self.assertFalse(dst["guest"]["checked"], ctx)
+
+    def test_switchover(self):
+        src, dst = self.migrate(guest=self.GUEST,
+                                send_args=self.LIMITS + ["--on-no-converge", "switchover"])
+        self.assertTrue(src["forced_switchover"], "completed without a forced switchover?")
+        self.assertEqual(src["rounds"], 4, "3 precopy rounds, then the stop-and-copy round")
+
+
+class Demo(harness.RdmigTestCase):
+    def test_demo(self):
+        """Case 12: both ends from one command; two reports, both verified."""
+        p = self.spawn("demo", "--json", "--quiet", "--ram-size", "64M", "--dirty-rate", "10",
+                       name="demo")
+        rc = self.finish(p, 60)
+        ctx = "\n" + p.describe()
+        self.assertEqual(rc, 0, ctx)
+        reports = p.reports()
+        self.assertEqual(len(reports), 2, "expected a source and a destination report" + ctx)
+        by_role = {r["role"]: r for r in reports}
+        self.assertEqual(sorted(by_role), ["destination", "source"], ctx)
+        self.assert_verified(by_role["source"], by_role["destination"], ctx)
+
+
+if __name__ == "__main__":
+    harness.main()
