@@ -657,6 +657,8 @@ static bool precopy(RdmigSession *s, GError **error)
         uint64_t limit_bytes = bandwidth * s->params.downtime_limit_ms / 1000;
         uint64_t expected_ms = bandwidth ? pending * 1000 / bandwidth : G_MAXUINT32;
         RDMIG_STATS_UPDATE(s, {
+            if (round == 1)
+                s->stats.first_round_bandwidth = bandwidth;
             s->stats.bandwidth = bandwidth;
             s->stats.expected_downtime_ms = expected_ms;
             s->stats.remaining_bytes = pending;

@@ -327,7 +327,8 @@ static char *report_json(const Report *r)
         ",\"expected_downtime_ms\":%" G_GUINT64_FORMAT ",\"verify_time_ms\":%" G_GUINT64_FORMAT
         ",\"rounds\":%" G_GUINT64_FORMAT ",\"dirty_sync_count\":%" G_GUINT64_FORMAT
         ",\"dirty_pages_rate\":%" G_GUINT64_FORMAT ",\"bytes_transferred\":%" G_GUINT64_FORMAT
-        ",\"bandwidth\":%" G_GUINT64_FORMAT ",\"throughput\":%" G_GUINT64_FORMAT
+        ",\"bandwidth\":%" G_GUINT64_FORMAT ",\"first_round_bandwidth\":%" G_GUINT64_FORMAT
+        ",\"throughput\":%" G_GUINT64_FORMAT
         ",\"pages_total\":%" G_GUINT64_FORMAT ",\"pages_sent\":%" G_GUINT64_FORMAT
         ",\"pages_zero\":%" G_GUINT64_FORMAT ",\"pages_untouched\":%" G_GUINT64_FORMAT
         ",\"remaining_bytes\":%" G_GUINT64_FORMAT ",\"pages_verified\":%" G_GUINT64_FORMAT
@@ -336,7 +337,7 @@ static char *report_json(const Report *r)
         s->data_connections, s->total_time_ms, s->setup_time_ms, s->downtime_ms,
         s->expected_downtime_ms > 1000000000 ? 0 : s->expected_downtime_ms, s->verify_time_ms,
         s->rounds, s->dirty_sync_count, s->dirty_pages_rate, s->bytes_transferred, s->bandwidth,
-        s->throughput, s->pages_total, s->pages_sent, s->pages_zero, s->pages_untouched,
+        s->first_round_bandwidth, s->throughput, s->pages_total, s->pages_sent, s->pages_zero, s->pages_untouched,
         s->remaining_bytes, s->pages_verified, s->verify_mismatches, s->cpu_time_us / 1e6,
         s->forced_switchover ? "true" : "false");
     g_string_append_printf(o,

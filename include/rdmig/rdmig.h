@@ -139,6 +139,7 @@ typedef struct {
     uint64_t dirty_pages_rate;    /* pages dirtied per second, last round */
     uint64_t bytes_transferred;   /* data-plane bytes completed, plus control */
     uint64_t bandwidth;           /* bytes/s measured over the last round */
+    uint64_t first_round_bandwidth; /* bytes/s of round 1, the bulk copy */
     uint64_t throughput;          /* bytes/s over the whole migration so far */
     uint64_t pages_total;
     uint64_t pages_sent;          /* pages sent with contents (all rounds) */

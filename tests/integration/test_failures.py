@@ -1,0 +1,160 @@
+# SPDX-License-Identifier: MIT
+"""Migrations that end early: cancelled, a peer killed or stopped mid-way, RAM
+layouts that differ.  The source guest must run on intact every time, both
+processes must exit with a clear error within a bounded time and not crash."""
+import os
+import re
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+# 128 MiB (96 MiB filled) at 20 MiB/s: about 5 s of precopy, mid-flight for long enough.
+SLOW_GUEST = ["--ram-size", "128M", "--dirty-rate", "5"]
+SLOW = ["--max-bandwidth", "20"]
+
+
+class Cancel(harness.RdmigTestCase):
+    def test_cancel(self):
+        """Case 4: the source cancels 300 ms in, mid-precopy."""
+        recv, addr = self.start_recv(guest=SLOW_GUEST)
+        send = self.start_send(addr, "--cancel-after-ms", "300", *SLOW, guest=SLOW_GUEST)
+        t0 = time.monotonic()
+        src_rc = self.finish(send, 30)
+        dst_rc = self.finish(recv, 30)
+        src, dst = send.report(), recv.report()
+        ctx = "\n%s\n%s" % (send.describe(), recv.describe())
+        self.assertLess(time.monotonic() - t0, 10, "cancel took too long" + ctx)
+        self.assertEqual(src_rc, 3, "source exit status after a cancel" + ctx)
+        self.assertEqual(src["result"], "cancelled", ctx)
+        self.assertEqual(src["error_code"], "cancelled", ctx)
+        self.assertIn("cancel", src["error"], ctx)
+        self.assertGreater(src["rounds"], 0, "cancelled before precopy began: not mid-way" + ctx)
+        self.assert_source_guest_safe(src, ctx)
+        # The destination does not complete; it says the source cancelled.
+        self.assertIn(dst_rc, (1, 3), ctx)
+        self.assertIn(dst["result"], ("failed", "cancelled"), ctx)
+        self.assertEqual(dst_rc, 3 if dst["result"] == "cancelled" else 1, ctx)
+        self.assertIn("cancel", dst["error"], "destination error does not say why" + ctx)
+        self.assertFalse(dst["guest"]["checked"], ctx)
+
+
+class PeerDies(harness.RdmigTestCase):
+    def test_destination_killed(self):
+        """Case 5: SIGKILL the destination during precopy."""
+        recv, addr = self.start_recv(guest=SLOW_GUEST)
+        send = self.start_send(addr, "--peer-timeout-ms", "3000", *SLOW, guest=SLOW_GUEST,
+                               quiet=False)
+        self.wait_for_stderr(send, "active", 15)
+        time.sleep(0.5)
+        self.assertTrue(send.alive(), "migration ended before the kill\n" + send.describe())
+        recv.kill()
+        t_kill = time.monotonic()
+        src_rc = self.finish(send, 20)
+        took = send.t_exit - t_kill
+        src = send.report()
+        ctx = "\n" + send.describe()
+        self.assertLess(took, 15, "source took %.1f s to notice" % took + ctx)
+        self.assertEqual(src_rc, 1, ctx)
+        self.assertEqual(src["result"], "failed", ctx)
+        self.assertRegex(src["error"], re.compile("destination|connection", re.I), ctx)
+        self.assert_source_guest_safe(src, ctx)
+
+    def test_source_killed(self):
+        """Case 6: SIGKILL the source during precopy."""
+        recv, addr = self.start_recv(guest=SLOW_GUEST)
+        send = self.start_send(addr, *SLOW, guest=SLOW_GUEST, quiet=False)
+        self.wait_for_stderr(send, "active", 15)
+        time.sleep(0.5)
+        self.assertTrue(send.alive(), "migration ended before the kill\n" + send.describe())
+        send.kill()
+        t_kill = time.monotonic()
+        dst_rc = self.finish(recv, 20)
+        took = recv.t_exit - t_kill
+        dst = recv.report()
+        ctx = "\n" + recv.describe()
+        self.assertLess(took, 15, "destination took %.1f s to notice" % took + ctx)
+        self.assertEqual(dst_rc, 1, ctx)
+        self.assertEqual(dst["result"], "failed", ctx)
+        self.assertIn("source", dst["error"], "the error does not name the source" + ctx)
+        self.assertFalse(dst["guest"]["checked"], ctx)
+
+
+class Stall(harness.RdmigTestCase):
+    def test_destination_stopped(self):
+        """Case 10: SIGSTOP the destination; the source's peer timeout ends it."""
+        recv, addr = self.start_recv(guest=SLOW_GUEST)
+        send = self.start_send(addr, "--peer-timeout-ms", "2000", *SLOW, guest=SLOW_GUEST,
+                               quiet=False)
+        self.wait_for_stderr(send, "active", 15)
+        time.sleep(0.5)
+        self.assertTrue(send.alive(), "migration ended before the stop\n" + send.describe())
+        recv.signal(signal.SIGSTOP)
+        t_stop = time.monotonic()
+        try:
+            src_rc = self.finish(send, 20)
+        finally:
+            recv.signal(signal.SIGCONT)
+        took = send.t_exit - t_stop
+        src = send.report()
+        ctx = "\n" + send.describe()
+        self.assertLess(took, 8, "source took %.1f s to give up on a silent peer" % took + ctx)
+        self.assertGreater(took, 1.5, "source gave up before the 2 s peer timeout" + ctx)
+        self.assertEqual(src_rc, 1, ctx)
+        self.assertEqual(src["result"], "failed", ctx)
+        self.assertEqual(src["error_code"], "peer", ctx)
+        self.assertRegex(src["error"], re.compile("silent|stall", re.I), ctx)
+        self.assert_source_guest_safe(src, ctx)
+        # Woken up, the destination finds its source gone and fails on its own.
+        dst_rc = self.finish(recv, 15)
+        self.assertEqual(dst_rc, 1, recv.describe())
+        self.assertEqual(recv.report()["result"], "failed", recv.describe())
+
+
+class Layout(harness.RdmigTestCase):
+    def run_mismatch(self, recv_guest, send_guest):
+        recv, addr = self.start_recv(guest=recv_guest)
+        send = self.start_send(addr, guest=send_guest)
+        src_rc = self.finish(send, 30)
+        dst_rc = self.finish(recv, 30)
+        src, dst = send.report(), recv.report()
+        ctx = "\n%s\n%s" % (send.describe(), recv.describe())
+        self.assertEqual(src_rc, 1, ctx)
+        self.assertEqual(dst_rc, 1, ctx)
+        self.assertEqual(src["result"], "failed", ctx)
+        self.assertEqual(dst["result"], "failed", ctx)
+        self.assertEqual(dst["error_code"], "layout", ctx)
+        self.assertIn("layout", src["error"], "source does not say the layouts differ" + ctx)
+        self.assertEqual(src["rounds"], 0, "pages were sent to a mismatched layout" + ctx)
+        self.assert_source_guest_safe(src, ctx)
+        self.assertFalse(dst["guest"]["checked"], ctx)
+        return src, dst, ctx
+
+    def test_size(self):
+        """Case 7: 64M at the destination, 128M at the source."""
+        src, dst, ctx = self.run_mismatch(["--ram-size", "64M"], ["--ram-size", "128M"])
+        for r in (src, dst):
+            self.assertIn("pc.ram", r["error"], ctx)
+            self.assertIn(str(64 << 20), r["error"], ctx)
+            self.assertIn(str(128 << 20), r["error"], ctx)
+
+    def test_blocks(self):
+        """Case 7: the same RAM split into 2 blocks here, 4 there."""
+        src, dst, ctx = self.run_mismatch(["--ram-size", "64M", "--blocks", "2"],
+                                          ["--ram-size", "64M", "--blocks", "4"])
+        for r in (src, dst):
+            self.assertIn("ram0", r["error"], "the error does not name the block" + ctx)
+
+    def test_block_names(self):
+        """Case 7: one block called pc.ram against two blocks ram0, ram1."""
+        src, dst, ctx = self.run_mismatch(["--ram-size", "64M", "--blocks", "2"],
+                                          ["--ram-size", "64M"])
+        for r in (src, dst):
+            self.assertIn("pc.ram", r["error"], ctx)
+            self.assertIn("ram0", r["error"], ctx)
+
+
+if __name__ == "__main__":
+    harness.main()
