@@ -141,15 +141,8 @@ static bool handshake(RdmigSession *s, GError **error)
     s->transport = s->tp->create(&cfg, error);
     if (!s->transport)
         return false;
-    for (guint i = 0; i < s->blocks->len; i++) {
-        RdmigRamBlock *b = s->blocks->pdata[i];
-        /* Local access only: the source pushes; nobody reads it remotely in precopy. */
-        b->region = s->tp->register_region(s->transport, b->host, b->length, 0, error);
-        if (!b->region) {
-            g_prefix_error(error, "registering RAM block '%s': ", b->name);
-            return false;
-        }
-    }
+    /* Connections first: an RDMA transport learns its device (and so has a
+     * protection domain to register memory in) only when it connects. */
     for (uint32_t i = 0; i < s->nconns; i++) {
         s->conns[i] = s->tp->connect(s->transport, ack.data_address, error);
         if (!s->conns[i]) {
@@ -550,6 +543,17 @@ static bool setup_memory(RdmigSession *s, GError **error)
         untouched += b->npages - touched;
         total += b->npages;
         pending += touched * b->page_size;
+    }
+    /* After the resident scan: registering pins (and so populates) pages,
+     * which would make never-touched pages look touched. */
+    for (guint i = 0; i < s->blocks->len; i++) {
+        RdmigRamBlock *b = s->blocks->pdata[i];
+        /* Local access only: the source pushes; nobody reads it remotely in precopy. */
+        b->region = s->tp->register_region(s->transport, b->host, b->length, 0, error);
+        if (!b->region) {
+            g_prefix_error(error, "registering RAM block '%s': ", b->name);
+            return false;
+        }
     }
     s->nreqs = s->nconns * RDMIG_REQS_PER_CONN;
     s->reqs = g_new0(RdmigPageReq, s->nreqs);

@@ -6,6 +6,9 @@
 #include "rdmig/transport.h"
 
 extern const RdmigTransportOps rdmig_tcp_transport_ops;
+#ifdef RDMIG_HAVE_RDMA
+extern const RdmigTransportOps rdmig_rdma_transport_ops;
+#endif
 
 /** Registers the transports built into this library (tcp, and rdma when built). */
 void rdmig_transport_register_builtin(void);

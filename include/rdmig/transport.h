@@ -47,6 +47,7 @@ G_BEGIN_DECLS
 /* Access rights of a registered region, as seen by the peer. */
 #define RDMIG_ACCESS_REMOTE_WRITE (1u << 0)
 #define RDMIG_ACCESS_REMOTE_READ  (1u << 1)
+#define RDMIG_ACCESS_LOCAL_WRITE  (1u << 2) /* local buffer of one-sided reads */
 
 /* Most local buffers one request may gather from or scatter into. */
 #define RDMIG_IO_MAX_IOV 16

@@ -1,0 +1,231 @@
+# SPDX-License-Identifier: MIT
+"""Case 8: bad input on the destination's control port, from a fake peer.
+
+Connections that do not open with a valid HELLO are dropped and the
+destination keeps listening (a port scan must not end an incoming migration):
+a real source must still migrate to it afterwards.  A peer that is rdmig but
+speaks another version is told so in an ERROR frame, and the destination
+fails.  After a valid handshake, anything malformed or out of range fails the
+migration with a clear error, without a crash."""
+import os
+import random
+import socket
+import struct
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import (MSG_HASHES, MSG_HELLO, MSG_HELLO_ACK, MSG_PING, MSG_ROUND_END,  # noqa: E402
+                     MSG_ZERO, FakeControl, FakeSource, frame, hello_payload)
+
+RAM = 32 << 20
+GUEST = ["--ram-size", "32M"]
+BLOCKS = [("pc.ram", RAM, 4096)]
+NPAGES = RAM // 4096
+
+
+def garbage_connections():
+    """(name, bytes to send, close right after sending?)"""
+    rng = random.Random(4242)
+    good_hello = hello_payload(BLOCKS)
+    return [
+        ("connect and close", b"", True),
+        ("http request", b"GET / HTTP/1.0\r\nHost: x\r\n\r\n", False),
+        ("four bytes", b"RDMG", True),
+        ("random bytes", bytes(rng.getrandbits(8) for _ in range(4096)), False),
+        ("wrong magic", frame(MSG_HELLO, good_hello, magic=0xDEADBEEF), False),
+        ("truncated frame", frame(MSG_HELLO, good_hello)[:40], True),
+        ("truncated header", frame(MSG_HELLO, good_hello)[:10], True),
+        ("oversized frame", frame(MSG_HELLO, b"", length=(16 << 20) + 1), False),
+        ("huge frame", frame(MSG_HELLO, b"", length=0xFFFFFFFF), False),
+        ("PING first", frame(MSG_PING), False),
+        ("unknown type first", frame(999, b"xyz"), False),
+        ("HELLO out of sequence", frame(MSG_HELLO, good_hello, seq=7), False),
+        ("HELLO with a bad magic", frame(MSG_HELLO, b"XXXX" + good_hello[4:]), False),
+        ("HELLO cut short", frame(MSG_HELLO, good_hello[:30]), False),
+        ("HELLO with trailing bytes", frame(MSG_HELLO, good_hello + b"\0\0"), False),
+        ("HELLO with 0 blocks", frame(MSG_HELLO, good_hello[:good_hello.rfind(b"\x06pc.ram") - 4]
+                                       + struct.pack(">I", 0)), False),
+        ("HELLO with 100000 blocks", frame(MSG_HELLO, good_hello[:good_hello.rfind(b"\x06pc.ram")
+                                                                 - 4] + struct.pack(">I", 100000)),
+         False),
+    ]
+
+
+class Garbage(harness.RdmigTestCase):
+    def test_garbage_then_real_source(self):
+        recv, addr = self.start_recv(guest=GUEST)
+        cases = garbage_connections()
+        for name, data, close_now in cases:
+            s = harness.connect(addr)
+            try:
+                if data:
+                    harness.send_quietly(s, data)
+                if not close_now:
+                    self.assertTrue(harness.wait_closed(s, 8),
+                                    "destination kept a '%s' connection open\n%s" %
+                                    (name, recv.describe()))
+            finally:
+                s.close()
+            time.sleep(0.05)
+            self.assertTrue(recv.alive(), "destination exited after a '%s' connection\n%s" %
+                            (name, recv.describe()))
+        # Every one was dropped with a warning, and the listener is still there.
+        deadline = time.monotonic() + 10
+        while recv.stderr().count("dropped a connection") < len(cases):
+            if time.monotonic() > deadline or not recv.alive():
+                break
+            time.sleep(0.05)
+        self.assertEqual(recv.stderr().count("dropped a connection"), len(cases), recv.describe())
+        send = self.start_send(addr, guest=GUEST)
+        src_rc = self.finish(send, 60)
+        dst_rc = self.finish(recv, 30)
+        ctx = "\n%s\n%s" % (send.describe(), recv.describe())
+        self.assertEqual((src_rc, dst_rc), (0, 0), ctx)
+        self.assert_verified(send.report(), recv.report(), ctx)
+
+
+class Handshake(harness.RdmigTestCase):
+    """A peer that is rdmig, but not one this destination can take."""
+
+    def expect_refused(self, payload_frame, code, *words, recv_args=()):
+        recv, addr = self.start_recv(*recv_args, guest=GUEST)
+        ctl = FakeControl(addr)
+        try:
+            ctl.sock.sendall(payload_frame)
+            err = ctl.recv_error(timeout=10)
+        finally:
+            ctl.close()
+        rc = self.finish(recv, 15)
+        rep = recv.report()
+        ctx = "\n" + recv.describe()
+        self.assertIsNotNone(err, "no ERROR frame before the destination hung up" + ctx)
+        self.assertEqual(err[0], code, "ERROR code (message %r)" % err[1] + ctx)
+        for w in words:
+            self.assertIn(w, err[1].lower(), "ERROR message %r" % err[1] + ctx)
+            self.assertIn(w, rep["error"].lower(), ctx)
+        self.assertEqual(rc, 1, ctx)
+        self.assertEqual(rep["result"], "failed", ctx)
+        self.assertEqual(rep["error_code"], code, ctx)
+        return err
+
+    def test_protocol_version(self):
+        self.expect_refused(frame(MSG_HELLO, hello_payload(BLOCKS, version=2)), "version",
+                            "version", "2")
+
+    def test_frame_version(self):
+        self.expect_refused(frame(MSG_HELLO, hello_payload(BLOCKS), version=2), "version",
+                            "version")
+
+    def test_unknown_required_feature(self):
+        self.expect_refused(frame(MSG_HELLO, hello_payload(BLOCKS, required=1 << 40)), "version",
+                            "feature")
+
+    def test_no_common_transport(self):
+        self.expect_refused(frame(MSG_HELLO, hello_payload(BLOCKS, transports=("carrier-pigeon",))),
+                            "unsupported", "carrier-pigeon")
+
+    def test_extra_block(self):
+        blocks = BLOCKS + [("vga.vram", 1 << 20, 4096)]
+        self.expect_refused(frame(MSG_HELLO, hello_payload(blocks)), "layout", "vga.vram")
+
+    def test_missing_block(self):
+        blocks = [("ram0", RAM // 2, 4096)]
+        self.expect_refused(frame(MSG_HELLO, hello_payload(blocks)), "layout", "ram1",
+                            recv_args=["--blocks", "2"])
+
+    def test_page_size(self):
+        blocks = [("pc.ram", RAM, 65536)]
+        self.expect_refused(frame(MSG_HELLO, hello_payload(blocks)), "layout", "pc.ram", "65536")
+
+    def test_no_data_connection(self):
+        """A valid HELLO, then no data connection: bounded by the connect timeout."""
+        recv, addr = self.start_recv("--connect-timeout-ms", "1500", guest=GUEST)
+        fake = FakeSource(addr, BLOCKS)
+        try:
+            # Messages sent now are not read before the data connections are up.
+            fake.ctl.send(999, b"")
+            err = fake.ctl.recv_error(timeout=10)
+            rc = self.finish(recv, 10)
+        finally:
+            fake.close()
+        ctx = "\n" + recv.describe()
+        self.assertEqual(rc, 1, ctx)
+        rep = recv.report()
+        self.assertEqual(rep["result"], "failed", ctx)
+        self.assertIn("did not arrive", rep["error"], ctx)
+        self.assertIsNotNone(err, ctx)
+        self.assertIn("did not arrive", err[1], ctx)
+
+
+class AfterHandshake(harness.RdmigTestCase):
+    """A valid handshake and data connection, then one bad control message."""
+
+    def expect_failure(self, mtype, payload, *words, code="protocol", seq=None):
+        recv, addr = self.start_recv(guest=GUEST)
+        fake = FakeSource(addr, BLOCKS)
+        try:
+            fake.data_connect()
+            if seq is not None:
+                fake.ctl.seq = seq
+            fake.ctl.send(mtype, payload)
+            err = fake.ctl.recv_error(timeout=10)
+            rc = self.finish(recv, 15)
+        finally:
+            fake.close()
+        rep = recv.report()
+        ctx = "\nERROR frame: %r\n%s" % (err, recv.describe())
+        self.assertEqual(rc, 1, ctx)
+        self.assertEqual(rep["result"], "failed", ctx)
+        self.assertEqual(rep["error_code"], code, ctx)
+        for w in words:
+            self.assertIn(w, rep["error"], ctx)
+        self.assertFalse(rep["guest"]["checked"], ctx)
+        self.assertIsNotNone(err, "the destination did not tell the source why" + ctx)
+        self.assertEqual(err[0], code, ctx)
+        for w in words:
+            self.assertIn(w, err[1], ctx)
+
+    def test_unknown_type(self):
+        self.expect_failure(99, b"\x01\x02\x03", "unknown", "99")
+
+    def test_unexpected_type(self):
+        self.expect_failure(MSG_HELLO_ACK, b"", "HELLO_ACK")
+
+    def test_second_hello(self):
+        self.expect_failure(MSG_HELLO, hello_payload(BLOCKS), "HELLO")
+
+    def test_out_of_sequence(self):
+        self.expect_failure(MSG_ROUND_END, struct.pack(">Q", 1), "sequence", seq=5)
+
+    def test_truncated_round_end(self):
+        self.expect_failure(MSG_ROUND_END, b"\0\0\1", "ROUND_END")
+
+    def test_zero_bad_block(self):
+        payload = struct.pack(">II", 7, 1) + struct.pack(">QI", 0, 1)
+        self.expect_failure(MSG_ZERO, payload, "ZERO", "#7")
+
+    def test_zero_page_past_end(self):
+        payload = struct.pack(">II", 0, 1) + struct.pack(">QI", NPAGES - 1, 2)
+        self.expect_failure(MSG_ZERO, payload, "ZERO", "pc.ram", str(NPAGES - 1))
+
+    def test_zero_page_wraps(self):
+        payload = struct.pack(">II", 0, 1) + struct.pack(">QI", (1 << 64) - 1, 2)
+        self.expect_failure(MSG_ZERO, payload, "ZERO", "pc.ram")
+
+    def test_zero_run_count_lies(self):
+        payload = struct.pack(">II", 0, 1000) + struct.pack(">QI", 0, 1)
+        self.expect_failure(MSG_ZERO, payload, "ZERO", "runs")
+
+    def test_hashes_past_end(self):
+        payload = struct.pack(">IQI", 0, NPAGES - 1, 2) + b"\0" * 16
+        self.expect_failure(MSG_HASHES, payload, "HASHES", "pc.ram")
+
+    def test_hashes_bad_block(self):
+        payload = struct.pack(">IQI", 3, 0, 1) + b"\0" * 8
+        self.expect_failure(MSG_HASHES, payload, "HASHES", "#3")
+
+
+if __name__ == "__main__":
+    harness.main()

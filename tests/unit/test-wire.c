@@ -1,0 +1,909 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Unit tests of the control-channel messages (engine/wire.c): every encoder
+ * against its decoder, every prefix of every message (a truncated message
+ * must fail and name itself), trailing bytes, out-of-range counts, strings
+ * with NUL bytes or beyond their field, and feature negotiation.
+ *
+ * Decoders are always fed an exact-size heap copy, so a decoder that reads a
+ * byte too far is caught by ASan rather than by luck.
+ */
+#include <string.h>
+
+#include "engine/wire.h"
+#include "rdmig/error.h"
+
+/* ------------------------------------------------------------ helpers */
+
+/* A decoder with the payload type hidden, so one loop checks them all. */
+typedef bool (*DecodeFunc)(const uint8_t *p, size_t len, GError **error);
+
+static bool dec_hello(const uint8_t *p, size_t len, GError **error)
+{
+    RdmigHello h;
+    bool ok = rdmig_hello_decode(p, len, &h, error);
+    rdmig_hello_clear(&h);
+    return ok;
+}
+static bool dec_hello_ack(const uint8_t *p, size_t len, GError **error)
+{
+    RdmigHelloAck a;
+    return rdmig_hello_ack_decode(p, len, &a, error);
+}
+static bool dec_regions(const uint8_t *p, size_t len, GError **error)
+{
+    g_autofree RdmigRegions *r = g_new0(RdmigRegions, 1);
+    return rdmig_regions_decode(p, len, r, error);
+}
+static bool dec_error(const uint8_t *p, size_t len, GError **error)
+{
+    RdmigWireError e;
+    return rdmig_error_decode(p, len, &e, error);
+}
+static bool dec_complete_ack(const uint8_t *p, size_t len, GError **error)
+{
+    RdmigCompleteAck a;
+    return rdmig_complete_ack_decode(p, len, &a, error);
+}
+static bool dec_zero(const uint8_t *p, size_t len, GError **error)
+{
+    RdmigZeroMsg z;
+    return rdmig_zero_decode(p, len, &z, error);
+}
+static bool dec_hashes(const uint8_t *p, size_t len, GError **error)
+{
+    RdmigHashesMsg m;
+    return rdmig_hashes_decode(p, len, &m, error);
+}
+static bool dec_round_end(const uint8_t *p, size_t len, GError **error)
+{
+    uint64_t v;
+    return rdmig_u64_decode(p, len, &v, "ROUND_END", error);
+}
+
+/* Decodes an exact-size copy of [p, p+len). */
+static bool decode_copy(DecodeFunc dec, const uint8_t *p, size_t len, GError **error)
+{
+    g_autofree uint8_t *copy = g_malloc(len ? len : 1);
+    if (len)
+        memcpy(copy, p, len);
+    return dec(copy, len, error);
+}
+
+/* The error must be in our domain with @code, and its text must contain @needle. */
+static void assert_error(GError *err, int code, const char *needle)
+{
+    g_assert_nonnull(err);
+    g_assert_true(err->domain == RDMIG_ERROR);
+    if (err->code != code)
+        g_error("expected error code %s, got %s: %s", rdmig_error_code_str(code),
+                rdmig_error_code_str(err->code), err->message);
+    if (needle && !strstr(err->message, needle))
+        g_error("error message \"%s\" does not mention \"%s\"", err->message, needle);
+}
+
+/* Every proper prefix of a valid message fails with PROTOCOL, naming the message;
+ * the whole message decodes; one trailing byte fails. */
+static void check_prefixes_and_trailing(DecodeFunc dec, const GByteArray *b, const char *name)
+{
+    g_autoptr(GError) ok_err = NULL;
+    g_assert_true(decode_copy(dec, b->data, b->len, &ok_err));
+    g_assert_no_error(ok_err);
+
+    for (size_t len = 0; len < b->len; len++) {
+        g_autoptr(GError) err = NULL;
+        bool ok = decode_copy(dec, b->data, len, &err);
+        if (ok)
+            g_error("%s: prefix of %zu of %u bytes decoded", name, len, b->len);
+        assert_error(err, RDMIG_ERROR_PROTOCOL, name);
+    }
+
+    g_autoptr(GByteArray) longer = g_byte_array_new();
+    g_byte_array_append(longer, b->data, b->len);
+    for (int extra = 1; extra <= 13; extra++) {
+        uint8_t junk = (uint8_t)(0xa5 + extra);
+        g_byte_array_append(longer, &junk, 1);
+        g_autoptr(GError) err = NULL;
+        if (decode_copy(dec, longer->data, longer->len, &err))
+            g_error("%s with %d trailing bytes decoded", name, extra);
+        assert_error(err, RDMIG_ERROR_PROTOCOL, name);
+    }
+}
+
+/* Raw big-endian writers, for messages the encoders cannot produce. */
+static void w8(GByteArray *b, uint8_t v) { g_byte_array_append(b, &v, 1); }
+static void w16(GByteArray *b, uint16_t v)
+{
+    uint8_t x[2] = { (uint8_t)(v >> 8), (uint8_t)v };
+    g_byte_array_append(b, x, 2);
+}
+static void w32(GByteArray *b, uint32_t v)
+{
+    uint8_t x[4] = { (uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v };
+    g_byte_array_append(b, x, 4);
+}
+static void w64(GByteArray *b, uint64_t v)
+{
+    w32(b, (uint32_t)(v >> 32));
+    w32(b, (uint32_t)v);
+}
+static void wbytes(GByteArray *b, const void *p, size_t n) { g_byte_array_append(b, p, n); }
+static void put32_at(GByteArray *b, size_t off, uint32_t v)
+{
+    b->data[off] = (uint8_t)(v >> 24);
+    b->data[off + 1] = (uint8_t)(v >> 16);
+    b->data[off + 2] = (uint8_t)(v >> 8);
+    b->data[off + 3] = (uint8_t)v;
+}
+
+/* Offsets in an encoded HELLO (see rdmig_hello_encode). */
+#define HELLO_OFF_VERSION 4
+#define HELLO_OFF_NTRANSPORTS 44
+#define HELLO_OFF_FIRST_TRANSPORT 48
+
+static RdmigHello *hello_new(uint32_t n_blocks, uint32_t n_transports)
+{
+    RdmigHello *h = g_new0(RdmigHello, 1);
+    h->version = RDMIG_PROTOCOL_VERSION;
+    h->features_supported = RDMIG_FEATURES_KNOWN;
+    h->features_required = RDMIG_FEATURE_VERIFY;
+    for (int i = 0; i < RDMIG_SESSION_ID_LEN; i++)
+        h->session_id[i] = (uint8_t)(0xf0 ^ i * 7);
+    h->data_connections = 4;
+    static const char *const names[] = { "tcp", "rdma", "x", "fifteen-chars-x" };
+    h->n_transports = n_transports;
+    for (uint32_t i = 0; i < n_transports; i++)
+        g_strlcpy(h->transports[i], names[i % 4], sizeof(h->transports[i]));
+    h->n_blocks = n_blocks;
+    h->blocks = g_new0(RdmigWireBlock, MAX(n_blocks, 1));
+    for (uint32_t i = 0; i < n_blocks; i++) {
+        if (i == 1) {
+            /* The longest name the field holds. */
+            memset(h->blocks[i].name, 'n', RDMIG_MAX_NAME);
+            h->blocks[i].name[RDMIG_MAX_NAME] = 0;
+        } else {
+            g_snprintf(h->blocks[i].name, sizeof(h->blocks[i].name), "block-%u", i);
+        }
+        h->blocks[i].length = ((uint64_t)i + 1) << 33 | 0x1000;
+        h->blocks[i].page_size = 4096u << (i % 10);
+    }
+    return h;
+}
+
+static void hello_free(RdmigHello *h)
+{
+    g_free(h->blocks);
+    g_free(h);
+}
+
+/* ------------------------------------------------------------ HELLO */
+
+static void test_hello_roundtrip(void)
+{
+    static const uint32_t blocks[] = { 1, 2, 3, 17, RDMIG_MAX_BLOCKS };
+    for (size_t bi = 0; bi < G_N_ELEMENTS(blocks); bi++) {
+        for (uint32_t nt = 0; nt <= RDMIG_MAX_TRANSPORTS; nt++) {
+            RdmigHello *h = hello_new(blocks[bi], nt);
+            g_autoptr(GByteArray) b = rdmig_hello_encode(h);
+            g_autofree uint8_t *copy = g_memdup2(b->data, b->len);
+            RdmigHello d;
+            g_autoptr(GError) err = NULL;
+            g_assert_true(rdmig_hello_decode(copy, b->len, &d, &err));
+            g_assert_no_error(err);
+            g_assert_cmpuint(d.version, ==, RDMIG_PROTOCOL_VERSION);
+            g_assert_cmphex(d.features_supported, ==, h->features_supported);
+            g_assert_cmphex(d.features_required, ==, h->features_required);
+            g_assert_cmpmem(d.session_id, RDMIG_SESSION_ID_LEN, h->session_id,
+                            RDMIG_SESSION_ID_LEN);
+            g_assert_cmpuint(d.data_connections, ==, 4);
+            g_assert_cmpuint(d.n_transports, ==, nt);
+            for (uint32_t i = 0; i < nt; i++)
+                g_assert_cmpstr(d.transports[i], ==, h->transports[i]);
+            g_assert_cmpuint(d.n_blocks, ==, blocks[bi]);
+            g_assert_nonnull(d.blocks);
+            for (uint32_t i = 0; i < d.n_blocks; i++) {
+                g_assert_cmpstr(d.blocks[i].name, ==, h->blocks[i].name);
+                g_assert_cmpuint(d.blocks[i].length, ==, h->blocks[i].length);
+                g_assert_cmpuint(d.blocks[i].page_size, ==, h->blocks[i].page_size);
+            }
+            rdmig_hello_clear(&d);
+            g_assert_null(d.blocks);
+            hello_free(h);
+        }
+    }
+}
+
+static void test_hello_truncated(void)
+{
+    /* Three blocks, two transports: every field kind is cut somewhere. */
+    RdmigHello *h = hello_new(3, 2);
+    g_autoptr(GByteArray) b = rdmig_hello_encode(h);
+    check_prefixes_and_trailing(dec_hello, b, "HELLO");
+    hello_free(h);
+}
+
+static void test_hello_bad_magic(void)
+{
+    RdmigHello *h = hello_new(1, 1);
+    g_autoptr(GByteArray) b = rdmig_hello_encode(h);
+    hello_free(h);
+    for (int byte = 0; byte < 4; byte++) {
+        g_autoptr(GByteArray) c = g_byte_array_new();
+        wbytes(c, b->data, b->len);
+        c->data[byte] ^= 0x20;
+        g_autoptr(GError) err = NULL;
+        g_assert_false(decode_copy(dec_hello, c->data, c->len, &err));
+        assert_error(err, RDMIG_ERROR_PROTOCOL, "magic");
+        g_assert_nonnull(strstr(err->message, "HELLO"));
+    }
+}
+
+static void test_hello_version(void)
+{
+    static const uint16_t versions[] = { 0, RDMIG_PROTOCOL_VERSION + 1, 0xffff };
+    for (size_t i = 0; i < G_N_ELEMENTS(versions); i++) {
+        RdmigHello *h = hello_new(2, 1);
+        h->version = versions[i];
+        g_autoptr(GByteArray) b = rdmig_hello_encode(h);
+        hello_free(h);
+        g_autoptr(GError) err = NULL;
+        g_assert_false(decode_copy(dec_hello, b->data, b->len, &err));
+        g_autofree char *num = g_strdup_printf("%u", versions[i]);
+        assert_error(err, RDMIG_ERROR_VERSION, num);
+
+        /* A newer peer's HELLO may be longer or shorter than ours: the version is
+         * still what is reported, as long as the version field itself arrived. */
+        for (size_t len = HELLO_OFF_VERSION + 2; len < b->len; len += 7) {
+            g_autoptr(GError) e2 = NULL;
+            g_assert_false(decode_copy(dec_hello, b->data, len, &e2));
+            assert_error(e2, RDMIG_ERROR_VERSION, num);
+        }
+    }
+}
+
+static void test_hello_block_count(void)
+{
+    /* Zero blocks. */
+    RdmigHello *h = hello_new(0, 1);
+    g_autoptr(GByteArray) b0 = rdmig_hello_encode(h);
+    hello_free(h);
+    g_autoptr(GError) err = NULL;
+    g_assert_false(decode_copy(dec_hello, b0->data, b0->len, &err));
+    assert_error(err, RDMIG_ERROR_PROTOCOL, "HELLO");
+    g_assert_nonnull(strstr(err->message, "block"));
+    g_clear_error(&err);
+
+    /* One more than the limit, every block well-formed. */
+    h = hello_new(RDMIG_MAX_BLOCKS + 1, 1);
+    g_autoptr(GByteArray) b1 = rdmig_hello_encode(h);
+    hello_free(h);
+    g_assert_false(decode_copy(dec_hello, b1->data, b1->len, &err));
+    assert_error(err, RDMIG_ERROR_PROTOCOL, "HELLO");
+    g_assert_nonnull(strstr(err->message, "257"));
+    g_clear_error(&err);
+
+    /* A huge count with no blocks behind it must fail before allocating. */
+    h = hello_new(1, 1);
+    g_autoptr(GByteArray) b2 = rdmig_hello_encode(h);
+    hello_free(h);
+    /* The block count sits right before the first block: 4 bytes + name + 12. */
+    size_t block_off = b2->len - (1 + strlen("block-0") + 12) - 4;
+    put32_at(b2, block_off, 0xffffffffu);
+    g_assert_false(decode_copy(dec_hello, b2->data, b2->len, &err));
+    assert_error(err, RDMIG_ERROR_PROTOCOL, "HELLO");
+}
+
+static void test_hello_transport_count(void)
+{
+    RdmigHello *h = hello_new(1, RDMIG_MAX_TRANSPORTS);
+    g_autoptr(GByteArray) b = rdmig_hello_encode(h);
+    hello_free(h);
+    put32_at(b, HELLO_OFF_NTRANSPORTS, RDMIG_MAX_TRANSPORTS + 1);
+    g_autoptr(GError) err = NULL;
+    g_assert_false(decode_copy(dec_hello, b->data, b->len, &err));
+    assert_error(err, RDMIG_ERROR_PROTOCOL, "HELLO");
+    g_assert_nonnull(strstr(err->message, "transports"));
+}
+
+static void test_hello_strings(void)
+{
+    g_autoptr(GError) err = NULL;
+
+    /* A NUL inside a transport name: "tcp" -> "t\0p". */
+    RdmigHello *h = hello_new(1, 1);
+    g_assert_cmpstr(h->transports[0], ==, "tcp");
+    g_autoptr(GByteArray) b = rdmig_hello_encode(h);
+    g_assert_cmpuint(b->data[HELLO_OFF_FIRST_TRANSPORT], ==, 3);
+    b->data[HELLO_OFF_FIRST_TRANSPORT + 2] = 0;
+    g_assert_false(decode_copy(dec_hello, b->data, b->len, &err));
+    assert_error(err, RDMIG_ERROR_PROTOCOL, "NUL");
+    g_assert_nonnull(strstr(err->message, "HELLO"));
+    g_clear_error(&err);
+
+    /* A NUL inside a block name ("block-0"), and as its last byte. */
+    for (int pos = 0; pos < 2; pos++) {
+        g_autoptr(GByteArray) c = rdmig_hello_encode(h);
+        size_t name_off = c->len - 12 - strlen("block-0");
+        g_assert_cmpmem(c->data + name_off, 7, "block-0", 7);
+        c->data[name_off + (pos ? 6 : 2)] = 0;
+        g_assert_false(decode_copy(dec_hello, c->data, c->len, &err));
+        assert_error(err, RDMIG_ERROR_PROTOCOL, "block name");
+        g_clear_error(&err);
+    }
+    hello_free(h);
+
+    /* A transport name of 16 bytes does not fit char[16] with its NUL;
+     * 15 bytes do. */
+    for (int n = 15; n <= 16; n++) {
+        g_autoptr(GByteArray) r = g_byte_array_new();
+        w32(r, RDMIG_HELLO_MAGIC);
+        w16(r, RDMIG_PROTOCOL_VERSION);
+        w16(r, 0);
+        w64(r, 0);
+        w64(r, 0);
+        uint8_t sid[RDMIG_SESSION_ID_LEN] = { 0 };
+        wbytes(r, sid, sizeof(sid));
+        w32(r, 1);
+        w32(r, 1);
+        w8(r, (uint8_t)n);
+        for (int i = 0; i < n; i++)
+            w8(r, 'a');
+        w32(r, 1);
+        w8(r, 3);
+        wbytes(r, "ram", 3);
+        w64(r, 1 << 20);
+        w32(r, 4096);
+        bool ok = decode_copy(dec_hello, r->data, r->len, &err);
+        if (n == 15) {
+            g_assert_no_error(err);
+            g_assert_true(ok);
+        } else {
+            g_assert_false(ok);
+            assert_error(err, RDMIG_ERROR_PROTOCOL, "transport name");
+            g_assert_nonnull(strstr(err->message, "16"));
+            g_clear_error(&err);
+        }
+    }
+}
+
+/* ------------------------------------------------------------ HELLO_ACK */
+
+static RdmigHelloAck ack_sample(void)
+{
+    RdmigHelloAck a = { .version = RDMIG_PROTOCOL_VERSION,
+                        .features_supported = RDMIG_FEATURES_KNOWN,
+                        .features_enabled = RDMIG_FEATURE_VERIFY | RDMIG_FEATURE_KEEPALIVE,
+                        .data_connections = 3,
+                        .conn_token = 0x0123456789abcdefull };
+    g_strlcpy(a.transport, "tcp", sizeof(a.transport));
+    g_strlcpy(a.data_address, "[fe80::1234:5678:9abc:def0]:65535", sizeof(a.data_address));
+    return a;
+}
+
+static void test_hello_ack_roundtrip(void)
+{
+    static const uint32_t conns[] = { 1, 3, RDMIG_MAX_DATA_CONNS };
+    for (size_t i = 0; i < G_N_ELEMENTS(conns); i++) {
+        RdmigHelloAck a = ack_sample();
+        a.data_connections = conns[i];
+        if (i == 2) {
+            /* Longest strings the fields hold. */
+            memset(a.transport, 't', sizeof(a.transport) - 1);
+            memset(a.data_address, 'a', sizeof(a.data_address) - 1);
+        }
+        g_autoptr(GByteArray) b = rdmig_hello_ack_encode(&a);
+        g_autofree uint8_t *copy = g_memdup2(b->data, b->len);
+        RdmigHelloAck d;
+        g_autoptr(GError) err = NULL;
+        g_assert_true(rdmig_hello_ack_decode(copy, b->len, &d, &err));
+        g_assert_no_error(err);
+        g_assert_cmpuint(d.version, ==, a.version);
+        g_assert_cmphex(d.features_supported, ==, a.features_supported);
+        g_assert_cmphex(d.features_enabled, ==, a.features_enabled);
+        g_assert_cmpuint(d.data_connections, ==, a.data_connections);
+        g_assert_cmpstr(d.transport, ==, a.transport);
+        g_assert_cmpstr(d.data_address, ==, a.data_address);
+        g_assert_cmphex(d.conn_token, ==, a.conn_token);
+    }
+}
+
+static void test_hello_ack_truncated(void)
+{
+    RdmigHelloAck a = ack_sample();
+    g_autoptr(GByteArray) b = rdmig_hello_ack_encode(&a);
+    check_prefixes_and_trailing(dec_hello_ack, b, "HELLO_ACK");
+}
+
+static void test_hello_ack_invalid(void)
+{
+    /* data_connections 0 and one past the limit. */
+    static const uint32_t bad[] = { 0, RDMIG_MAX_DATA_CONNS + 1 };
+    for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
+        RdmigHelloAck a = ack_sample();
+        a.data_connections = bad[i];
+        g_autoptr(GByteArray) b = rdmig_hello_ack_encode(&a);
+        g_autoptr(GError) err = NULL;
+        g_assert_false(decode_copy(dec_hello_ack, b->data, b->len, &err));
+        assert_error(err, RDMIG_ERROR_PROTOCOL, "HELLO_ACK");
+        g_assert_nonnull(strstr(err->message, "data connections"));
+    }
+
+    /* Strings: a data address of 128 bytes, a transport of 16, NULs inside. */
+    for (int kind = 0; kind < 4; kind++) {
+        g_autoptr(GByteArray) r = g_byte_array_new();
+        w16(r, RDMIG_PROTOCOL_VERSION);
+        w64(r, 0);
+        w64(r, 0);
+        w32(r, 1);
+        if (kind == 0) {
+            w8(r, 16);
+            wbytes(r, "0123456789abcdef", 16);
+        } else if (kind == 2) {
+            w8(r, 3);
+            wbytes(r, "t\0p", 3);
+        } else {
+            w8(r, 3);
+            wbytes(r, "tcp", 3);
+        }
+        if (kind == 1) {
+            w16(r, 128);
+            for (int i = 0; i < 128; i++)
+                w8(r, 'x');
+        } else if (kind == 3) {
+            w16(r, 11);
+            wbytes(r, "1.2.3.4\0:99", 11);
+        } else {
+            w16(r, 9);
+            wbytes(r, "host:4444", 9);
+        }
+        w64(r, 42);
+        g_autoptr(GError) err = NULL;
+        g_assert_false(decode_copy(dec_hello_ack, r->data, r->len, &err));
+        assert_error(err, RDMIG_ERROR_PROTOCOL, "HELLO_ACK");
+        const char *field = kind == 0 || kind == 2 ? "transport" : "data address";
+        g_assert_nonnull(strstr(err->message, field));
+        g_assert_nonnull(strstr(err->message, kind >= 2 ? "NUL" : "exceeds"));
+    }
+}
+
+/* ------------------------------------------------------------ REGIONS */
+
+static void test_regions_roundtrip(void)
+{
+    static const uint32_t counts[] = { 0, 1, 5, RDMIG_MAX_BLOCKS };
+    for (size_t ci = 0; ci < G_N_ELEMENTS(counts); ci++) {
+        g_autofree RdmigRegions *r = g_new0(RdmigRegions, 1);
+        r->n_blocks = counts[ci];
+        for (uint32_t i = 0; i < r->n_blocks; i++) {
+            r->keys[i].len = i % (RDMIG_REMOTE_KEY_MAX + 1); /* 0..32 */
+            for (uint32_t k = 0; k < r->keys[i].len; k++)
+                r->keys[i].bytes[k] = (uint8_t)(i * 31 + k);
+        }
+        g_autoptr(GByteArray) b = rdmig_regions_encode(r);
+        g_autofree uint8_t *copy = g_memdup2(b->data, b->len);
+        g_autofree RdmigRegions *d = g_new0(RdmigRegions, 1);
+        g_autoptr(GError) err = NULL;
+        g_assert_true(rdmig_regions_decode(copy, b->len, d, &err));
+        g_assert_no_error(err);
+        g_assert_cmpuint(d->n_blocks, ==, r->n_blocks);
+        for (uint32_t i = 0; i < r->n_blocks; i++)
+            g_assert_cmpmem(d->keys[i].bytes, d->keys[i].len, r->keys[i].bytes, r->keys[i].len);
+    }
+}
+
+static void test_regions_truncated(void)
+{
+    g_autofree RdmigRegions *r = g_new0(RdmigRegions, 1);
+    r->n_blocks = 3;
+    r->keys[0].len = 12;
+    memset(r->keys[0].bytes, 1, 12);
+    r->keys[1].len = 0;
+    r->keys[2].len = RDMIG_REMOTE_KEY_MAX;
+    memset(r->keys[2].bytes, 2, RDMIG_REMOTE_KEY_MAX);
+    g_autoptr(GByteArray) b = rdmig_regions_encode(r);
+    check_prefixes_and_trailing(dec_regions, b, "REGIONS");
+}
+
+static void test_regions_invalid(void)
+{
+    g_autoptr(GError) err = NULL;
+
+    /* A key one byte longer than RDMIG_REMOTE_KEY_MAX, bytes all present. */
+    g_autoptr(GByteArray) b = g_byte_array_new();
+    w32(b, 1);
+    w8(b, RDMIG_REMOTE_KEY_MAX + 1);
+    for (int i = 0; i <= RDMIG_REMOTE_KEY_MAX; i++)
+        w8(b, (uint8_t)i);
+    g_assert_false(decode_copy(dec_regions, b->data, b->len, &err));
+    assert_error(err, RDMIG_ERROR_PROTOCOL, "REGIONS");
+    g_assert_nonnull(strstr(err->message, "33"));
+    g_clear_error(&err);
+
+    /* Key length 255. */
+    g_autoptr(GByteArray) c = g_byte_array_new();
+    w32(c, 1);
+    w8(c, 255);
+    for (int i = 0; i < 255; i++)
+        w8(c, 0);
+    g_assert_false(decode_copy(dec_regions, c->data, c->len, &err));
+    assert_error(err, RDMIG_ERROR_PROTOCOL, "REGIONS");
+    g_clear_error(&err);
+
+    /* More regions than blocks can exist. */
+    g_autoptr(GByteArray) d = g_byte_array_new();
+    w32(d, RDMIG_MAX_BLOCKS + 1);
+    for (int i = 0; i <= RDMIG_MAX_BLOCKS; i++)
+        w8(d, 0);
+    g_assert_false(decode_copy(dec_regions, d->data, d->len, &err));
+    assert_error(err, RDMIG_ERROR_PROTOCOL, "REGIONS");
+    g_assert_nonnull(strstr(err->message, "257"));
+}
+
+/* ------------------------------------------------------------ ERROR, COMPLETE_ACK */
+
+static void test_error_roundtrip(void)
+{
+    static const char *const msgs[] = { "", "x", "peer is gone: connection reset by peer" };
+    for (size_t i = 0; i < G_N_ELEMENTS(msgs); i++) {
+        g_autoptr(GByteArray) b = rdmig_error_encode(RDMIG_ERROR_VERIFY, msgs[i]);
+        g_autofree uint8_t *copy = g_memdup2(b->data, b->len);
+        RdmigWireError e;
+        g_autoptr(GError) err = NULL;
+        g_assert_true(rdmig_error_decode(copy, b->len, &e, &err));
+        g_assert_no_error(err);
+        g_assert_cmpuint(e.code, ==, RDMIG_ERROR_VERIFY);
+        g_assert_cmpstr(e.message, ==, msgs[i]);
+    }
+    /* NULL message travels as "". */
+    g_autoptr(GByteArray) b = rdmig_error_encode(RDMIG_ERROR_CANCELLED, NULL);
+    RdmigWireError e;
+    g_assert_true(rdmig_error_decode(b->data, b->len, &e, NULL));
+    g_assert_cmpuint(e.code, ==, RDMIG_ERROR_CANCELLED);
+    g_assert_cmpstr(e.message, ==, "");
+
+    /* The longest message the field holds. */
+    char longest[sizeof(e.message)];
+    memset(longest, 'm', sizeof(longest) - 1);
+    longest[sizeof(longest) - 1] = 0;
+    g_autoptr(GByteArray) c = rdmig_error_encode(RDMIG_ERROR_PEER, longest);
+    g_assert_true(rdmig_error_decode(c->data, c->len, &e, NULL));
+    g_assert_cmpstr(e.message, ==, longest);
+}
+
+static void test_error_truncated(void)
+{
+    g_autoptr(GByteArray) b = rdmig_error_encode(RDMIG_ERROR_LAYOUT, "layout differs");
+    check_prefixes_and_trailing(dec_error, b, "ERROR");
+}
+
+static void test_error_invalid(void)
+{
+    g_autoptr(GError) err = NULL;
+    /* 512 bytes of message do not fit char[512] with its NUL. */
+    g_autoptr(GByteArray) b = g_byte_array_new();
+    w32(b, RDMIG_ERROR_PEER);
+    w16(b, 512);
+    for (int i = 0; i < 512; i++)
+        w8(b, 'e');
+    g_assert_false(decode_copy(dec_error, b->data, b->len, &err));
+    assert_error(err, RDMIG_ERROR_PROTOCOL, "ERROR");
+    g_assert_nonnull(strstr(err->message, "512"));
+    g_clear_error(&err);
+
+    g_autoptr(GByteArray) c = g_byte_array_new();
+    w32(c, RDMIG_ERROR_PEER);
+    w16(c, 5);
+    wbytes(c, "ab\0cd", 5);
+    g_assert_false(decode_copy(dec_error, c->data, c->len, &err));
+    assert_error(err, RDMIG_ERROR_PROTOCOL, "NUL");
+}
+
+/*
+ * What one side encodes the other must decode: an error whose text is longer
+ * than the ERROR message's field (easy: a layout mismatch names two block
+ * names of up to 255 bytes each) must still arrive, cut to fit, rather than
+ * turn into "ERROR message: message of N bytes exceeds 511" at the peer.
+ */
+static void test_error_long_message_decodable(void)
+{
+    g_autofree char *msg = g_strnfill(700, 'L');
+    memcpy(msg, "RAM layout mismatch", strlen("RAM layout mismatch"));
+    g_autoptr(GByteArray) b = rdmig_error_encode(RDMIG_ERROR_LAYOUT, msg);
+    RdmigWireError e;
+    g_autoptr(GError) err = NULL;
+    bool ok = rdmig_error_decode(b->data, b->len, &e, &err);
+    g_assert_no_error(err);
+    g_assert_true(ok);
+    g_assert_cmpuint(e.code, ==, RDMIG_ERROR_LAYOUT);
+    g_assert_true(g_str_has_prefix(e.message, "RAM layout mismatch"));
+    g_assert_cmpuint(strlen(e.message), <=, sizeof(e.message) - 1);
+}
+
+static void test_complete_ack_roundtrip(void)
+{
+    RdmigCompleteAck a = { .status = RDMIG_ERROR_VERIFY,
+                           .pages_verified = 0x1122334455667788ull,
+                           .mismatches = 3,
+                           .verify_us = 0xfedcba9876543210ull };
+    g_strlcpy(a.message, "3 of 100 pages differ", sizeof(a.message));
+    g_autoptr(GByteArray) b = rdmig_complete_ack_encode(&a);
+    g_autofree uint8_t *copy = g_memdup2(b->data, b->len);
+    RdmigCompleteAck d;
+    g_autoptr(GError) err = NULL;
+    g_assert_true(rdmig_complete_ack_decode(copy, b->len, &d, &err));
+    g_assert_no_error(err);
+    g_assert_cmpuint(d.status, ==, a.status);
+    g_assert_cmphex(d.pages_verified, ==, a.pages_verified);
+    g_assert_cmpuint(d.mismatches, ==, a.mismatches);
+    g_assert_cmphex(d.verify_us, ==, a.verify_us);
+    g_assert_cmpstr(d.message, ==, a.message);
+
+    /* Success with an empty message, and the longest message. */
+    RdmigCompleteAck ok = { 0 };
+    memset(ok.message, 'q', sizeof(ok.message) - 1);
+    g_autoptr(GByteArray) c = rdmig_complete_ack_encode(&ok);
+    g_assert_true(rdmig_complete_ack_decode(c->data, c->len, &d, NULL));
+    g_assert_cmpuint(d.status, ==, 0);
+    g_assert_cmpstr(d.message, ==, ok.message);
+}
+
+static void test_complete_ack_truncated(void)
+{
+    RdmigCompleteAck a = { .status = 0, .pages_verified = 12, .verify_us = 77 };
+    g_strlcpy(a.message, "ok", sizeof(a.message));
+    g_autoptr(GByteArray) b = rdmig_complete_ack_encode(&a);
+    check_prefixes_and_trailing(dec_complete_ack, b, "COMPLETE_ACK");
+}
+
+/* ------------------------------------------------------------ ZERO */
+
+static void test_zero_roundtrip(void)
+{
+    static const struct {
+        uint64_t first;
+        uint32_t count;
+    } runs[] = { { 0, 1 }, { 1, 63 }, { 64, 64 }, { 0xffffffffull, 2 },
+                 { 0x0123456789abcdefull, 0xfffffffeu }, { 7, 0x80000000u } };
+    for (uint32_t n = 0; n <= G_N_ELEMENTS(runs); n++) {
+        g_autoptr(GByteArray) b = rdmig_zero_begin(0xa1b2c3d4u);
+        for (uint32_t i = 0; i < n; i++)
+            rdmig_zero_run_put(b, runs[i].first, runs[i].count);
+        rdmig_zero_finish(b);
+        g_assert_cmpuint(b->len, ==, 8 + 12 * n);
+        g_autofree uint8_t *copy = g_memdup2(b->data, b->len);
+        RdmigZeroMsg z;
+        g_autoptr(GError) err = NULL;
+        g_assert_true(rdmig_zero_decode(copy, b->len, &z, &err));
+        g_assert_no_error(err);
+        g_assert_cmphex(z.block, ==, 0xa1b2c3d4u);
+        g_assert_cmpuint(z.n_runs, ==, n);
+        for (uint32_t i = 0; i < n; i++) {
+            uint64_t first;
+            uint32_t count;
+            rdmig_zero_run_get(&z, i, &first, &count);
+            g_assert_cmphex(first, ==, runs[i].first);
+            g_assert_cmphex(count, ==, runs[i].count);
+        }
+    }
+
+    /* Many runs: the count field is written by finish(), not by put(). */
+    g_autoptr(GByteArray) big = rdmig_zero_begin(2);
+    for (uint32_t i = 0; i < 5000; i++)
+        rdmig_zero_run_put(big, (uint64_t)i * 3, i + 1);
+    rdmig_zero_finish(big);
+    RdmigZeroMsg z;
+    g_assert_true(rdmig_zero_decode(big->data, big->len, &z, NULL));
+    g_assert_cmpuint(z.n_runs, ==, 5000);
+    for (uint32_t i = 0; i < 5000; i += 499) {
+        uint64_t first;
+        uint32_t count;
+        rdmig_zero_run_get(&z, i, &first, &count);
+        g_assert_cmpuint(first, ==, (uint64_t)i * 3);
+        g_assert_cmpuint(count, ==, i + 1);
+    }
+}
+
+static void test_zero_truncated(void)
+{
+    g_autoptr(GByteArray) b = rdmig_zero_begin(1);
+    rdmig_zero_run_put(b, 10, 5);
+    rdmig_zero_run_put(b, 100, 1);
+    rdmig_zero_finish(b);
+    check_prefixes_and_trailing(dec_zero, b, "ZERO");
+
+    /* A run count that promises more than the payload has (and would overflow
+     * a 32-bit multiplication). */
+    g_autoptr(GByteArray) c = rdmig_zero_begin(1);
+    rdmig_zero_run_put(c, 10, 5);
+    put32_at(c, 4, 0x15555556u); /* * 12 wraps to 8 in 32 bits */
+    g_autoptr(GError) err = NULL;
+    g_assert_false(decode_copy(dec_zero, c->data, c->len, &err));
+    assert_error(err, RDMIG_ERROR_PROTOCOL, "ZERO");
+}
+
+/* ------------------------------------------------------------ HASHES */
+
+static void test_hashes_roundtrip(void)
+{
+    uint64_t hashes[37];
+    for (uint32_t i = 0; i < G_N_ELEMENTS(hashes); i++)
+        hashes[i] = 0x9e3779b97f4a7c15ull * (i + 1);
+    static const uint32_t counts[] = { 0, 1, 37 };
+    for (size_t ci = 0; ci < G_N_ELEMENTS(counts); ci++) {
+        g_autoptr(GByteArray) b = rdmig_hashes_encode(5, 0x100000000ull + 3, hashes, counts[ci]);
+        g_assert_cmpuint(b->len, ==, 16 + 8 * counts[ci]);
+        g_autofree uint8_t *copy = g_memdup2(b->data, b->len);
+        RdmigHashesMsg m;
+        g_autoptr(GError) err = NULL;
+        g_assert_true(rdmig_hashes_decode(copy, b->len, &m, &err));
+        g_assert_no_error(err);
+        g_assert_cmpuint(m.block, ==, 5);
+        g_assert_cmphex(m.first, ==, 0x100000000ull + 3);
+        g_assert_cmpuint(m.n, ==, counts[ci]);
+        for (uint32_t i = 0; i < m.n; i++)
+            g_assert_cmphex(rdmig_hashes_get(&m, i), ==, hashes[i]);
+    }
+}
+
+static void test_hashes_truncated(void)
+{
+    uint64_t hashes[3] = { 1, 0xffffffffffffffffull, 0x8000000000000001ull };
+    g_autoptr(GByteArray) b = rdmig_hashes_encode(0, 9, hashes, 3);
+    check_prefixes_and_trailing(dec_hashes, b, "HASHES");
+
+    put32_at(b, 12, 0x20000001u); /* * 8 wraps to 8 in 32 bits */
+    g_autoptr(GError) err = NULL;
+    g_assert_false(decode_copy(dec_hashes, b->data, b->len, &err));
+    assert_error(err, RDMIG_ERROR_PROTOCOL, "HASHES");
+}
+
+/* ------------------------------------------------------------ u64 */
+
+static void test_u64(void)
+{
+    static const uint64_t vals[] = { 0, 1, 0xff, 0x0102030405060708ull, G_MAXUINT64 };
+    for (size_t i = 0; i < G_N_ELEMENTS(vals); i++) {
+        g_autoptr(GByteArray) b = rdmig_u64_encode(vals[i]);
+        g_assert_cmpuint(b->len, ==, 8);
+        g_assert_cmpuint(b->data[0], ==, (uint8_t)(vals[i] >> 56)); /* big-endian */
+        g_assert_cmpuint(b->data[7], ==, (uint8_t)vals[i]);
+        uint64_t v = 0;
+        g_autoptr(GError) err = NULL;
+        g_assert_true(rdmig_u64_decode(b->data, b->len, &v, "ROUND_ACK", &err));
+        g_assert_no_error(err);
+        g_assert_cmphex(v, ==, vals[i]);
+    }
+    g_autoptr(GByteArray) b = rdmig_u64_encode(77);
+    check_prefixes_and_trailing(dec_round_end, b, "ROUND_END");
+}
+
+/* ------------------------------------------------------------ features */
+
+static void test_features_intersection(void)
+{
+    uint64_t enabled = 0;
+    g_autoptr(GError) err = NULL;
+    uint64_t a = RDMIG_FEATURE_VERIFY | RDMIG_FEATURE_ZERO_PAGES | RDMIG_FEATURE_KEEPALIVE;
+    uint64_t b = RDMIG_FEATURE_ZERO_PAGES | RDMIG_FEATURE_MULTI_CONN | RDMIG_FEATURE_KEEPALIVE;
+    g_assert_true(rdmig_features_negotiate(a, 0, b, 0, &enabled, &err));
+    g_assert_no_error(err);
+    g_assert_cmphex(enabled, ==, RDMIG_FEATURE_ZERO_PAGES | RDMIG_FEATURE_KEEPALIVE);
+
+    /* Symmetric. */
+    uint64_t enabled2 = 0;
+    g_assert_true(rdmig_features_negotiate(b, 0, a, 0, &enabled2, &err));
+    g_assert_cmphex(enabled2, ==, enabled);
+
+    /* Nothing in common is fine when nothing is required. */
+    g_assert_true(rdmig_features_negotiate(RDMIG_FEATURE_VERIFY, 0, RDMIG_FEATURE_MULTI_CONN, 0,
+                                           &enabled, &err));
+    g_assert_cmphex(enabled, ==, 0);
+
+    /* Required on both sides and supported by both: enabled. */
+    g_assert_true(rdmig_features_negotiate(RDMIG_FEATURES_KNOWN, RDMIG_FEATURE_VERIFY,
+                                           RDMIG_FEATURES_KNOWN, RDMIG_FEATURE_VERIFY, &enabled,
+                                           &err));
+    g_assert_cmphex(enabled, ==, RDMIG_FEATURES_KNOWN);
+
+    /* Unknown bits the peer merely supports are ignored. */
+    g_assert_true(rdmig_features_negotiate(RDMIG_FEATURES_KNOWN, 0,
+                                           RDMIG_FEATURES_KNOWN | (1ull << 40), 0, &enabled,
+                                           &err));
+    g_assert_cmphex(enabled, ==, RDMIG_FEATURES_KNOWN);
+}
+
+static void test_features_unknown_required(void)
+{
+    uint64_t enabled = 0xdead;
+    g_autoptr(GError) err = NULL;
+    uint64_t unknown = (1ull << 40) | (1ull << 63);
+    g_assert_false(rdmig_features_negotiate(RDMIG_FEATURES_KNOWN, 0,
+                                            RDMIG_FEATURES_KNOWN | unknown,
+                                            RDMIG_FEATURE_VERIFY | unknown, &enabled, &err));
+    g_autofree char *hex = g_strdup_printf("%" G_GINT64_MODIFIER "x", unknown);
+    assert_error(err, RDMIG_ERROR_VERSION, hex);
+    g_assert_nonnull(strstr(err->message, "unknown"));
+}
+
+static void test_features_required_unsupported(void)
+{
+    uint64_t enabled = 0;
+    g_autoptr(GError) err = NULL;
+
+    /* The peer requires MULTI_CONN; we do not support it. */
+    uint64_t mine = RDMIG_FEATURES_KNOWN & ~RDMIG_FEATURE_MULTI_CONN;
+    g_assert_false(rdmig_features_negotiate(mine, 0, RDMIG_FEATURES_KNOWN,
+                                            RDMIG_FEATURE_MULTI_CONN, &enabled, &err));
+    g_autofree char *mc = g_strdup_printf("0x%" G_GINT64_MODIFIER "x",
+                                          (uint64_t)RDMIG_FEATURE_MULTI_CONN);
+    assert_error(err, RDMIG_ERROR_VERSION, mc);
+    g_assert_nonnull(strstr(err->message, "peer requires"));
+    g_clear_error(&err);
+
+    /* We require VERIFY; the peer does not support it. */
+    uint64_t theirs = RDMIG_FEATURES_KNOWN & ~RDMIG_FEATURE_VERIFY;
+    g_assert_false(rdmig_features_negotiate(RDMIG_FEATURES_KNOWN, RDMIG_FEATURE_VERIFY, theirs, 0,
+                                            &enabled, &err));
+    g_autofree char *vf = g_strdup_printf("0x%" G_GINT64_MODIFIER "x",
+                                          (uint64_t)RDMIG_FEATURE_VERIFY);
+    assert_error(err, RDMIG_ERROR_VERSION, vf);
+    g_assert_nonnull(strstr(err->message, "this side requires"));
+}
+
+/* ------------------------------------------------------------ names */
+
+static void test_msg_type_str(void)
+{
+    static const struct {
+        uint16_t type;
+        const char *name;
+    } known[] = {
+        { RDMIG_MSG_HELLO, "HELLO" },         { RDMIG_MSG_HELLO_ACK, "HELLO_ACK" },
+        { RDMIG_MSG_REGIONS, "REGIONS" },     { RDMIG_MSG_ZERO, "ZERO" },
+        { RDMIG_MSG_ROUND_END, "ROUND_END" }, { RDMIG_MSG_ROUND_ACK, "ROUND_ACK" },
+        { RDMIG_MSG_DEVICE_STATE, "DEVICE_STATE" }, { RDMIG_MSG_HASHES, "HASHES" },
+        { RDMIG_MSG_COMPLETE, "COMPLETE" },   { RDMIG_MSG_COMPLETE_ACK, "COMPLETE_ACK" },
+        { RDMIG_MSG_ERROR, "ERROR" },         { RDMIG_MSG_PING, "PING" },
+    };
+    g_assert_cmpuint(G_N_ELEMENTS(known), ==, RDMIG_MSG__MAX - 1);
+    for (size_t i = 0; i < G_N_ELEMENTS(known); i++)
+        g_assert_cmpstr(rdmig_msg_type_str(known[i].type), ==, known[i].name);
+    g_assert_cmpstr(rdmig_msg_type_str(0), ==, "unknown");
+    g_assert_cmpstr(rdmig_msg_type_str(RDMIG_MSG__MAX), ==, "unknown");
+    g_assert_cmpstr(rdmig_msg_type_str(1000), ==, "unknown");
+    g_assert_cmpstr(rdmig_msg_type_str(0xffff), ==, "unknown");
+}
+
+int main(int argc, char **argv)
+{
+    g_test_init(&argc, &argv, NULL);
+    g_test_add_func("/wire/hello/roundtrip", test_hello_roundtrip);
+    g_test_add_func("/wire/hello/truncated", test_hello_truncated);
+    g_test_add_func("/wire/hello/bad-magic", test_hello_bad_magic);
+    g_test_add_func("/wire/hello/version", test_hello_version);
+    g_test_add_func("/wire/hello/block-count", test_hello_block_count);
+    g_test_add_func("/wire/hello/transport-count", test_hello_transport_count);
+    g_test_add_func("/wire/hello/strings", test_hello_strings);
+    g_test_add_func("/wire/hello-ack/roundtrip", test_hello_ack_roundtrip);
+    g_test_add_func("/wire/hello-ack/truncated", test_hello_ack_truncated);
+    g_test_add_func("/wire/hello-ack/invalid", test_hello_ack_invalid);
+    g_test_add_func("/wire/regions/roundtrip", test_regions_roundtrip);
+    g_test_add_func("/wire/regions/truncated", test_regions_truncated);
+    g_test_add_func("/wire/regions/invalid", test_regions_invalid);
+    g_test_add_func("/wire/error/roundtrip", test_error_roundtrip);
+    g_test_add_func("/wire/error/truncated", test_error_truncated);
+    g_test_add_func("/wire/error/invalid", test_error_invalid);
+    g_test_add_func("/wire/error/long-message-decodable", test_error_long_message_decodable);
+    g_test_add_func("/wire/complete-ack/roundtrip", test_complete_ack_roundtrip);
+    g_test_add_func("/wire/complete-ack/truncated", test_complete_ack_truncated);
+    g_test_add_func("/wire/zero/roundtrip", test_zero_roundtrip);
+    g_test_add_func("/wire/zero/truncated", test_zero_truncated);
+    g_test_add_func("/wire/hashes/roundtrip", test_hashes_roundtrip);
+    g_test_add_func("/wire/hashes/truncated", test_hashes_truncated);
+    g_test_add_func("/wire/u64", test_u64);
+    g_test_add_func("/wire/features/intersection", test_features_intersection);
+    g_test_add_func("/wire/features/unknown-required", test_features_unknown_required);
+    g_test_add_func("/wire/features/required-unsupported", test_features_required_unsupported);
+    g_test_add_func("/wire/msg-type-str", test_msg_type_str);
+    return g_test_run();
+}
