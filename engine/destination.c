@@ -284,8 +284,6 @@ static bool apply_zero(RdmigSession *s, const RdmigFrame *f, GError **error)
     if (!b)
         return false;
     uint64_t pages = 0;
-    unsigned char vec[64];
-    long sys = sysconf(_SC_PAGESIZE);
     for (uint32_t i = 0; i < z.n_runs; i++) {
         uint64_t first;
         uint32_t count;
@@ -296,19 +294,15 @@ static bool apply_zero(RdmigSession *s, const RdmigFrame *f, GError **error)
                         "'%s' (%" G_GUINT64_FORMAT " pages)", count, first, b->name, b->npages);
             return false;
         }
+        /* A page never touched here reads as zero already; reading it to
+         * check would allocate it.  Swapped-out pages count as touched. */
+        g_autofree uint64_t *touched = rdmig_bitmap_new(count);
+        if (!rdmig_ram_resident(b->host + first * b->page_size, (uint64_t)count * b->page_size,
+                                b->page_size, touched, NULL))
+            memset(touched, 0xff, rdmig_bitmap_words(count) * 8);
         for (uint64_t p = first; p < first + count; p++) {
             uint8_t *page = b->host + p * b->page_size;
-            /* A page never touched here reads as zero already; reading it
-             * to check would allocate it. */
-            uint64_t nsys = b->page_size / sys;
-            bool resident = false;
-            if (mincore(page, b->page_size, vec) == 0) {
-                for (uint64_t k = 0; k < MIN(nsys, 64u); k++)
-                    resident |= vec[k] & 1;
-            } else {
-                resident = true;
-            }
-            if (resident && !rdmig_page_is_zero(page, b->page_size))
+            if (rdmig_bitmap_test(touched, p - first) && !rdmig_page_is_zero(page, b->page_size))
                 memset(page, 0, b->page_size);
         }
         pages += count;
@@ -412,7 +406,7 @@ static bool verify_all(RdmigSession *s, RdmigCompleteAck *ack)
     }
     ack->verify_us = (uint64_t)(now_us() - t0);
     if (ack->mismatches) {
-        ack->status = RDMIG_ERROR_VERIFY;
+        ack->status = 1 + RDMIG_ERROR_VERIFY;
         g_snprintf(ack->message, sizeof(ack->message),
                    "%" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " pages differ from the source "
                    "(block:page %s%s)", ack->mismatches, ack->mismatches + ack->pages_verified,
@@ -440,7 +434,8 @@ static bool complete(RdmigSession *s, GError **error)
                                            s->device_state ? s->device_state->data : NULL,
                                            s->device_state ? s->device_state->len : 0, error)) {
         g_prefix_error(error, "loading device state: ");
-        ack.status = (*error)->domain == RDMIG_ERROR ? (uint32_t)(*error)->code : RDMIG_ERROR_PEER;
+        ack.status = 1 + ((*error)->domain == RDMIG_ERROR ? (uint32_t)(*error)->code
+                                                          : RDMIG_ERROR_PEER);
         g_strlcpy(ack.message, (*error)->message, sizeof(ack.message));
     }
     RDMIG_STATS_UPDATE(s, {
@@ -573,7 +568,9 @@ gpointer rdmig_destination_thread(gpointer data)
         /* A data connection that dropped is usually the echo of a failure
          * the source explains on the control channel; prefer its words. */
         if (err->code == RDMIG_ERROR_PROTOCOL && s->ctl && s->data_error &&
-            g_str_has_prefix(err->message, "data connection")) {
+            g_str_has_prefix(err->message, "data connection") &&
+            (strstr(s->data_error, "closed") || strstr(s->data_error, "reset") ||
+             strstr(s->data_error, "ended"))) {
             RdmigFrame f;
             GError *why = NULL;
             if (rdmig_session_recv(s, &f, 300, &why) < 0 && why &&
@@ -585,7 +582,7 @@ gpointer rdmig_destination_thread(gpointer data)
             }
         }
         bool cancelled = g_error_matches(err, RDMIG_ERROR, RDMIG_ERROR_CANCELLED);
-        if (!cancelled && err->code != RDMIG_ERROR_PEER)
+        if (err->code != RDMIG_ERROR_PEER)
             rdmig_session_send_error(s, err);
         RdmigState st = rdmig_session_state(s);
         if (cancelled && rdmig_session_set_state(s, st, RDMIG_STATE_CANCELLING))

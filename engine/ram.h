@@ -22,6 +22,7 @@ typedef struct {
     RdmigRegion *region;      /* registered with the data transport */
     RdmigRemoteKey rkey;      /* source: the destination's key of this block */
     unsigned tracker_index;   /* source: index in the built-in dirty tracker */
+    uint64_t zero_hash;       /* hash of an all-zero page of this block's page size */
 } RdmigRamBlock;
 
 static inline size_t rdmig_bitmap_words(uint64_t nbits) { return (nbits + 63) / 64; }

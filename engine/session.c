@@ -285,7 +285,7 @@ bool rdmig_session_send(RdmigSession *s, RdmigMsgType type, GByteArray *payload,
 
 void rdmig_session_send_error(RdmigSession *s, const GError *err)
 {
-    if (!s->ctl)
+    if (!s->ctl || !g_atomic_int_compare_and_exchange(&s->error_sent, 0, 1))
         return;
     GByteArray *b = rdmig_error_encode(err->domain == RDMIG_ERROR ? (uint32_t)err->code
                                                                   : RDMIG_ERROR_PEER,
@@ -305,14 +305,8 @@ int rdmig_session_recv(RdmigSession *s, RdmigFrame *f, int timeout_ms, GError **
         }
         gint64 now = g_get_monotonic_time();
         gint64 silent_ms = (now - g_atomic_pointer_get(&s->last_rx_us)) / 1000;
-        if (silent_ms > s->params.peer_timeout_ms) {
-            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER,
-                        "%s silent for %" G_GINT64_FORMAT " ms (peer timeout %u ms): it "
-                        "stalled, or the network between us is down", peer, silent_ms,
-                        s->params.peer_timeout_ms);
-            return -1;
-        }
-        int wait = (int)MIN((gint64)s->params.keepalive_ms, s->params.peer_timeout_ms - silent_ms);
+        int wait = (int)CLAMP((gint64)s->params.peer_timeout_ms - silent_ms, 0,
+                              (gint64)s->params.keepalive_ms);
         if (timeout_ms >= 0) {
             gint64 left = timeout_ms - (now - start) / 1000;
             if (left < 0)
@@ -340,8 +334,19 @@ int rdmig_session_recv(RdmigSession *s, RdmigFrame *f, int timeout_ms, GError **
             }
             continue; /* cancel: checked at the top */
         }
-        if (n <= 0 || !p[0].revents)
+        if (n <= 0 || !p[0].revents) {
+            /* Judged only when nothing is waiting to be read: a busy receiver
+             * must not blame a peer whose frames are queued. */
+            silent_ms = (g_get_monotonic_time() - g_atomic_pointer_get(&s->last_rx_us)) / 1000;
+            if (silent_ms > s->params.peer_timeout_ms) {
+                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER,
+                            "%s silent for %" G_GINT64_FORMAT " ms (peer timeout %u ms): it "
+                            "stalled, or the network between us is down", peer, silent_ms,
+                            s->params.peer_timeout_ms);
+                return -1;
+            }
             continue;
+        }
         int r = rdmig_control_recv(s->ctl, f, 0, error);
         if (r < 0) {
             if (error && *error && (*error)->code == RDMIG_ERROR_PEER) {

@@ -85,7 +85,7 @@ struct RdmigSession {
     bool guest_stopped;
     bool data_done;             /* every write completed: data connections no longer matter */
     bool complete_sent;         /* the destination may be running the guest from here on */
-    uint64_t zero_hash;         /* hash of an all-zero page */
+    gint error_sent;            /* ERROR goes to the peer once */
     uint64_t bw_window_start_us, bw_window_bytes; /* max_bandwidth pacing */
 
     /* destination */

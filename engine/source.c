@@ -430,7 +430,7 @@ static bool send_dirty(RdmigSession *s, GError **error)
             if (zero_runs && rdmig_page_is_zero(page, b->page_size)) {
                 rdmig_bitmap_clear(b->dirty, i);
                 if (verify)
-                    b->hashes[i] = s->zero_hash;
+                    b->hashes[i] = b->zero_hash;
                 if (zcount && zfirst + zcount == i) {
                     zcount++;
                 } else {
@@ -519,16 +519,16 @@ static bool end_round(RdmigSession *s, uint64_t round, GError **error)
 static bool setup_memory(RdmigSession *s, GError **error)
 {
     bool verify = s->features & RDMIG_FEATURE_VERIFY;
-    g_autofree uint8_t *zero = g_malloc0(65536);
     uint64_t untouched = 0, total = 0, pending = 0;
     for (guint i = 0; i < s->blocks->len; i++) {
         RdmigRamBlock *b = s->blocks->pdata[i];
         b->dirty = rdmig_bitmap_new(b->npages);
         if (verify) {
-            s->zero_hash = rdmig_page_hash(zero, MIN(b->page_size, 65536u));
+            g_autofree uint8_t *zero = g_malloc0(b->page_size);
+            b->zero_hash = rdmig_page_hash(zero, b->page_size);
             b->hashes = g_new(uint64_t, b->npages);
             for (uint64_t p = 0; p < b->npages; p++)
-                b->hashes[p] = s->zero_hash;
+                b->hashes[p] = b->zero_hash;
         }
     }
     /* Arm the dirty log before reading anything: a write during round 1 must
@@ -634,7 +634,8 @@ static bool stop_and_copy(RdmigSession *s, uint64_t round, GError **error)
         s->stats.remaining_bytes = 0;
     });
     if (a->status) {
-        g_set_error(error, RDMIG_ERROR, (int)a->status, "destination did not complete: %s",
+        /* status is 1 + RdmigErrorCode: 0 stays "completed". */
+        g_set_error(error, RDMIG_ERROR, (int)a->status - 1, "destination did not complete: %s",
                     a->message);
         return false;
     }

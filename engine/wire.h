@@ -88,15 +88,15 @@ typedef struct {
 
 typedef struct {
     uint32_t code;        /* RdmigErrorCode */
-    char message[512];
+    char message[4096];
 } RdmigWireError;
 
 typedef struct {
-    uint32_t status;      /* 0 ok, else RdmigErrorCode */
+    uint32_t status;      /* 0 ok, else 1 + RdmigErrorCode */
     uint64_t pages_verified;
     uint64_t mismatches;
     uint64_t verify_us;   /* time the destination spent verifying */
-    char message[512];
+    char message[4096];
 } RdmigCompleteAck;
 
 void rdmig_hello_clear(RdmigHello *h);
@@ -135,7 +135,7 @@ GByteArray *rdmig_hashes_encode(uint32_t block, uint64_t first, const uint64_t *
 bool rdmig_hashes_decode(const uint8_t *p, size_t len, RdmigHashesMsg *m, GError **error);
 uint64_t rdmig_hashes_get(const RdmigHashesMsg *m, uint32_t i);
 
-/* ROUND_END / ROUND_ACK: u32 round.  COMPLETE: u64 pages. */
+/* ROUND_END / ROUND_ACK: u64 round.  COMPLETE: u64 pages. */
 GByteArray *rdmig_u64_encode(uint64_t v);
 bool rdmig_u64_decode(const uint8_t *p, size_t len, uint64_t *v, const char *what, GError **error);
 

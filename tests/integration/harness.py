@@ -436,6 +436,201 @@ def tcp_put_header(region, length, offset, seq):
     return TCP_HDR.pack(TCP_MAGIC, T_PUT, 0, 0, region, length, offset, seq)
 
 
+def parse_hello(p):
+    r = Reader(p, "HELLO")
+    h = {"magic": r.take(">I"), "version": r.take(">H")}
+    r.take(">H")
+    h["supported"], h["required"] = r.take(">Q"), r.take(">Q")
+    h["session_id"] = r.bytes(16)
+    h["connections"] = r.take(">I")
+    h["transports"] = [r.str8() for _ in range(r.take(">I"))]
+    h["blocks"] = []
+    for _ in range(r.take(">I")):
+        name = r.str8()
+        h["blocks"].append((name, r.take(">Q"), r.take(">I")))
+    return h
+
+
+class FakeDestination:
+    """A hand-made destination for a real `rdmig send`: it listens, answers the
+    handshake, takes PUTs on its data connections (acknowledging each, writing
+    nothing anywhere), acknowledges rounds, and then does what the test asked.
+
+    @script(event, fake) is called from the control thread on "handshake",
+    "put" (first PUT only), "round_end", "complete"; it returns True when it
+    has handled the event itself (the default answer is then not sent).
+    Everything runs on daemon threads and stops at close()."""
+
+    def __init__(self, script=None, ack_overrides=None, regions_override=None):
+        self.script = script or (lambda event, fake: False)
+        self.ack_overrides = ack_overrides or {}
+        self.regions_override = regions_override
+        self.ctl_listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.ctl_listener.bind(("127.0.0.1", 0))
+        self.ctl_listener.listen(4)
+        self.data_listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.data_listener.bind(("127.0.0.1", 0))
+        self.data_listener.listen(16)
+        self.address = "127.0.0.1:%d" % self.ctl_listener.getsockname()[1]
+        self.token = 0x0123456789ABCDEF
+        self.hello = None
+        self.ctl = None
+        self.data = []
+        self.events = []        # what happened, in order, for failure messages
+        self.error = None       # an exception in a fake thread
+        self.stop = threading.Event()
+        self.first_put = threading.Event()
+        self.lock = threading.Lock()
+        self.tx_seq = 0
+        self.rx_seq = 0
+        self.threads = [threading.Thread(target=self._control, daemon=True)]
+        self.threads[0].start()
+
+    # -- control channel, on its own thread
+    def send(self, mtype, payload=b""):
+        with self.lock:
+            self.ctl.sendall(frame(mtype, payload, self.tx_seq))
+            self.tx_seq += 1
+
+    def _recv_frame(self):
+        h = recv_exact(self.ctl, CONTROL_HEADER.size, 60)
+        if len(h) < CONTROL_HEADER.size:
+            return None
+        magic, version, mtype, length, seq = CONTROL_HEADER.unpack(h)
+        assert magic == CONTROL_MAGIC and version == CONTROL_VERSION, "bad frame from source"
+        assert seq == self.rx_seq, "source frame seq %d, expected %d" % (seq, self.rx_seq)
+        self.rx_seq += 1
+        payload = recv_exact(self.ctl, length, 60)
+        assert len(payload) == length, "source closed mid-frame"
+        return mtype, payload
+
+    def _control(self):
+        try:
+            self.ctl_listener.settimeout(30)
+            self.ctl, _ = self.ctl_listener.accept()
+            f = self._recv_frame()
+            assert f and f[0] == MSG_HELLO, "source did not open with HELLO"
+            self.hello = parse_hello(f[1])
+            self.events.append("hello")
+            ack = {"version": PROTOCOL_VERSION,
+                   "supported": FEATURE_VERIFY | FEATURE_ZERO_PAGES | FEATURE_MULTI_CONN,
+                   "connections": self.hello["connections"], "transport": "tcp",
+                   "data_address": "127.0.0.1:%d" % self.data_listener.getsockname()[1],
+                   "token": self.token}
+            ack["enabled"] = ack["supported"] & self.hello["supported"]
+            ack.update(self.ack_overrides)
+            self.send(MSG_HELLO_ACK, struct.pack(">HQQI", ack["version"], ack["supported"],
+                                                 ack["enabled"], ack["connections"])
+                      + str8(ack["transport"]) + str16(ack["data_address"])
+                      + struct.pack(">Q", ack["token"]))
+            blocks = self.hello["blocks"]
+            regions = self.regions_override if self.regions_override is not None else [
+                (i, b[1]) for i, b in enumerate(blocks)]
+            p = struct.pack(">I", len(regions))
+            for rid, length in regions:
+                p += struct.pack(">BIQ", 12, rid, length)
+            self.send(MSG_REGIONS, p)
+            self.regions = dict(regions)
+            t = threading.Thread(target=self._accept_data, args=(ack["connections"],),
+                                 daemon=True)
+            t.start()
+            self.threads.append(t)
+            if self.script("handshake", self):
+                return
+            while not self.stop.is_set():
+                f = self._recv_frame()
+                if f is None:
+                    self.events.append("control closed by the source")
+                    return
+                mtype, payload = f
+                if mtype == MSG_ROUND_END:
+                    self.events.append("round_end %d" % struct.unpack(">Q", payload)[0])
+                    if not self.script("round_end", self):
+                        self.send(MSG_ROUND_ACK, payload)
+                elif mtype == MSG_COMPLETE:
+                    self.events.append("complete")
+                    if not self.script("complete", self):
+                        self.complete_ack(0, 0, 0, "")
+                elif mtype == MSG_ERROR:
+                    self.events.append("error from source: %r" % (parse_error(payload),))
+                else:
+                    self.events.append("msg %d" % mtype)
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            if not self.stop.is_set():
+                self.error = e
+
+    def complete_ack(self, status, verified, mismatches, message):
+        self.send(MSG_COMPLETE_ACK, struct.pack(">IQQQ", status, verified, mismatches, 1000)
+                  + str16(message))
+
+    # -- data connections, one thread each
+    def _accept_data(self, n):
+        try:
+            self.data_listener.settimeout(30)
+            for _ in range(n):
+                c, _ = self.data_listener.accept()
+                self.data.append(c)
+                t = threading.Thread(target=self._data, args=(c,), daemon=True)
+                t.start()
+                self.threads.append(t)
+        except Exception as e:  # noqa: BLE001
+            if not self.stop.is_set():
+                self.error = e
+
+    def _data(self, c):
+        try:
+            h = recv_exact(c, TCP_HDR.size, 30)
+            magic, typ, _, _, _, version, token, _ = TCP_HDR.unpack(h)
+            assert (magic, typ, version, token) == (TCP_MAGIC, T_HELLO, TCP_VERSION, self.token), \
+                "bad data hello from the source"
+            buf = bytearray(4 << 20)
+            while not self.stop.is_set():
+                h = recv_exact(c, TCP_HDR.size, 60)
+                if len(h) < TCP_HDR.size:
+                    return
+                magic, typ, _, _, region, length, offset, seq = TCP_HDR.unpack(h)
+                assert magic == TCP_MAGIC and typ == T_PUT, "source sent data frame type %d" % typ
+                assert region in self.regions and offset + length <= self.regions[region], \
+                    "source wrote out of range: region %d offset %d length %d" % (
+                        region, offset, length)
+                view = memoryview(buf)
+                left = length
+                while left:
+                    got = c.recv_into(view[:min(left, len(buf))])
+                    if not got:
+                        return
+                    left -= got
+                if not self.first_put.is_set():
+                    self.first_put.set()
+                    self.events.append("first put")
+                    if self.script("put", self):
+                        continue
+                c.sendall(TCP_HDR.pack(TCP_MAGIC, T_ACK, 0, 0, 0, 0, 0, seq))
+        except (OSError, AssertionError) as e:
+            if not self.stop.is_set() and not isinstance(e, (ConnectionResetError,
+                                                              BrokenPipeError)):
+                self.error = e
+
+    def close_all(self):
+        """Closes every socket at once, as a process exiting would."""
+        for s in self.data + [self.ctl]:
+            if s is not None:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.stop.set()
+        self.close_all()
+        for s in self.data + [self.ctl, self.ctl_listener, self.data_listener]:
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+
 # ----------------------------------------------------------------- test case base
 
 class RdmigTestCase(unittest.TestCase):

@@ -40,6 +40,53 @@ class Cancel(harness.RdmigTestCase):
         self.assertIn("cancel", dst["error"], "destination error does not say why" + ctx)
         self.assertFalse(dst["guest"]["checked"], ctx)
 
+    def test_sigint_source(self):
+        """SIGINT to the source mid-precopy cancels like --cancel-after-ms."""
+        recv, addr = self.start_recv(guest=SLOW_GUEST)
+        send = self.start_send(addr, *SLOW, guest=SLOW_GUEST, quiet=False)
+        self.wait_for_stderr(send, "active", 15)
+        time.sleep(0.3)
+        send.signal(signal.SIGINT)
+        src_rc = self.finish(send, 15)
+        dst_rc = self.finish(recv, 15)
+        src, dst = send.report(), recv.report()
+        ctx = "\n%s\n%s" % (send.describe(), recv.describe())
+        self.assertEqual(src_rc, 3, ctx)
+        self.assertEqual(src["result"], "cancelled", ctx)
+        self.assert_source_guest_safe(src, ctx)
+        self.assertIn(dst_rc, (1, 3), ctx)
+        self.assertIn("cancel", dst["error"], ctx)
+
+    def test_sigterm_waiting_destination(self):
+        """SIGTERM to a destination still waiting for its source: cancelled, exit 3."""
+        recv, addr = self.start_recv(guest=["--ram-size", "32M"])
+        time.sleep(0.2)
+        recv.signal(signal.SIGTERM)
+        rc = self.finish(recv, 10)
+        ctx = "\n" + recv.describe()
+        self.assertEqual(rc, 3, ctx)
+        self.assertEqual(recv.report()["result"], "cancelled", ctx)
+
+    def test_sigterm_destination_midway(self):
+        """SIGTERM to the destination mid-precopy: it ends cancelled, and the source
+        learns that the destination cancelled (not just that a connection closed)."""
+        recv, addr = self.start_recv(guest=SLOW_GUEST)
+        send = self.start_send(addr, *SLOW, guest=SLOW_GUEST, quiet=False)
+        self.wait_for_stderr(send, "active", 15)
+        time.sleep(0.3)
+        recv.signal(signal.SIGTERM)
+        dst_rc = self.finish(recv, 15)
+        src_rc = self.finish(send, 15)
+        src, dst = send.report(), recv.report()
+        ctx = "\n%s\n%s" % (send.describe(), recv.describe())
+        self.assertEqual(dst_rc, 3, ctx)
+        self.assertEqual(dst["result"], "cancelled", ctx)
+        self.assertFalse(dst["guest"]["checked"], ctx)
+        self.assert_source_guest_safe(src, ctx)
+        self.assertIn(src["result"], ("failed", "cancelled"), ctx)
+        self.assertEqual(src_rc, 3 if src["result"] == "cancelled" else 1, ctx)
+        self.assertIn("cancel", src["error"], "the source was not told why" + ctx)
+
 
 class PeerDies(harness.RdmigTestCase):
     def test_destination_killed(self):
@@ -111,6 +158,36 @@ class Stall(harness.RdmigTestCase):
         dst_rc = self.finish(recv, 15)
         self.assertEqual(dst_rc, 1, recv.describe())
         self.assertEqual(recv.report()["result"], "failed", recv.describe())
+
+    def test_source_stopped(self):
+        """SIGSTOP the source; the destination's peer timeout ends it.  Woken up, the
+        source fails with the destination's reason, its guest running and intact."""
+        recv, addr = self.start_recv("--peer-timeout-ms", "2000", guest=SLOW_GUEST)
+        send = self.start_send(addr, *SLOW, guest=SLOW_GUEST, quiet=False)
+        self.wait_for_stderr(send, "active", 15)
+        time.sleep(0.5)
+        self.assertTrue(send.alive(), "migration ended before the stop\n" + send.describe())
+        send.signal(signal.SIGSTOP)
+        t_stop = time.monotonic()
+        try:
+            dst_rc = self.finish(recv, 20)
+        finally:
+            send.signal(signal.SIGCONT)
+        took = recv.t_exit - t_stop
+        dst = recv.report()
+        ctx = "\n" + recv.describe()
+        self.assertLess(took, 8, "destination took %.1f s to give up on a silent peer" % took
+                        + ctx)
+        self.assertEqual(dst_rc, 1, ctx)
+        self.assertEqual(dst["result"], "failed", ctx)
+        self.assertRegex(dst["error"], re.compile("source.*(silent|stall)", re.I), ctx)
+        src_rc = self.finish(send, 15)
+        src = send.report()
+        ctx = "\n%s\n%s" % (send.describe(), recv.describe())
+        self.assertEqual(src_rc, 1, ctx)
+        self.assert_source_guest_safe(src, ctx)
+        self.assertRegex(src["error"], re.compile("silent|stall", re.I),
+                         "the source lost the destination's reason" + ctx)
 
 
 class Layout(harness.RdmigTestCase):

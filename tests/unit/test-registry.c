@@ -178,8 +178,9 @@ static const RdmigTransportOps minimal_ops = {
 static void test_register_minimal_stubs(void)
 {
     g_autoptr(GError) err = NULL;
-    g_assert_true(rdmig_transport_register(&minimal_ops, &err));
+    bool ok = rdmig_transport_register(&minimal_ops, &err);
     g_assert_no_error(err);
+    g_assert_true(ok);
 
     const RdmigTransportOps *t = rdmig_transport_lookup("test-minimal");
     g_assert_nonnull(t);
@@ -411,8 +412,10 @@ static void test_ram_blocks(void)
     g_assert_false(rdmig_session_add_ram_block(s, "a", mem + 1, 4 * ps, (uint32_t)ps, &err));
     assert_error(err, RDMIG_ERROR_INVALID, "'a'");
     g_clear_error(&err);
-    g_assert_false(rdmig_session_add_ram_block(s, "a", mem + ps, 4 * ps, 2 * (uint32_t)ps, &err)
-                   && ((uintptr_t)(mem + ps) % (2 * ps)) != 0);
+    /* Aligned to the system page but not to the block's larger page size. */
+    uint8_t *odd = (uintptr_t)mem % (2 * ps) ? mem : mem + ps;
+    g_assert_false(rdmig_session_add_ram_block(s, "a", odd, 4 * ps, 2 * (uint32_t)ps, &err));
+    assert_error(err, RDMIG_ERROR_INVALID, "address");
     g_clear_error(&err);
     g_assert_false(rdmig_session_add_ram_block(s, "a", NULL, 4 * ps, (uint32_t)ps, &err));
     assert_error(err, RDMIG_ERROR_INVALID, NULL);
@@ -556,10 +559,6 @@ static void test_port_in_use(void)
     g_assert_false(rdmig_session_start(b, addr, &err));
     assert_error(err, RDMIG_ERROR_CONNECT, "in use");
     g_assert_nonnull(strstr(err->message, addr));
-    g_clear_error(&err);
-    /* A session that failed to start cannot be started again. */
-    g_assert_false(rdmig_session_start(b, "127.0.0.1:0", &err) && rdmig_session_wait(b, NULL));
-    g_clear_error(&err);
     rdmig_session_free(b);
     /* Freeing a listening destination cancels it. */
     rdmig_session_free(a);
@@ -583,6 +582,63 @@ static void test_connect_refused(void)
     rdmig_session_get_stats(s, &st);
     g_assert_cmpint(st.state, ==, RDMIG_STATE_FAILED);
     g_assert_nonnull(strstr(st.error, "refused"));
+    rdmig_session_free(s);
+    munmap(mem, len);
+}
+
+/*
+ * A failed start leaves the session FAILED, and stats say why, for both roles
+ * (RdmigStats.error: "why it failed").
+ */
+static void test_start_failure_in_stats(void)
+{
+    size_t len = 1u << 20;
+    void *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    g_assert_true(mem != MAP_FAILED);
+    for (int role = 0; role < 2; role++) {
+        RdmigSession *s = session_with_ram((RdmigRole)role, mem, len);
+        g_autoptr(GError) err = NULL;
+        g_assert_false(rdmig_session_start(s, "[::1", &err));
+        g_assert_nonnull(err);
+        RdmigStats st;
+        rdmig_session_get_stats(s, &st);
+        g_assert_cmpint(st.state, ==, RDMIG_STATE_FAILED);
+        /* A library bug, reported without aborting the other cases. */
+        if (strcmp(st.error, err->message) != 0)
+            g_test_fail_printf("%s: start failed with \"%s\" but stats.error is \"%s\"",
+                               role ? "destination" : "source", err->message, st.error);
+        rdmig_session_free(s);
+    }
+    munmap(mem, len);
+}
+
+/*
+ * A session whose start failed is FAILED, a final state: starting it again
+ * must either be refused or really start it (state SETUP).  It must not run a
+ * migration thread in state FAILED.
+ */
+static void test_restart_after_failed_start(void)
+{
+    size_t len = 1u << 20;
+    void *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    g_assert_true(mem != MAP_FAILED);
+    RdmigSession *s = session_with_ram(RDMIG_ROLE_DESTINATION, mem, len);
+    g_autoptr(GError) err = NULL;
+    g_assert_false(rdmig_session_start(s, "nohost", &err));
+    g_clear_error(&err);
+    bool started = rdmig_session_start(s, "127.0.0.1:0", &err);
+    RdmigStats st;
+    rdmig_session_get_stats(s, &st);
+    if (started) {
+        rdmig_session_cancel(s);
+        /* A library bug, reported without aborting the other cases. */
+        if (st.state != RDMIG_STATE_SETUP)
+            g_test_fail_printf("second start() after a failed one returned true, but the "
+                               "session is in state '%s'", rdmig_state_str(st.state));
+    } else {
+        g_assert_nonnull(err);
+        g_assert_cmpint(st.state, ==, RDMIG_STATE_FAILED);
+    }
     rdmig_session_free(s);
     munmap(mem, len);
 }
@@ -633,6 +689,9 @@ int main(int argc, char **argv)
     g_test_add_func("/registry/session/bad-addresses", test_bad_addresses);
     g_test_add_func("/registry/session/port-in-use", test_port_in_use);
     g_test_add_func("/registry/session/connect-refused", test_connect_refused);
-    g_test_add_func("/registry/register/full", test_register_full);
+    g_test_add_func("/registry/session/start-failure-in-stats", test_start_failure_in_stats);
+    g_test_add_func("/registry/session/restart-after-failed-start",
+                    test_restart_after_failed_start);
+    g_test_add_func("/registry/last/fill-up", test_register_full);
     return g_test_run();
 }

@@ -612,8 +612,12 @@ static void test_error_long_message_decodable(void)
     RdmigWireError e;
     g_autoptr(GError) err = NULL;
     bool ok = rdmig_error_decode(b->data, b->len, &e, &err);
-    g_assert_no_error(err);
-    g_assert_true(ok);
+    if (!ok) {
+        /* A library bug, reported without aborting the other cases. */
+        g_test_fail_printf("rdmig_error_encode() of a 700-byte message produced a payload "
+                           "rdmig_error_decode() rejects: %s", err->message);
+        return;
+    }
     g_assert_cmpuint(e.code, ==, RDMIG_ERROR_LAYOUT);
     g_assert_true(g_str_has_prefix(e.message, "RAM layout mismatch"));
     g_assert_cmpuint(strlen(e.message), <=, sizeof(e.message) - 1);

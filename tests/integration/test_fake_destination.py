@@ -1,0 +1,174 @@
+# SPDX-License-Identifier: MIT
+"""A real `rdmig send` against a hand-made destination that fails, lies or
+goes silent at chosen moments.  Whatever the destination does, the source must
+not report a completion it did not get, and must say what went wrong (in the
+destination's own words when it sent any).  Its guest keeps every page
+intact; it runs on at the source after any failure before COMPLETE, and stays
+stopped when COMPLETE went out and no answer came back (the destination may
+be running it: resuming here too could run it twice)."""
+import os
+import re
+import struct
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import MSG_ERROR, FakeDestination  # noqa: E402
+
+GUEST = ["--ram-size", "32M", "--dirty-rate", "5"]
+
+
+class FakeDest(harness.RdmigTestCase):
+    def run_source(self, fake, *send_args, timeout=30):
+        self.addCleanup(fake.close)
+        send = self.start_send(fake.address, *send_args, guest=GUEST)
+        rc = self.finish(send, timeout)
+        src = send.report()
+        ctx = "\nfake destination saw: %s (error: %r)\n%s" % (fake.events, fake.error,
+                                                            send.describe())
+        self.assertIsNone(fake.error, "the source broke the protocol" + ctx)
+        return rc, src, ctx
+
+    def assert_failed_safely(self, rc, src, ctx):
+        self.assertEqual(rc, 1, ctx)
+        self.assertEqual(src["result"], "failed", ctx)
+        self.assert_source_guest_safe(src, ctx)
+
+    def test_verify_mismatch(self):
+        """The destination reports mismatched pages: no completion, guest resumed here."""
+        def script(event, fake):
+            if event == "complete":
+                fake.complete_ack(11, 8189, 3, "3 of 8192 pages differ from the source "
+                                  "(block:page pc.ram:1, pc.ram:2, pc.ram:3)")
+                return True
+            return False
+        rc, src, ctx = self.run_source(FakeDestination(script))
+        self.assert_failed_safely(rc, src, ctx)
+        self.assertEqual(src["error_code"], "verify", ctx)
+        self.assertIn("differ", src["error"], ctx)
+        self.assertEqual(src["verify_mismatches"], 3, ctx)
+
+    def assert_outcome_unknown(self, rc, src, ctx):
+        self.assertEqual(rc, 1, ctx)
+        self.assertEqual(src["result"], "failed", ctx)
+        self.assertIn("outcome unknown", src["error"], ctx)
+        g = src["guest"]
+        self.assertTrue(g["checked"] and g["intact"] and g["pages_bad"] == 0, ctx)
+        self.assertFalse(g["running"], "resumed a guest the destination may be running" + ctx)
+
+    def test_no_complete_ack(self):
+        """The destination never answers COMPLETE: the peer timeout ends it; the guest
+        stays stopped, intact."""
+        def script(event, fake):
+            return event == "complete"  # and say nothing, ever
+        t0 = time.monotonic()
+        rc, src, ctx = self.run_source(FakeDestination(script), "--peer-timeout-ms", "2000")
+        self.assertLess(time.monotonic() - t0, 15, ctx)
+        self.assert_outcome_unknown(rc, src, ctx)
+        self.assertRegex(src["error"], re.compile("silent|stall", re.I), ctx)
+
+    def test_closed_during_switchover(self):
+        """The destination vanishes after COMPLETE, before acknowledging it."""
+        def script(event, fake):
+            if event == "complete":
+                fake.close_all()
+                return True
+            return False
+        rc, src, ctx = self.run_source(FakeDestination(script))
+        self.assert_outcome_unknown(rc, src, ctx)
+        self.assertIn("destination", src["error"], ctx)
+
+    def test_closed_before_complete(self):
+        """The destination vanishes in the last round, before COMPLETE went out:
+        the guest runs on here."""
+        def script(event, fake):
+            if event == "round_end" and "round_end 2" in fake.events:
+                fake.close_all()
+                return True
+            return False
+        rc, src, ctx = self.run_source(FakeDestination(script))
+        self.assert_failed_safely(rc, src, ctx)
+        self.assertNotIn("outcome unknown", src["error"], ctx)
+
+    def test_error_mid_precopy(self):
+        """The destination reports an error, then closes everything at once (as a
+        failing destination does): the source must give the destination's reason,
+        not just 'connection closed'."""
+        def script(event, fake):
+            if event == "put":
+                fake.send(MSG_ERROR, struct.pack(">I", 5) + harness.str16(
+                    "registering RAM block 'pc.ram': out of locked memory"))
+                fake.close_all()
+                return True
+            return False
+        rc, src, ctx = self.run_source(FakeDestination(script))
+        self.assert_failed_safely(rc, src, ctx)
+        self.assertIn("out of locked memory", src["error"],
+                      "the destination's reason was lost" + ctx)
+
+    def test_cancel_mid_precopy(self):
+        """The destination cancels: the source ends cancelled, guest running here."""
+        def script(event, fake):
+            if event == "put":
+                fake.send(MSG_ERROR, struct.pack(">I", 6) + harness.str16("migration cancelled"))
+                return True
+            return False
+        rc, src, ctx = self.run_source(FakeDestination(script))
+        self.assertIn("cancel", src["error"], ctx)
+        self.assertIn(src["result"], ("cancelled", "failed"), ctx)
+        self.assertEqual(rc, 3 if src["result"] == "cancelled" else 1, ctx)
+        self.assert_source_guest_safe(src, ctx)
+
+    def test_round_ack_wrong(self):
+        """ROUND_ACK for a round that was not announced."""
+        def script(event, fake):
+            if event == "round_end":
+                fake.send(harness.MSG_ROUND_ACK, struct.pack(">Q", 42))
+                return True
+            return False
+        rc, src, ctx = self.run_source(FakeDestination(script))
+        self.assert_failed_safely(rc, src, ctx)
+        self.assertIn("42", src["error"], ctx)
+
+    def test_ack_never_sent(self):
+        """A data-connection ACK for a write that was never posted."""
+        def script(event, fake):
+            if event == "put":
+                fake.data[0].sendall(harness.TCP_HDR.pack(harness.TCP_MAGIC, harness.T_ACK, 0, 0,
+                                                          0, 0, 0, 1 << 40))
+                return True
+            return False
+        rc, src, ctx = self.run_source(FakeDestination(script))
+        self.assert_failed_safely(rc, src, ctx)
+        self.assertIn("never sent", src["error"], ctx)
+
+    def test_too_many_connections(self):
+        rc, src, ctx = self.run_source(FakeDestination(ack_overrides={"connections": 4}))
+        self.assert_failed_safely(rc, src, ctx)
+        self.assertIn("data connections", src["error"], ctx)
+
+    def test_transport_not_offered(self):
+        rc, src, ctx = self.run_source(FakeDestination(ack_overrides={"transport": "rdma"}))
+        self.assert_failed_safely(rc, src, ctx)
+        self.assertIn("rdma", src["error"], ctx)
+
+    def test_features_not_shared(self):
+        rc, src, ctx = self.run_source(FakeDestination(ack_overrides={"enabled": 0xF | 1 << 20}))
+        self.assert_failed_safely(rc, src, ctx)
+        self.assertIn("features", src["error"], ctx)
+
+    def test_regions_count(self):
+        rc, src, ctx = self.run_source(FakeDestination(regions_override=[]))
+        self.assert_failed_safely(rc, src, ctx)
+        self.assertIn("keys for 0", src["error"], ctx)
+
+    def test_region_too_small(self):
+        """REGIONS says the destination's block is smaller than the source's."""
+        rc, src, ctx = self.run_source(FakeDestination(regions_override=[(0, 1 << 20)]))
+        self.assert_failed_safely(rc, src, ctx)
+        self.assertNotIn("wrote out of range", repr(ctx))
+
+
+if __name__ == "__main__":
+    harness.main()
