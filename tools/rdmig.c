@@ -462,7 +462,7 @@ static int cmd_recv(void)
     if (!rdmig_session_start(s, opt.address, &err)) {
         fprintf(stderr, "rdmig recv: %s\n", err->message);
         sg_free(g);
-        return EXIT_FAILED;
+        return g_error_matches(err, RDMIG_ERROR, RDMIG_ERROR_INVALID) ? EXIT_USAGE : EXIT_FAILED;
     }
     current_session = s;
     if (opt.print_address) {
@@ -523,6 +523,12 @@ static int run_source(const char *address)
         r.ok = rdmig_session_wait(s, &err);
     } else {
         fprintf(stderr, "rdmig send: %s\n", err->message);
+        if (g_error_matches(err, RDMIG_ERROR, RDMIG_ERROR_INVALID)) {
+            /* A malformed address is bad usage, not a failed migration. */
+            current_session = NULL;
+            sg_free(g);
+            return EXIT_USAGE;
+        }
     }
     current_session = NULL;
     if (timer)

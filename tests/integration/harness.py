@@ -550,7 +550,7 @@ class FakeDestination:
                 elif mtype == MSG_COMPLETE:
                     self.events.append("complete")
                     if not self.script("complete", self):
-                        self.complete_ack(0, 0, 0, "")
+                        self.complete_ack(None, 0, 0, "")
                 elif mtype == MSG_ERROR:
                     self.events.append("error from source: %r" % (parse_error(payload),))
                 else:
@@ -559,7 +559,10 @@ class FakeDestination:
             if not self.stop.is_set():
                 self.error = e
 
-    def complete_ack(self, status, verified, mismatches, message):
+    def complete_ack(self, code, verified, mismatches, message):
+        """COMPLETE_ACK; @code None for success, else an error code name (the
+        status on the wire is 1 + the RdmigErrorCode, so that 0 means completed)."""
+        status = 0 if code is None else 1 + ERROR_CODES.index(code)
         self.send(MSG_COMPLETE_ACK, struct.pack(">IQQQ", status, verified, mismatches, 1000)
                   + str16(message))
 

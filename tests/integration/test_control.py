@@ -9,6 +9,7 @@ fails.  After a valid handshake, anything malformed or out of range fails the
 migration with a clear error, without a crash."""
 import os
 import random
+import signal
 import socket
 import struct
 import sys
@@ -225,6 +226,40 @@ class AfterHandshake(harness.RdmigTestCase):
     def test_hashes_bad_block(self):
         payload = struct.pack(">IQI", 3, 0, 1) + b"\0" * 8
         self.expect_failure(MSG_HASHES, payload, "HASHES", "#3")
+
+
+class TellsTheSource(harness.RdmigTestCase):
+    """When the destination gives up on its own (peer timeout, cancel), a source
+    that is still connected is told why in an ERROR frame before the close."""
+
+    def handshake(self, *recv_args):
+        recv, addr = self.start_recv(*recv_args, guest=GUEST)
+        fake = FakeSource(addr, BLOCKS)
+        self.addCleanup(fake.close)
+        fake.data_connect()
+        return recv, fake
+
+    def test_peer_timeout(self):
+        recv, fake = self.handshake("--peer-timeout-ms", "2000")
+        err = fake.ctl.recv_error(timeout=10)  # and say nothing meanwhile
+        rc = self.finish(recv, 10)
+        ctx = "\nERROR frame: %r\n%s" % (err, recv.describe())
+        self.assertEqual(rc, 1, ctx)
+        self.assertIn("silent", recv.report()["error"], ctx)
+        self.assertIsNotNone(err, "the destination hung up without saying why" + ctx)
+        self.assertIn("silent", err[1], ctx)
+
+    def test_cancel(self):
+        recv, fake = self.handshake()
+        time.sleep(0.2)
+        recv.signal(signal.SIGTERM)
+        err = fake.ctl.recv_error(timeout=10)
+        rc = self.finish(recv, 10)
+        ctx = "\nERROR frame: %r\n%s" % (err, recv.describe())
+        self.assertEqual(rc, 3, ctx)
+        self.assertEqual(recv.report()["result"], "cancelled", ctx)
+        self.assertIsNotNone(err, "the destination hung up without saying why" + ctx)
+        self.assertEqual(err[0], "cancelled", ctx)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ class FakeDest(harness.RdmigTestCase):
         """The destination reports mismatched pages: no completion, guest resumed here."""
         def script(event, fake):
             if event == "complete":
-                fake.complete_ack(11, 8189, 3, "3 of 8192 pages differ from the source "
+                fake.complete_ack("verify", 8189, 3, "3 of 8192 pages differ from the source "
                                   "(block:page pc.ram:1, pc.ram:2, pc.ram:3)")
                 return True
             return False
