@@ -495,8 +495,10 @@ bool rdmig_layout_check(GPtrArray *blocks, const RdmigHello *hello, GError **err
 
 bool rdmig_session_start(RdmigSession *s, const char *address, GError **error)
 {
-    if (s->started) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID, "session already started");
+    if (s->started || rdmig_session_state(s) != RDMIG_STATE_NONE) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "session already started (state %s): create a new session to retry",
+                    rdmig_state_str(rdmig_session_state(s)));
         return false;
     }
     if (!s->blocks->len) {
@@ -518,6 +520,8 @@ bool rdmig_session_start(RdmigSession *s, const char *address, GError **error)
         s->listen_fd = rdmig_socket_listen(address, &s->listen_address, error);
         if (s->listen_fd < 0) {
             rdmig_session_set_state(s, RDMIG_STATE_SETUP, RDMIG_STATE_FAILED);
+            RDMIG_STATS_UPDATE(s, g_strlcpy(s->stats.error, (*error)->message,
+                                            sizeof(s->stats.error)));
             return false;
         }
         s->started = true;

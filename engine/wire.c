@@ -301,7 +301,14 @@ GByteArray *rdmig_error_encode(uint32_t code, const char *message)
 {
     GByteArray *b = g_byte_array_new();
     w32(b, code);
-    wstr16(b, message ? message : "");
+    /* Cut to what the peer's decoder accepts, on a UTF-8 boundary. */
+    g_autofree char *m = g_strdup(message ? message : "");
+    size_t cap = sizeof(((RdmigWireError *)0)->message) - 1;
+    if (strlen(m) > cap) {
+        const char *end = g_utf8_find_prev_char(m, m + cap + 1);
+        m[end ? end - m : (ptrdiff_t)cap] = 0;
+    }
+    wstr16(b, m);
     return b;
 }
 

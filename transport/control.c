@@ -229,6 +229,10 @@ int rdmig_control_recv(RdmigControl *c, RdmigFrame *frame, int timeout_ms, GErro
     uint8_t hdr[RDMIG_CONTROL_HEADER_SIZE];
     /* Peek so that a clean close between frames is told apart from a truncation. */
     ssize_t r = recv(c->fd, hdr, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (r == 0 && g_atomic_int_get(&c->shut)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "control channel shut down");
+        return -1;
+    }
     if (r == 0) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER, "peer closed the control channel");
         return -1;

@@ -313,13 +313,18 @@ static void conn_fail(RdmigConn *c, int err, const char *fmt, ...)
         return;
     c->failed = true;
     c->fail_errno = err;
-    c->rx = RX_FAILED;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(c->error, sizeof(c->error), fmt, ap);
     va_end(ap);
     shutdown(c->fd, SHUT_RDWR);
     RdmigIoReq *r;
+    /* A read whose answer was half received is off the wait queue. */
+    if (c->rx == RX_RESP && c->rx_req) {
+        complete(c, c->rx_req, -err);
+        c->rx_req = NULL;
+    }
+    c->rx = RX_FAILED;
     if (c->tx_kind == TX_REQ && c->tx_req) {
         complete(c, c->tx_req, -err);
         c->tx_req = NULL;

@@ -14,16 +14,16 @@ What lives here:
   * RdmigTestCase: spawn(), start_recv(), migrate() and the assertions every
     migration test makes (completed on both sides, page-by-page verified, the
     destination guest intact).
-  * A fake peer: control frames, HELLO/HELLO_ACK/REGIONS/ERROR payloads and the
-    TCP data-connection header, written from the format comments in
-    transport/control.h, engine/wire.c and transport/tcp.c.
+  * Fake peers, written from the format comments in transport/control.h,
+    engine/wire.c and transport/tcp.c: FakeControl/FakeSource (a hand-made
+    source for a real `rdmig recv`) and FakeDestination (a hand-made
+    destination for a real `rdmig send`, scripted to fail at chosen moments).
 
 Nothing here waits without a bound: every read, connect and wait has a timeout.
 """
 import json
 import os
 import queue
-import select
 import signal
 import socket
 import struct
@@ -749,7 +749,11 @@ def main():
     path = None
     if args and ("/" in args[0] or os.path.exists(args[0])):
         path = args.pop(0)
-    path = os.environ.get("RDMIG") or path
+    if os.environ.get("RDMIG"):
+        path = os.environ["RDMIG"]
+        # meson points LD_LIBRARY_PATH at its own build; a binary from another
+        # build (say, a sanitizer one) must find its own librdmig via RUNPATH.
+        os.environ.pop("LD_LIBRARY_PATH", None)
     if not path:
         sys.stderr.write("usage: %s RDMIG_PATH [TestClass.test_name ...] (or set RDMIG)\n"
                          % sys.argv[0])

@@ -10,11 +10,11 @@ migration with a clear error, without a crash."""
 import os
 import random
 import signal
-import socket
 import struct
 import sys
 import time
 
+sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import (MSG_HASHES, MSG_HELLO, MSG_HELLO_ACK, MSG_PING, MSG_ROUND_END,  # noqa: E402
@@ -260,6 +260,41 @@ class TellsTheSource(harness.RdmigTestCase):
         self.assertEqual(recv.report()["result"], "cancelled", ctx)
         self.assertIsNotNone(err, "the destination hung up without saying why" + ctx)
         self.assertEqual(err[0], "cancelled", ctx)
+
+
+class WaitingForData(harness.RdmigTestCase):
+    """After HELLO_ACK and REGIONS the destination waits for the data connections;
+    it must still hear a cancel, and a source that hung up, at once."""
+
+    def test_cancel(self):
+        """SIGTERM while the destination waits for the data connections: prompt."""
+        recv, addr = self.start_recv(guest=GUEST)
+        fake = FakeSource(addr, BLOCKS)
+        self.addCleanup(fake.close)
+        time.sleep(0.2)
+        recv.signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        rc = self.finish(recv, 15)
+        took = recv.t_exit - t0
+        ctx = "\n" + recv.describe()
+        self.assertEqual(rc, 3, ctx)
+        self.assertEqual(recv.report()["result"], "cancelled", ctx)
+        self.assertLess(took, 2, "cancel took %.1f s" % took + ctx)
+
+    def test_source_gone(self):
+        """The source hangs up after REGIONS, before its data connections: the
+        destination notices on the control channel, not at the connect timeout."""
+        recv, addr = self.start_recv(guest=GUEST)
+        fake = FakeSource(addr, BLOCKS)
+        time.sleep(0.2)
+        fake.close()
+        t0 = time.monotonic()
+        rc = self.finish(recv, 15)
+        took = recv.t_exit - t0
+        ctx = "\n" + recv.describe()
+        self.assertEqual(rc, 1, ctx)
+        self.assertIn("source", recv.report()["error"], ctx)
+        self.assertLess(took, 3, "took %.1f s to notice the source had gone" % took + ctx)
 
 
 if __name__ == "__main__":

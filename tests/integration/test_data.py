@@ -9,10 +9,10 @@ crash: run the suite with RDMIG pointing at a -Db_sanitize=address build).
 A data connection without the session's token is refused; the right one is
 still accepted afterwards."""
 import os
-import struct
 import sys
 import time
 
+sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import TCP_HDR, TCP_MAGIC, T_ACK, T_HELLO, FakeSource, tcp_put_header  # noqa: E402

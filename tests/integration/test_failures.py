@@ -5,9 +5,11 @@ processes must exit with a clear error within a bounded time and not crash."""
 import os
 import re
 import signal
+import socket
 import sys
 import time
 
+sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
@@ -86,6 +88,41 @@ class Cancel(harness.RdmigTestCase):
         self.assertIn(src["result"], ("failed", "cancelled"), ctx)
         self.assertEqual(src_rc, 3 if src["result"] == "cancelled" else 1, ctx)
         self.assertIn("cancel", src["error"], "the source was not told why" + ctx)
+
+
+class CancelConnecting(harness.RdmigTestCase):
+    def test_sigint_while_connecting(self):
+        """SIGINT while connect() hangs (the peer's accept queue is full, so its SYNs
+        go unanswered): cancelled at once, not at the 10 s connect timeout."""
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(listener.close)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(3):  # fill the accept queue; never accept
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.addCleanup(s.close)
+            s.setblocking(False)
+            try:
+                s.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+        time.sleep(0.2)
+        send = self.start_send("127.0.0.1:%d" % port, guest=["--ram-size", "32M"])
+        time.sleep(1.0)
+        if not send.alive():
+            self.finish(send, 5)
+            self.skipTest("connect did not hang here (%s)" % send.report()["error"])
+        send.signal(signal.SIGINT)
+        t0 = time.monotonic()
+        rc = self.finish(send, 20)
+        took = send.t_exit - t0
+        src = send.report()
+        ctx = "\n" + send.describe()
+        self.assertLess(took, 2, "cancel took %.1f s" % took + ctx)
+        self.assertEqual(rc, 3, ctx)
+        self.assertEqual(src["result"], "cancelled", ctx)
+        self.assert_source_guest_safe(src, ctx)
 
 
 class PeerDies(harness.RdmigTestCase):
@@ -231,6 +268,56 @@ class Layout(harness.RdmigTestCase):
         for r in (src, dst):
             self.assertIn("pc.ram", r["error"], ctx)
             self.assertIn("ram0", r["error"], ctx)
+
+
+class AfterSwitchover(harness.RdmigTestCase):
+    def test_device_state_refused(self):
+        """The destination verifies every page but cannot load the device state (its
+        guest has 3 vCPUs, the source's 2): it must not run the guest, and the source,
+        told so, resumes its own."""
+        recv, addr = self.start_recv(guest=["--ram-size", "32M", "--dirty-rate", "5",
+                                            "--vcpus", "3"])
+        send = self.start_send(addr, guest=["--ram-size", "32M", "--dirty-rate", "5",
+                                            "--vcpus", "2"])
+        src_rc, dst_rc = self.finish(send, 30), self.finish(recv, 30)
+        src, dst = send.report(), recv.report()
+        ctx = "\n%s\n%s" % (send.describe(), recv.describe())
+        self.assertEqual((src_rc, dst_rc), (1, 1), ctx)
+        self.assertEqual(dst["result"], "failed", ctx)
+        self.assertIn("device state", dst["error"], ctx)
+        self.assertEqual(dst["pages_verified"], dst["pages_total"], ctx)
+        self.assertFalse(dst["guest"]["checked"], "a guest that failed to load was run" + ctx)
+        self.assertEqual(src["result"], "failed", ctx)
+        self.assertIn("device state", src["error"], ctx)
+        self.assertNotIn("outcome unknown", src["error"], ctx)
+        self.assert_source_guest_safe(src, ctx)
+
+
+class SecondSource(harness.RdmigTestCase):
+    def test_turned_away(self):
+        """One source per destination: a source queued behind the one being served is
+        turned away cleanly, its guest intact; the served one is not disturbed."""
+        recv, addr = self.start_recv("--connect-timeout-ms", "3000", guest=["--ram-size", "32M"])
+        first = harness.connect(addr)  # accepted, and the destination waits for its HELLO
+        try:
+            time.sleep(0.2)
+            send = self.start_send(addr, guest=["--ram-size", "32M", "--dirty-rate", "5"])
+            time.sleep(0.5)
+            # Now the first one turns out to be a real source: the queued one must go.
+            first.sendall(harness.frame(harness.MSG_HELLO,
+                                        harness.hello_payload([("pc.ram", 32 << 20, 4096)])))
+            src_rc = self.finish(send, 20)
+            src = send.report()
+            ctx = "\n%s\n%s" % (send.describe(), recv.describe())
+            self.assertEqual(src_rc, 1, ctx)
+            self.assertEqual(src["result"], "failed", ctx)
+            self.assertRegex(src["error"], re.compile("destination|refused|reset|closed", re.I),
+                             ctx)
+            self.assert_source_guest_safe(src, ctx)
+            self.assertTrue(recv.alive(), "the destination gave up on the first source" + ctx)
+        finally:
+            first.close()
+        self.finish(recv, 30)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import struct
 import sys
 import time
 
+sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import MSG_ERROR, FakeDestination  # noqa: E402

@@ -4,8 +4,10 @@ connections, several RAM blocks, a hot set), forced switchover, the demo; and
 the one that must not: a guest that cannot converge under the default policy.
 Every completed migration is checked page by page (see assert_verified)."""
 import os
+import socket
 import sys
 
+sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import MiB  # noqa: E402
@@ -58,6 +60,30 @@ class Converge(harness.RdmigTestCase):
     def test_hot(self):
         src, dst = self.migrate(guest=self.GUEST + ["--pattern", "hot"])
         self.check(src, dst)
+
+    def test_many_blocks_connections(self):
+        """The limits together: 64 RAM blocks over 16 data connections."""
+        guest = ["--ram-size", "64M", "--dirty-rate", "20", "--blocks", "64"]
+        src, dst = self.migrate(guest=guest, send_args=["--connections", "16"])
+        self.check(src, dst, connections=16)
+
+    def test_ipv6(self):
+        try:
+            s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            s.bind(("::1", 0))
+            s.close()
+        except OSError as e:
+            self.skipTest("no IPv6 loopback here: %s" % e)
+        recv = self.spawn("recv", "--listen", "[::1]:0", "--print-address", "--json", "--quiet",
+                          *self.GUEST, name="recv")
+        addr = recv.next_line(15)
+        self.assertTrue(addr and addr.startswith("[::1]:"), "bound address %r\n%s" %
+                        (addr, recv.describe()))
+        send = self.start_send(addr, guest=self.GUEST)
+        src_rc, dst_rc = self.finish(send, 60), self.finish(recv, 30)
+        ctx = "\n%s\n%s" % (send.describe(), recv.describe())
+        self.assertEqual((src_rc, dst_rc), (0, 0), ctx)
+        self.assert_verified(send.report(), recv.report(), ctx)
 
 
 class NoConverge(harness.RdmigTestCase):

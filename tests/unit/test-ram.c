@@ -104,11 +104,21 @@ static void test_bitmap_tail_garbage(void)
             continue;
         size_t words = rdmig_bitmap_words(nbits);
         g_autofree uint64_t *bm = rdmig_bitmap_new(nbits);
-        bm[words - 1] = ~0ull << (nbits % 64); /* only tail bits */
-        g_assert_cmpuint(rdmig_bitmap_count(bm, nbits), ==, 0);
-        g_assert_cmpuint(rdmig_bitmap_next_set(bm, nbits, 0), ==, nbits);
-        g_assert_cmpuint(rdmig_bitmap_next_set(bm, nbits, nbits - 1), ==, nbits);
-        g_assert_cmpuint(rdmig_bitmap_next_clear(bm, nbits, 0), ==, 0);
+        /* Only tail bits: all of them, or just the last one of the word. */
+        const uint64_t tails[] = { ~0ull << (nbits % 64), 1ull << 63 };
+        for (size_t k = 0; k < G_N_ELEMENTS(tails); k++) {
+            bm[words - 1] = tails[k];
+            g_assert_cmpuint(rdmig_bitmap_count(bm, nbits), ==, 0);
+            g_assert_cmpuint(rdmig_bitmap_next_set(bm, nbits, 0), ==, nbits);
+            g_assert_cmpuint(rdmig_bitmap_next_set(bm, nbits, nbits - 1), ==, nbits);
+            g_assert_cmpuint(rdmig_bitmap_next_clear(bm, nbits, 0), ==, 0);
+        }
+        /* All ones but the first clear tail bit, and all ones but the last: next_clear
+         * must not report a tail bit either. */
+        memset(bm, 0xff, words * 8);
+        bm[words - 1] &= ~(1ull << 63);
+        g_assert_cmpuint(rdmig_bitmap_next_clear(bm, nbits, 0), ==, nbits);
+        g_assert_cmpuint(rdmig_bitmap_next_clear(bm, nbits, nbits - 1), ==, nbits);
 
         memset(bm, 0xff, words * 8);
         g_assert_cmpuint(rdmig_bitmap_count(bm, nbits), ==, nbits);

@@ -579,16 +579,26 @@ static void test_error_truncated(void)
 static void test_error_invalid(void)
 {
     g_autoptr(GError) err = NULL;
-    /* 512 bytes of message do not fit char[512] with its NUL. */
-    g_autoptr(GByteArray) b = g_byte_array_new();
-    w32(b, RDMIG_ERROR_PEER);
-    w16(b, 512);
-    for (int i = 0; i < 512; i++)
-        w8(b, 'e');
-    g_assert_false(decode_copy(dec_error, b->data, b->len, &err));
-    assert_error(err, RDMIG_ERROR_PROTOCOL, "ERROR");
-    g_assert_nonnull(strstr(err->message, "512"));
-    g_clear_error(&err);
+    /* As many bytes as the message field has do not fit with the NUL; one less does. */
+    const size_t cap = sizeof(((RdmigWireError *)NULL)->message);
+    for (size_t n = cap - 1; n <= cap; n++) {
+        g_autoptr(GByteArray) b = g_byte_array_new();
+        w32(b, RDMIG_ERROR_PEER);
+        w16(b, (uint16_t)n);
+        for (size_t i = 0; i < n; i++)
+            w8(b, 'e');
+        bool ok = decode_copy(dec_error, b->data, b->len, &err);
+        if (n < cap) {
+            g_assert_no_error(err);
+            g_assert_true(ok);
+        } else {
+            g_assert_false(ok);
+            assert_error(err, RDMIG_ERROR_PROTOCOL, "ERROR");
+            g_autofree char *num = g_strdup_printf("%zu", n);
+            g_assert_nonnull(strstr(err->message, num));
+            g_clear_error(&err);
+        }
+    }
 
     g_autoptr(GByteArray) c = g_byte_array_new();
     w32(c, RDMIG_ERROR_PEER);
@@ -600,13 +610,14 @@ static void test_error_invalid(void)
 
 /*
  * What one side encodes the other must decode: an error whose text is longer
- * than the ERROR message's field (easy: a layout mismatch names two block
- * names of up to 255 bytes each) must still arrive, cut to fit, rather than
- * turn into "ERROR message: message of N bytes exceeds 511" at the peer.
+ * than the ERROR message's field must still arrive, cut to fit, rather than
+ * turn into "ERROR message: message of N bytes exceeds ..." at the peer and
+ * lose the reason.
  */
 static void test_error_long_message_decodable(void)
 {
-    g_autofree char *msg = g_strnfill(700, 'L');
+    const size_t cap = sizeof(((RdmigWireError *)NULL)->message);
+    g_autofree char *msg = g_strnfill(cap + 500, 'L');
     memcpy(msg, "RAM layout mismatch", strlen("RAM layout mismatch"));
     g_autoptr(GByteArray) b = rdmig_error_encode(RDMIG_ERROR_LAYOUT, msg);
     RdmigWireError e;
@@ -614,8 +625,8 @@ static void test_error_long_message_decodable(void)
     bool ok = rdmig_error_decode(b->data, b->len, &e, &err);
     if (!ok) {
         /* A library bug, reported without aborting the other cases. */
-        g_test_fail_printf("rdmig_error_encode() of a 700-byte message produced a payload "
-                           "rdmig_error_decode() rejects: %s", err->message);
+        g_test_fail_printf("rdmig_error_encode() of a %zu-byte message produced a payload "
+                           "rdmig_error_decode() rejects: %s", cap + 500, err->message);
         return;
     }
     g_assert_cmpuint(e.code, ==, RDMIG_ERROR_LAYOUT);
