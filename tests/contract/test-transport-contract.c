@@ -344,7 +344,7 @@ static void fx_setup(gpointer data, gconstpointer user)
     fx->allocs = g_ptr_array_new_with_free_func(g_free);
     fx->extra_transports = g_ptr_array_new();
     fx->cfg = (RdmigTransportConfig){ .queue_depth = QDEPTH,
-                                      .connect_timeout_ms = 5000,
+                                      .connect_timeout_ms = 15000, /* a REQ lost after a link flap is resent after ~4 s */
                                       .max_io_bytes = MAX_IO,
                                       .conn_token = TOKEN };
     g_autoptr(GError) err = NULL;

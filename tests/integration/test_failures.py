@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: MIT
-"""Migrations that end early: cancelled, a peer killed or stopped mid-way, RAM
-layouts that differ.  The source guest must run on intact every time, both
-processes must exit with a clear error within a bounded time and not crash."""
+"""Migrations that end early: cancelled (option or signal, at either end, or
+while connecting), a peer killed or stopped mid-way, RAM layouts that differ,
+a device state the destination refuses after the switchover, a second source.
+The source guest must run on intact every time; both processes must exit with
+a clear error within a bounded time and not crash."""
 import os
 import re
 import signal

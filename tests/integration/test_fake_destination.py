@@ -8,6 +8,7 @@ stopped when COMPLETE went out and no answer came back (the destination may
 be running it: resuming here too could run it twice)."""
 import os
 import re
+import socket
 import struct
 import sys
 import time
@@ -93,11 +94,16 @@ class FakeDest(harness.RdmigTestCase):
         self.assertNotIn("outcome unknown", src["error"], ctx)
 
     def test_error_mid_precopy(self):
-        """The destination reports an error, then closes everything at once (as a
-        failing destination does): the source must give the destination's reason,
-        not just 'connection closed'."""
+        """The destination's data connection drops, and a moment later the
+        destination explains why on the control channel and hangs up.  The source
+        must report the destination's reason, not just 'connection closed' (the
+        destination does the same for the source: it waits briefly for an ERROR
+        after a data connection drops, and prefers its words)."""
         def script(event, fake):
             if event == "put":
+                for d in fake.data:
+                    d.shutdown(socket.SHUT_RDWR)
+                time.sleep(0.05)
                 fake.send(MSG_ERROR, struct.pack(">I", 5) + harness.str16(
                     "registering RAM block 'pc.ram': out of locked memory"))
                 fake.close_all()
