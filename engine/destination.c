@@ -150,6 +150,8 @@ static bool handshake(RdmigSession *s, RdmigHello *hello, GError **error)
     if (!rdmig_layout_check(s->blocks, hello, error))
         return false;
     uint64_t supported = RDMIG_FEATURES_KNOWN;
+    if (!s->params.verify)
+        supported &= ~RDMIG_FEATURE_VERIFY;
     uint64_t enabled;
     if (!rdmig_features_negotiate(supported, 0, hello->features_supported,
                                   hello->features_required, &enabled, error))
@@ -232,13 +234,28 @@ static bool handshake(RdmigSession *s, RdmigHello *hello, GError **error)
 
     gint64 deadline = now_us() + (gint64)s->params.connect_timeout_ms * 1000;
     for (uint32_t i = 0; i < s->nconns;) {
-        int left = (int)MAX(0, (deadline - now_us()) / 1000);
+        /* In slices, so that a cancel or a source that hangs up is seen. */
+        int left = (int)CLAMP((deadline - now_us()) / 1000, 0, 250);
         g_autoptr(GError) aerr = NULL;
         s->conns[i] = s->tp->accept(s->data_listener, left, &aerr);
         if (s->conns[i]) {
             i++;
             continue;
         }
+        if (rdmig_session_cancelled(s)) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
+            return false;
+        }
+        RdmigFrame f;
+        if (rdmig_session_recv(s, &f, 0, error) != 0) {
+            if (!*error)
+                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                            "unexpected %s from the source before its data connections",
+                            rdmig_msg_type_str(f.hdr.type));
+            return false;
+        }
+        if (now_us() < deadline && aerr->code == RDMIG_ERROR_CONNECT)
+            continue;
         if (aerr->code == RDMIG_ERROR_CONNECT || now_us() >= deadline) {
             g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CONNECT,
                         "data connection %u of %u from the source did not arrive: %s", i + 1,
@@ -582,8 +599,7 @@ gpointer rdmig_destination_thread(gpointer data)
             }
         }
         bool cancelled = g_error_matches(err, RDMIG_ERROR, RDMIG_ERROR_CANCELLED);
-        if (err->code != RDMIG_ERROR_PEER)
-            rdmig_session_send_error(s, err);
+        rdmig_session_send_error(s, err); /* not if the source told us: see session_recv */
         RdmigState st = rdmig_session_state(s);
         if (cancelled && rdmig_session_set_state(s, st, RDMIG_STATE_CANCELLING))
             rdmig_session_set_state(s, RDMIG_STATE_CANCELLING, RDMIG_STATE_CANCELLED);

@@ -366,6 +366,9 @@ int rdmig_session_recv(RdmigSession *s, RdmigFrame *f, int timeout_ms, GError **
             RdmigWireError e;
             if (!rdmig_error_decode(f->payload, f->hdr.length, &e, error))
                 return -1;
+            /* Nothing to tell a peer about its own error. */
+            g_atomic_int_set(&s->peer_reported, 1);
+            g_atomic_int_set(&s->error_sent, 1);
             g_set_error(error, RDMIG_ERROR,
                         e.code == RDMIG_ERROR_CANCELLED ? RDMIG_ERROR_CANCELLED : RDMIG_ERROR_PEER,
                         "%s reported an error (%s): %s", peer,
@@ -509,7 +512,11 @@ bool rdmig_session_start(RdmigSession *s, const char *address, GError **error)
     rdmig_session_set_state(s, RDMIG_STATE_NONE, RDMIG_STATE_SETUP);
     if (s->role == RDMIG_ROLE_SOURCE) {
         if (!rdmig_source_connect(s, address, error)) {
-            rdmig_session_set_state(s, RDMIG_STATE_SETUP, RDMIG_STATE_FAILED);
+            if (g_error_matches(*error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED) &&
+                rdmig_session_set_state(s, RDMIG_STATE_SETUP, RDMIG_STATE_CANCELLING))
+                rdmig_session_set_state(s, RDMIG_STATE_CANCELLING, RDMIG_STATE_CANCELLED);
+            else
+                rdmig_session_set_state(s, RDMIG_STATE_SETUP, RDMIG_STATE_FAILED);
             RDMIG_STATS_UPDATE(s, g_strlcpy(s->stats.error, (*error)->message,
                                             sizeof(s->stats.error)));
             return false;

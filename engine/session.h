@@ -86,6 +86,7 @@ struct RdmigSession {
     bool data_done;             /* every write completed: data connections no longer matter */
     bool complete_sent;         /* the destination may be running the guest from here on */
     gint error_sent;            /* ERROR goes to the peer once */
+    gint peer_reported;         /* the failure came from the peer's own ERROR */
     uint64_t bw_window_start_us, bw_window_bytes; /* max_bandwidth pacing */
 
     /* destination */

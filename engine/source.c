@@ -31,7 +31,7 @@ static inline gint64 now_us(void) { return g_get_monotonic_time(); }
 
 bool rdmig_source_connect(RdmigSession *s, const char *address, GError **error)
 {
-    int fd = rdmig_socket_connect(address, (int)s->params.connect_timeout_ms, error);
+    int fd = rdmig_socket_connect(address, (int)s->params.connect_timeout_ms, s->wake_fd, error);
     if (fd < 0)
         return false;
     s->ctl = rdmig_control_new(fd, (int)s->params.peer_timeout_ms);
@@ -759,6 +759,26 @@ gpointer rdmig_source_thread(gpointer data)
         rdmig_session_set_state(s, RDMIG_STATE_DEVICE, RDMIG_STATE_FAILED);
         rdmig_session_take_error(s, err);
     } else {
+        /* A dropped data connection is usually the echo of a failure the
+         * destination explains on the control channel: prefer its words. */
+        if (s->ctl && g_str_has_prefix(err->message, "data connection") &&
+            (strstr(err->message, "closed") || strstr(err->message, "reset") ||
+             strstr(err->message, "ended"))) {
+            gint64 until = now_us() + 300000;
+            GError *why = NULL;
+            RdmigFrame f;
+            while (now_us() < until) {
+                int r = rdmig_session_recv(s, &f, 100, &why);
+                if (r < 0)
+                    break;
+            }
+            if (why && g_atomic_int_get(&s->peer_reported)) {
+                g_error_free(err);
+                err = why;
+            } else {
+                g_clear_error(&why);
+            }
+        }
         /* The guest runs on here, its memory untouched by the migration. */
         if (s->guest_stopped && s->guest.resume)
             s->guest.resume(s->guest_opaque);

@@ -190,7 +190,7 @@ int rdmig_socket_accept(int listen_fd, int timeout_ms, int cancel_fd, GError **e
     }
 }
 
-int rdmig_socket_connect(const char *address, int timeout_ms, GError **error)
+int rdmig_socket_connect(const char *address, int timeout_ms, int cancel_fd, GError **error)
 {
     struct sockaddr_storage ss;
     socklen_t len;
@@ -209,7 +209,7 @@ int rdmig_socket_connect(const char *address, int timeout_ms, GError **error)
         return -1;
     }
     g_autofree char *what = g_strdup_printf("connecting to '%s'", address);
-    if (!wait_fd(fd, POLLOUT, timeout_ms, -1, what, error)) {
+    if (!wait_fd(fd, POLLOUT, timeout_ms, cancel_fd, what, error)) {
         close(fd);
         return -1;
     }

@@ -22,7 +22,8 @@ int rdmig_socket_listen(const char *address, char **bound, GError **error);
  *  @cancel_fd (or -1) readable aborts the wait. Returns a blocking socket. */
 int rdmig_socket_accept(int listen_fd, int timeout_ms, int cancel_fd, GError **error);
 
-/** rdmig_socket_connect: connects with a timeout; returns a blocking socket. */
-int rdmig_socket_connect(const char *address, int timeout_ms, GError **error);
+/** rdmig_socket_connect: connects with a timeout; @cancel_fd (or -1) readable
+ *  aborts it. Returns a blocking socket. */
+int rdmig_socket_connect(const char *address, int timeout_ms, int cancel_fd, GError **error);
 
 #endif

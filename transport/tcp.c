@@ -272,7 +272,7 @@ static RdmigConn *tcp_accept(RdmigListener *l, int timeout_ms, GError **error)
 
 static RdmigConn *tcp_connect(RdmigTransport *t, const char *address, GError **error)
 {
-    int fd = rdmig_socket_connect(address, (int)t->cfg.connect_timeout_ms, error);
+    int fd = rdmig_socket_connect(address, (int)t->cfg.connect_timeout_ms, -1, error);
     if (fd < 0)
         return NULL;
     uint8_t h[TCP_HDR];

@@ -145,8 +145,8 @@ class Handshake(harness.RdmigTestCase):
         recv, addr = self.start_recv("--connect-timeout-ms", "1500", guest=GUEST)
         fake = FakeSource(addr, BLOCKS)
         try:
-            # Messages sent now are not read before the data connections are up.
-            fake.ctl.send(999, b"")
+            # The source stays connected and says nothing: the wait for its
+            # data connections is bounded by the connect timeout.
             err = fake.ctl.recv_error(timeout=10)
             rc = self.finish(recv, 10)
         finally:
