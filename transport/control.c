@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "be.h"
 #include "rdmig/error.h"
 
 struct RdmigControl {
@@ -23,41 +24,31 @@ struct RdmigControl {
     guint64 bytes;     /* atomic */
 };
 
-static inline void put_be16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = v; }
-static inline void put_be32(uint8_t *p, uint32_t v)
-{
-    p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
-}
-static inline uint16_t get_be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-static inline uint32_t get_be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
 
 void rdmig_frame_header_encode(uint8_t out[RDMIG_CONTROL_HEADER_SIZE], uint16_t type,
                                uint32_t length, uint32_t seq)
 {
-    put_be32(out, RDMIG_CONTROL_MAGIC);
-    put_be16(out + 4, RDMIG_CONTROL_VERSION);
-    put_be16(out + 6, type);
-    put_be32(out + 8, length);
-    put_be32(out + 12, seq);
+    rdmig_put_be32(out, RDMIG_CONTROL_MAGIC);
+    rdmig_put_be16(out + 4, RDMIG_CONTROL_VERSION);
+    rdmig_put_be16(out + 6, type);
+    rdmig_put_be32(out + 8, length);
+    rdmig_put_be32(out + 12, seq);
 }
 
 bool rdmig_frame_header_decode(const uint8_t in[RDMIG_CONTROL_HEADER_SIZE],
                                RdmigFrameHeader *hdr, GError **error)
 {
-    uint32_t magic = get_be32(in);
+    uint32_t magic = rdmig_get_be32(in);
     if (magic != RDMIG_CONTROL_MAGIC) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
                     "bad frame magic 0x%08x (expected 0x%08x \"RDMG\"): the peer is not rdmig "
                     "or the stream is corrupt", magic, RDMIG_CONTROL_MAGIC);
         return false;
     }
-    hdr->version = get_be16(in + 4);
-    hdr->type = get_be16(in + 6);
-    hdr->length = get_be32(in + 8);
-    hdr->seq = get_be32(in + 12);
+    hdr->version = rdmig_get_be16(in + 4);
+    hdr->type = rdmig_get_be16(in + 6);
+    hdr->length = rdmig_get_be32(in + 8);
+    hdr->seq = rdmig_get_be32(in + 12);
     if (hdr->version != RDMIG_CONTROL_VERSION) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_VERSION,
                     "unsupported frame version %u (this build speaks %u)", hdr->version,

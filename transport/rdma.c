@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "address.h"
+#include "be.h"
 #include "rdma/rdma.h"
 #include "rdmig/error.h"
 #include "rdmig/transport.h"
@@ -64,16 +65,6 @@ struct RdmigConn {
     char error[256];
 };
 
-static void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
-}
-static void put64(uint8_t *p, uint64_t v) { put32(p, v >> 32); put32(p + 4, (uint32_t)v); }
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static uint64_t get64(const uint8_t *p) { return (uint64_t)get32(p) << 32 | get32(p + 4); }
 
 static bool rdma_tp_probe(GError **error) { return rdmig_rdma_probe(error); }
 
@@ -161,8 +152,8 @@ static void rdma_tp_conn_close(RdmigConn *c)
 
 static void conn_param(RdmigTransport *t, struct rdma_conn_param *p, uint8_t *pd)
 {
-    put64(pd, t->cfg.conn_token);
-    put32(pd + 8, RDMA_VERSION);
+    rdmig_put_be64(pd, t->cfg.conn_token);
+    rdmig_put_be32(pd + 8, RDMA_VERSION);
     struct ibv_device_attr attr;
     int rd = 16;
     if (t->ctx && ibv_query_device(t->ctx, &attr) == 0)
@@ -230,12 +221,12 @@ static RdmigConn *rdma_tp_accept(RdmigListener *l, int timeout_ms, GError **erro
     if (!rdmig_rdma_wait_event(l->ch, RDMA_CM_EVENT_CONNECT_REQUEST, timeout_ms < 0 ? -1 : timeout_ms,
                                &id, pd, sizeof(pd), error))
         return NULL;
-    if (get64(pd) != t->cfg.conn_token || get32(pd + 8) != RDMA_VERSION) {
+    if (rdmig_get_be64(pd) != t->cfg.conn_token || rdmig_get_be32(pd + 8) != RDMA_VERSION) {
         rdma_reject(id, NULL, 0);
         rdma_destroy_id(id);
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_AUTH,
                     "RDMA connection presented another session's token or version %u",
-                    get32(pd + 8));
+                    rdmig_get_be32(pd + 8));
         return NULL;
     }
     RdmigConn *c = conn_new(t);
@@ -377,9 +368,9 @@ static RdmigRegion *rdma_tp_register(RdmigTransport *t, void *addr, size_t len, 
 static void rdma_tp_region_key(RdmigRegion *r, RdmigRemoteKey *key)
 {
     key->len = RDMA_KEY_LEN;
-    put64(key->bytes, (uint64_t)(uintptr_t)r->addr);
-    put32(key->bytes + 8, r->mr->rkey);
-    put64(key->bytes + 12, r->len);
+    rdmig_put_be64(key->bytes, (uint64_t)(uintptr_t)r->addr);
+    rdmig_put_be32(key->bytes + 8, r->mr->rkey);
+    rdmig_put_be64(key->bytes + 12, r->len);
 }
 
 static void rdma_tp_deregister(RdmigRegion *r)
@@ -427,7 +418,7 @@ static int rdma_tp_submit(RdmigConn *c, RdmigIoReq *req)
         sge[i].length = (uint32_t)req->iov[i].iov_len;
         total += req->iov[i].iov_len;
     }
-    uint64_t rlen = get64(req->rkey->bytes + 12);
+    uint64_t rlen = rdmig_get_be64(req->rkey->bytes + 12);
     if (!total || req->remote_offset > rlen || total > rlen - req->remote_offset)
         return -EINVAL;
     struct ibv_send_wr wr = {
@@ -436,8 +427,8 @@ static int rdma_tp_submit(RdmigConn *c, RdmigIoReq *req)
         .num_sge = req->iovcnt,
         .opcode = req->op == RDMIG_IO_WRITE ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ,
         .send_flags = IBV_SEND_SIGNALED,
-        .wr.rdma = { .remote_addr = get64(req->rkey->bytes) + req->remote_offset,
-                     .rkey = get32(req->rkey->bytes + 8) },
+        .wr.rdma = { .remote_addr = rdmig_get_be64(req->rkey->bytes) + req->remote_offset,
+                     .rkey = rdmig_get_be32(req->rkey->bytes + 8) },
     }, *bad;
     req->status = 0;
     int rc = ibv_post_send(c->ep.id->qp, &wr, &bad);

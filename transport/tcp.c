@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "address.h"
+#include "be.h"
 #include "rdmig/error.h"
 #include "rdmig/transport.h"
 #include "registry.h"
@@ -120,28 +121,18 @@ struct RdmigConn {
     size_t rx_req_off;
 };
 
-static inline void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
-}
-static inline void put64(uint8_t *p, uint64_t v) { put32(p, v >> 32); put32(p + 4, (uint32_t)v); }
-static inline uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-static inline uint64_t get64(const uint8_t *p) { return (uint64_t)get32(p) << 32 | get32(p + 4); }
 
 static void hdr_encode(uint8_t *h, uint8_t type, uint32_t region, uint32_t len, uint64_t off,
                        uint64_t seq)
 {
-    put32(h, TCP_MAGIC);
+    rdmig_put_be32(h, TCP_MAGIC);
     h[4] = type;
     h[5] = 0;
     h[6] = h[7] = 0;
-    put32(h + 8, region);
-    put32(h + 12, len);
-    put64(h + 16, off);
-    put64(h + 24, seq);
+    rdmig_put_be32(h + 8, region);
+    rdmig_put_be32(h + 12, len);
+    rdmig_put_be64(h + 16, off);
+    rdmig_put_be64(h + 24, seq);
 }
 
 /* ---------------------------------------------------------------- control path */
@@ -247,21 +238,21 @@ static RdmigConn *tcp_accept(RdmigListener *l, int timeout_ms, GError **error)
                     "data connection on %s sent no hello within %d ms", l->address, hello_ms);
         return NULL;
     }
-    if (get32(h) != TCP_MAGIC || h[4] != T_HELLO) {
+    if (rdmig_get_be32(h) != TCP_MAGIC || h[4] != T_HELLO) {
         close(fd);
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
                     "data connection on %s did not start with an rdmig hello (magic 0x%08x, "
-                    "type %u)", l->address, get32(h), h[4]);
+                    "type %u)", l->address, rdmig_get_be32(h), h[4]);
         return NULL;
     }
-    if (get32(h + 12) != TCP_VERSION) {
+    if (rdmig_get_be32(h + 12) != TCP_VERSION) {
         close(fd);
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_VERSION,
-                    "data connection speaks TCP data version %u, this build %u", get32(h + 12),
+                    "data connection speaks TCP data version %u, this build %u", rdmig_get_be32(h + 12),
                     TCP_VERSION);
         return NULL;
     }
-    if (get64(h + 16) != l->t->cfg.conn_token) {
+    if (rdmig_get_be64(h + 16) != l->t->cfg.conn_token) {
         close(fd);
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_AUTH,
                     "data connection presented another session's token");
@@ -382,8 +373,8 @@ static RdmigRegion *tcp_register(RdmigTransport *t, void *addr, size_t len, uint
 static void tcp_region_key(RdmigRegion *r, RdmigRemoteKey *key)
 {
     key->len = 12;
-    put32(key->bytes, r->id);
-    put64(key->bytes + 4, r->len);
+    rdmig_put_be32(key->bytes, r->id);
+    rdmig_put_be64(key->bytes + 4, r->len);
 }
 
 static void tcp_deregister(RdmigRegion *r)
@@ -418,7 +409,7 @@ static int tcp_submit(RdmigConn *c, RdmigIoReq *req)
         return -EINVAL;
     /* The remote bounds are the target's to enforce; checking here too gives
      * the caller an early, local error. */
-    uint64_t rlen = get64(req->rkey->bytes + 4);
+    uint64_t rlen = rdmig_get_be64(req->rkey->bytes + 4);
     if (req->remote_offset > rlen || total > rlen - req->remote_offset)
         return -EINVAL;
     if (c->outstanding >= c->depth)
@@ -467,7 +458,7 @@ static bool tx_next(RdmigConn *c)
     if (!c->sq_head)
         c->sq_tail = NULL;
     r->tp_priv[1] = c->next_seq++;
-    uint32_t region = get32(r->rkey->bytes);
+    uint32_t region = rdmig_get_be32(r->rkey->bytes);
     uint32_t len = (uint32_t)r->tp_priv[0];
     c->tx_req = r;
     c->tx_kind = TX_REQ;
@@ -557,13 +548,13 @@ static void rx_header(RdmigConn *c)
 {
     const uint8_t *h = c->rx_hdr;
     c->rx_hdr_got = 0;
-    if (get32(h) != TCP_MAGIC) {
-        conn_fail(c, EPROTO, "bad frame magic 0x%08x on data connection", get32(h));
+    if (rdmig_get_be32(h) != TCP_MAGIC) {
+        conn_fail(c, EPROTO, "bad frame magic 0x%08x on data connection", rdmig_get_be32(h));
         return;
     }
     uint8_t type = h[4];
-    uint32_t region = get32(h + 8), len = get32(h + 12);
-    uint64_t off = get64(h + 16), seq = get64(h + 24);
+    uint32_t region = rdmig_get_be32(h + 8), len = rdmig_get_be32(h + 12);
+    uint64_t off = rdmig_get_be64(h + 16), seq = rdmig_get_be64(h + 24);
     switch (type) {
     case T_PUT:
     case T_GET: {
