@@ -12,18 +12,9 @@
 #include <unistd.h>
 
 #include "rdmig/error.h"
+#include "test-util.h"
 #include "transport/control.h"
 
-static void assert_error(GError *err, int code, const char *needle)
-{
-    g_assert_nonnull(err);
-    g_assert_true(err->domain == RDMIG_ERROR);
-    if (err->code != code)
-        g_error("expected error code %s, got %s: %s", rdmig_error_code_str(code),
-                rdmig_error_code_str(err->code), err->message);
-    if (needle && !strstr(err->message, needle))
-        g_error("error message \"%s\" does not mention \"%s\"", err->message, needle);
-}
 
 static void make_pair(int sv[2])
 {

@@ -12,6 +12,7 @@
 
 #include "engine/wire.h"
 #include "rdmig/error.h"
+#include "test-util.h"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -71,16 +72,6 @@ static bool decode_copy(DecodeFunc dec, const uint8_t *p, size_t len, GError **e
 }
 
 /* The error must be in our domain with @code, and its text must contain @needle. */
-static void assert_error(GError *err, int code, const char *needle)
-{
-    g_assert_nonnull(err);
-    g_assert_true(err->domain == RDMIG_ERROR);
-    if (err->code != code)
-        g_error("expected error code %s, got %s: %s", rdmig_error_code_str(code),
-                rdmig_error_code_str(err->code), err->message);
-    if (needle && !strstr(err->message, needle))
-        g_error("error message \"%s\" does not mention \"%s\"", err->message, needle);
-}
 
 /* Every proper prefix of a valid message fails with PROTOCOL, naming the message;
  * the whole message decodes; one trailing byte fails. */
