@@ -71,6 +71,8 @@ static gpointer data_poller(gpointer data)
         }
     }
     g_free(dp);
+    uint64_t cpu = rdmig_thread_cpu_us();
+    RDMIG_STATS_UPDATE(s, s->stats.data_cpu_us += cpu);
     rdmig_session_account_thread_cpu(s);
     return NULL;
 }
@@ -214,15 +216,13 @@ static bool handshake(RdmigSession *s, RdmigHello *hello, GError **error)
 
     g_autofree RdmigRegions *regions = g_new0(RdmigRegions, 1);
     regions->n_blocks = s->blocks->len;
+    /* Writable by the peer only while this migration runs: deregistered at the end. */
+    gint64 t0 = now_us();
+    if (!rdmig_session_register_blocks(s, RDMIG_ACCESS_REMOTE_WRITE, error))
+        return false;
+    RDMIG_STATS_UPDATE(s, s->stats.registration_time_ms = (uint64_t)(now_us() - t0) / 1000);
     for (guint i = 0; i < s->blocks->len; i++) {
         RdmigRamBlock *b = s->blocks->pdata[i];
-        /* Writable by the peer only while this migration runs: deregistered at the end. */
-        b->region = s->tp->register_region(s->transport, b->host, b->length,
-                                           RDMIG_ACCESS_REMOTE_WRITE, error);
-        if (!b->region) {
-            g_prefix_error(error, "registering RAM block '%s': ", b->name);
-            return false;
-        }
         s->tp->region_key(b->region, &regions->keys[i]);
         if (enabled & RDMIG_FEATURE_VERIFY) {
             b->hashes = g_new0(uint64_t, b->npages);

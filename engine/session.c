@@ -386,13 +386,79 @@ int rdmig_session_recv(RdmigSession *s, RdmigFrame *f, int timeout_ms, GError **
     }
 }
 
-void rdmig_session_account_thread_cpu(RdmigSession *s)
+uint64_t rdmig_thread_cpu_us(void)
 {
     struct timespec ts;
     if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) < 0)
-        return;
-    uint64_t us = (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+void rdmig_session_account_thread_cpu(RdmigSession *s)
+{
+    uint64_t us = rdmig_thread_cpu_us();
     RDMIG_STATS_UPDATE(s, s->stats.cpu_time_us += us);
+}
+
+/* Blocks at least this large get their own registration thread: pinning
+ * and mapping pages costs about a second per GiB on hardware RDMA, many
+ * times that on soft-RoCE under emulation. */
+#define REGISTER_PARALLEL_MIN (64ull << 20)
+
+typedef struct {
+    RdmigSession *s;
+    RdmigRamBlock *b;
+    uint32_t access;
+    GError *error;
+} RegisterJob;
+
+static gpointer register_thread(gpointer data)
+{
+    RegisterJob *j = data;
+    j->b->region = j->s->tp->register_region(j->s->transport, j->b->host, j->b->length, j->access,
+                                            &j->error);
+    if (!j->b->region)
+        g_prefix_error(&j->error, "registering RAM block '%s': ", j->b->name);
+    return NULL;
+}
+
+static gpointer register_thread_main(gpointer data)
+{
+    register_thread(data);
+    rdmig_session_account_thread_cpu(((RegisterJob *)data)->s);
+    return NULL;
+}
+
+bool rdmig_session_register_blocks(RdmigSession *s, uint32_t access, GError **error)
+{
+    guint n = s->blocks->len;
+    g_autofree RegisterJob *jobs = g_new0(RegisterJob, n);
+    g_autofree GThread **threads = g_new0(GThread *, n);
+    guint max_threads = MAX(1u, MIN(g_get_num_processors(), 8u));
+    guint running = 0;
+    for (guint i = 0; i < n; i++) {
+        jobs[i] = (RegisterJob){ .s = s, .b = s->blocks->pdata[i], .access = access };
+        /* A small block, or no thread to spare: register it right here. */
+        if (jobs[i].b->length < REGISTER_PARALLEL_MIN || running + 1 >= max_threads ||
+            !(threads[i] = g_thread_try_new("rdmig-register", register_thread_main, &jobs[i],
+                                            NULL)))
+            register_thread(&jobs[i]);
+        else
+            running++;
+    }
+    bool ok = true;
+    for (guint i = 0; i < n; i++) {
+        if (threads[i])
+            g_thread_join(threads[i]);
+        if (jobs[i].error) {
+            if (ok)
+                g_propagate_error(error, jobs[i].error);
+            else
+                g_error_free(jobs[i].error);
+            ok = false;
+        }
+    }
+    return ok;
 }
 
 static gpointer keepalive_thread(gpointer data)

@@ -71,9 +71,11 @@ struct RdmigSession {
     uint64_t features;
 
     gint64 t_start, t_active, t_stop;
+    uint64_t cpu_at_active_us;   /* source main thread CPU when round 1 began */
 
     /* source */
     RdmigDirtyTracker *tracker;
+    struct RdmigHasher *hasher; /* hashes sent pages when verifying */
     RdmigPageReq *reqs;
     uint32_t nreqs, inflight;
     uint32_t next_conn;
@@ -121,6 +123,14 @@ void rdmig_session_send_error(RdmigSession *s, const GError *err);
 /** Adds the calling thread's CPU time to the stats; each session thread
  *  calls it once, as it exits. */
 void rdmig_session_account_thread_cpu(RdmigSession *s);
+/** CPU time of the calling thread so far. */
+uint64_t rdmig_thread_cpu_us(void);
+
+/** Registers every RAM block with the data transport, with @access; large
+ *  blocks in parallel threads (one memory region per block).  On failure
+ *  the error names the block, and blocks already registered stay so (the
+ *  teardown deregisters them). */
+bool rdmig_session_register_blocks(RdmigSession *s, uint32_t access, GError **error);
 
 void rdmig_session_start_keepalive(RdmigSession *s);
 void rdmig_session_stop_keepalive(RdmigSession *s);

@@ -20,6 +20,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include "hasher.h"
 #include "session.h"
 #include "state.h"
 #include "transport/address.h"
@@ -453,13 +454,13 @@ static bool send_dirty(RdmigSession *s, GError **error)
                 uint8_t *pg = b->host + (i + n) * b->page_size;
                 if (n && zero_runs && rdmig_page_is_zero(pg, b->page_size))
                     break;
-                if (verify)
-                    b->hashes[i + n] = rdmig_page_hash(pg, b->page_size);
                 rdmig_bitmap_clear(b->dirty, i + n);
                 n++;
             } while (n < RDMIG_IO_PAGES_MAX && i + n < b->npages &&
                      (uint64_t)n * b->page_size < RDMIG_IO_PAGES_MAX * 4096u &&
                      rdmig_bitmap_test(b->dirty, i + n));
+            if (verify)
+                rdmig_hasher_push(s->hasher, page, b->hashes + i, n, b->page_size);
             if (!submit_run(s, b, i, n, error)) {
                 if (zm)
                     g_byte_array_unref(zm);
@@ -482,6 +483,10 @@ static bool send_dirty(RdmigSession *s, GError **error)
     while (s->inflight)
         if (!wait_events(s, (int)s->params.keepalive_ms, error))
             return false;
+    /* This round's hashes are complete before the next round may take the
+     * same pages again, and before stop-and-copy sends them. */
+    if (s->hasher)
+        rdmig_hasher_drain(s->hasher);
     RDMIG_STATS_UPDATE(s, {
         s->stats.pages_sent += sent;
         s->stats.pages_zero += zero;
@@ -527,6 +532,8 @@ static bool setup_memory(RdmigSession *s, GError **error)
             g_autofree uint8_t *zero = g_malloc0(b->page_size);
             b->zero_hash = rdmig_page_hash(zero, b->page_size);
             b->hashes = g_new(uint64_t, b->npages);
+            if (!s->hasher)
+                s->hasher = rdmig_hasher_new();
             for (uint64_t p = 0; p < b->npages; p++)
                 b->hashes[p] = b->zero_hash;
         }
@@ -545,15 +552,22 @@ static bool setup_memory(RdmigSession *s, GError **error)
         pending += touched * b->page_size;
     }
     /* After the resident scan: registering pins (and so populates) pages,
-     * which would make never-touched pages look touched. */
+     * which would make never-touched pages look touched.  Local access only:
+     * the source pushes; nobody reads it remotely in precopy. */
+    gint64 t0 = now_us();
+    if (!rdmig_session_register_blocks(s, 0, error))
+        return false;
+    RDMIG_STATS_UPDATE(s, s->stats.registration_time_ms = (uint64_t)(now_us() - t0) / 1000);
+    /* Pinning can mark every page written (soft-dirty does, with rxe): take
+     * that into round 1, which sends those pages anyway, rather than into
+     * round 2.  Pages only populated by the pin are zero and go as zero runs. */
     for (guint i = 0; i < s->blocks->len; i++) {
         RdmigRamBlock *b = s->blocks->pdata[i];
-        /* Local access only: the source pushes; nobody reads it remotely in precopy. */
-        b->region = s->tp->register_region(s->transport, b->host, b->length, 0, error);
-        if (!b->region) {
-            g_prefix_error(error, "registering RAM block '%s': ", b->name);
+        bool ok = s->have_dirty_ops
+                      ? s->dirty_ops.sync(s->dirty_opaque, i, b->dirty, b->npages, error)
+                      : rdmig_dirty_tracker_sync(s->tracker, b->tracker_index, b->dirty, error);
+        if (!ok)
             return false;
-        }
     }
     s->nreqs = s->nconns * RDMIG_REQS_PER_CONN;
     s->reqs = g_new0(RdmigPageReq, s->nreqs);
@@ -601,6 +615,7 @@ static bool stop_and_copy(RdmigSession *s, uint64_t round, GError **error)
     if (!send_dirty(s, error) || !end_round(s, round, error))
         return false;
     s->data_done = true;
+    RDMIG_STATS_UPDATE(s, s->stats.data_cpu_us = rdmig_thread_cpu_us() - s->cpu_at_active_us);
     GByteArray *dev = g_byte_array_new();
     if (s->guest.save_device_state &&
         !s->guest.save_device_state(s->guest_opaque, dev, error)) {
@@ -703,6 +718,14 @@ static bool precopy(RdmigSession *s, GError **error)
 static void teardown(RdmigSession *s)
 {
     rdmig_session_stop_keepalive(s);
+    if (s->hasher) {
+        uint64_t cpu = rdmig_hasher_free(s->hasher);
+        s->hasher = NULL;
+        RDMIG_STATS_UPDATE(s, {
+            s->stats.cpu_time_us += cpu;
+            s->stats.data_cpu_us += cpu;
+        });
+    }
     for (uint32_t i = 0; i < s->nconns; i++) {
         if (!s->conns[i])
             continue;
@@ -740,6 +763,7 @@ gpointer rdmig_source_thread(gpointer data)
     bool ok = handshake(s, &err) && setup_memory(s, &err);
     if (ok) {
         s->t_active = now_us();
+        s->cpu_at_active_us = rdmig_thread_cpu_us();
         RDMIG_STATS_UPDATE(s, s->stats.setup_time_ms = (uint64_t)(s->t_active - s->t_start) / 1000);
         ok = rdmig_session_set_state(s, RDMIG_STATE_SETUP, RDMIG_STATE_ACTIVE);
         if (!ok)

@@ -333,12 +333,14 @@ static char *report_json(const Report *r)
         ",\"pages_zero\":%" G_GUINT64_FORMAT ",\"pages_untouched\":%" G_GUINT64_FORMAT
         ",\"remaining_bytes\":%" G_GUINT64_FORMAT ",\"pages_verified\":%" G_GUINT64_FORMAT
         ",\"verify_mismatches\":%" G_GUINT64_FORMAT ",\"migration_cpu_s\":%.3f"
+        ",\"data_cpu_s\":%.3f,\"registration_time_ms\":%" G_GUINT64_FORMAT
         ",\"forced_switchover\":%s",
         s->data_connections, s->total_time_ms, s->setup_time_ms, s->downtime_ms,
         s->expected_downtime_ms > 1000000000 ? 0 : s->expected_downtime_ms, s->verify_time_ms,
         s->rounds, s->dirty_sync_count, s->dirty_pages_rate, s->bytes_transferred, s->bandwidth,
         s->first_round_bandwidth, s->throughput, s->pages_total, s->pages_sent, s->pages_zero, s->pages_untouched,
         s->remaining_bytes, s->pages_verified, s->verify_mismatches, s->cpu_time_us / 1e6,
+        s->data_cpu_us / 1e6, s->registration_time_ms,
         s->forced_switchover ? "true" : "false");
     g_string_append_printf(o,
         ",\"guest\":{\"checked\":%s,\"intact\":%s,\"running\":%s,\"pages_checked\":%"
@@ -384,8 +386,12 @@ static void report_table(const Report *r, FILE *f)
         fprintf(f, "  %-22s %s, %s, %" G_GUINT64_FORMAT " pages checked, %" G_GUINT64_FORMAT
                 " bad\n", "guest", r->guest_running ? "running" : "stopped",
                 r->guest_ok ? "intact" : "CORRUPT", r->guest.pages_checked, r->guest.pages_bad);
-    fprintf(f, "  %-22s %.2f s migration threads; process %.2f s user, %.2f s system\n", "cpu",
-            s->cpu_time_us / 1e6, r->cpu_user, r->cpu_sys);
+    fprintf(f, "  %-22s %.2f s migration threads (moving pages %.2f s); process %.2f s user, "
+            "%.2f s system\n", "cpu", s->cpu_time_us / 1e6, s->data_cpu_us / 1e6, r->cpu_user,
+            r->cpu_sys);
+    if (s->registration_time_ms)
+        fprintf(f, "  %-22s %" G_GUINT64_FORMAT " ms\n", "memory registration",
+                s->registration_time_ms);
 }
 
 static void cpu_times(double *user, double *sys)

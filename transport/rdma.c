@@ -7,6 +7,13 @@
  *
  * Remote key, 20 bytes big-endian: u64 address, u32 rkey, u64 length.
  * Connection private data: u64 session token, u32 version.
+ *
+ * Posting: submit() queues a request; requests go to the send queue in
+ * chains (one ibv_post_send, one doorbell) while it has room.  Only every
+ * RDMA_SIGNAL_EVERY-th request and the last of each chain ask for a
+ * completion: an RC queue pair completes in order, so a completion also
+ * retires every unsignaled request posted before it.  Ending every chain
+ * signaled means no request can wait for a completion that never comes.
  */
 #define G_LOG_DOMAIN "rdmig-transport"
 
@@ -29,6 +36,8 @@
 #define RDMA_KEY_LEN 20
 #define RDMA_MAX_REGIONS 256
 #define RDMA_DEFAULT_DEPTH 64
+#define RDMA_SIGNAL_EVERY 16   /* also the batch size and the low watermark */
+#define RDMA_CHAIN_MAX 32
 
 struct RdmigTransport {
     RdmigTransportConfig cfg;
@@ -36,6 +45,8 @@ struct RdmigTransport {
     struct ibv_pd *pd;                       /* one device per transport instance */
     RdmigRegion *regions[RDMA_MAX_REGIONS];  /* read by the data path */
     gint nregions;
+    gint regions_end;                        /* slots in use are below this */
+    bool reserved[RDMA_MAX_REGIONS];         /* being registered */
     uint64_t locked;                         /* bytes registered, for the memlock check */
     GMutex lock;
 };
@@ -55,11 +66,23 @@ struct RdmigListener {
     char *address;
 };
 
+/* A FIFO of requests linked through tp_next. */
+typedef struct {
+    RdmigIoReq *head, *tail;
+    uint32_t n;
+} ReqQueue;
+
 struct RdmigConn {
     RdmigTransport *t;
     RdmigRdmaEndpoint ep;
     int epfd;                /* comp channel + cm channel, for conn_fd() */
-    uint32_t depth, outstanding;
+    uint32_t depth;          /* send queue slots */
+    ReqQueue pending;        /* submitted, not yet posted */
+    ReqQueue posted;         /* on the send queue, in posting order */
+    uint32_t since_signal;   /* unsignaled requests posted since the last signaled one */
+    RdmigIoReq *retire_to;   /* completion being applied to the posted FIFO, or NULL */
+    int retire_status;
+    uint64_t posts, signaled; /* statistics: requests posted, and of them signaled */
     bool failed;
     int fail_errno;
     char error[256];
@@ -339,28 +362,42 @@ static RdmigRegion *rdma_tp_register(RdmigTransport *t, void *addr, size_t len, 
         acc |= IBV_ACCESS_REMOTE_READ;
     if (access & RDMIG_ACCESS_LOCAL_WRITE)
         acc |= IBV_ACCESS_LOCAL_WRITE;
+    /* Slot and memlock budget are reserved under the lock; the slow part,
+     * ibv_reg_mr, runs outside it, so that blocks can register in parallel. */
     g_mutex_lock(&t->lock);
     int slot = -1;
     for (int i = 0; i < RDMA_MAX_REGIONS; i++)
-        if (!t->regions[i]) {
+        if (!t->regions[i] && !t->reserved[i]) {
             slot = i;
             break;
         }
+    uint64_t locked = t->locked;
+    if (slot >= 0) {
+        t->reserved[slot] = true;
+        t->locked += len;
+    }
     g_mutex_unlock(&t->lock);
     if (slot < 0) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "more than %d RDMA regions",
                     RDMA_MAX_REGIONS);
         return NULL;
     }
-    struct ibv_mr *mr = rdmig_rdma_register(t->pd, addr, len, acc, t->locked, error);
-    if (!mr)
-        return NULL;
-    RdmigRegion *r = g_new0(RdmigRegion, 1);
-    *r = (RdmigRegion){ .t = t, .mr = mr, .addr = addr, .len = len, .slot = slot };
+    struct ibv_mr *mr = rdmig_rdma_register(t->pd, addr, len, acc, locked, error);
+    RdmigRegion *r = NULL;
+    if (mr) {
+        r = g_new0(RdmigRegion, 1);
+        *r = (RdmigRegion){ .t = t, .mr = mr, .addr = addr, .len = len, .slot = slot };
+    }
     g_mutex_lock(&t->lock);
-    t->locked += len;
-    g_atomic_pointer_set(&t->regions[slot], r);
-    g_atomic_int_inc(&t->nregions);
+    t->reserved[slot] = false;
+    if (r) {
+        g_atomic_pointer_set(&t->regions[slot], r);
+        g_atomic_int_inc(&t->nregions);
+        if (slot >= g_atomic_int_get(&t->regions_end))
+            g_atomic_int_set(&t->regions_end, slot + 1);
+    } else {
+        t->locked -= len;
+    }
     g_mutex_unlock(&t->lock);
     return r;
 }
@@ -389,7 +426,8 @@ static void rdma_tp_deregister(RdmigRegion *r)
 /* lkey of the registered region holding [p, p+len), or 0 with -EINVAL. */
 static int local_key(RdmigTransport *t, const void *p, size_t len, uint32_t *lkey)
 {
-    for (int i = 0; i < RDMA_MAX_REGIONS; i++) {
+    int end = g_atomic_int_get(&t->regions_end);
+    for (int i = 0; i < end; i++) {
         RdmigRegion *r = g_atomic_pointer_get(&t->regions[i]);
         if (r && (const uint8_t *)p >= r->addr && len <= r->len &&
             (size_t)((const uint8_t *)p - r->addr) <= r->len - len) {
@@ -400,44 +438,111 @@ static int local_key(RdmigTransport *t, const void *p, size_t len, uint32_t *lke
     return -EINVAL;
 }
 
+/* tp_priv[1] marks a request as posted on this connection, so that a late
+ * completion for one already retired (after a failure) is recognised. */
+#define POSTED_MARK(c) ((uint64_t)(uintptr_t)(c))
+
+static void q_push(ReqQueue *q, RdmigIoReq *r)
+{
+    r->tp_next = NULL;
+    if (q->tail)
+        q->tail->tp_next = r;
+    else
+        q->head = r;
+    q->tail = r;
+    q->n++;
+}
+
+static RdmigIoReq *q_pop(ReqQueue *q)
+{
+    RdmigIoReq *r = q->head;
+    if (r) {
+        q->head = r->tp_next;
+        if (!q->head)
+            q->tail = NULL;
+        q->n--;
+    }
+    return r;
+}
+
+/* Moves pending requests to the send queue as one chain, as far as it has room. */
+static void post_pending(RdmigConn *c)
+{
+    struct ibv_send_wr wr[RDMA_CHAIN_MAX], *bad = NULL;
+    struct ibv_sge sge[RDMA_CHAIN_MAX][RDMIG_IO_MAX_IOV];
+    while (!c->failed && c->pending.n && c->posted.n < c->depth) {
+        uint32_t n = MIN(MIN(c->pending.n, c->depth - c->posted.n), RDMA_CHAIN_MAX);
+        RdmigIoReq *r = c->pending.head;
+        for (uint32_t k = 0; k < n; k++, r = r->tp_next) {
+            for (int i = 0; i < r->iovcnt; i++) {
+                /* Checked at submit; a region deregistered since fails the request. */
+                if (local_key(c->t, r->iov[i].iov_base, r->iov[i].iov_len, &sge[k][i].lkey) < 0)
+                    sge[k][i].lkey = 0;
+                sge[k][i].addr = (uintptr_t)r->iov[i].iov_base;
+                sge[k][i].length = (uint32_t)r->iov[i].iov_len;
+            }
+            bool signal = k == n - 1 || ++c->since_signal >= RDMA_SIGNAL_EVERY;
+            if (signal)
+                c->since_signal = 0;
+            r->tp_priv[0] = signal;
+            wr[k] = (struct ibv_send_wr){
+                .wr_id = (uintptr_t)r,
+                .next = k + 1 < n ? &wr[k + 1] : NULL,
+                .sg_list = sge[k],
+                .num_sge = r->iovcnt,
+                .opcode = r->op == RDMIG_IO_WRITE ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ,
+                .send_flags = signal ? IBV_SEND_SIGNALED : 0,
+                .wr.rdma = { .remote_addr = rdmig_get_be64(r->rkey->bytes) + r->remote_offset,
+                             .rkey = rdmig_get_be32(r->rkey->bytes + 8) },
+            };
+        }
+        int rc = ibv_post_send(c->ep.id->qp, wr, &bad);
+        /* Everything before @bad is on the queue (all of it when rc == 0). */
+        for (uint32_t k = 0; k < n && (rc == 0 || &wr[k] != bad); k++) {
+            RdmigIoReq *p = q_pop(&c->pending);
+            p->tp_priv[1] = POSTED_MARK(c);
+            q_push(&c->posted, p);
+            c->posts++;
+            c->signaled += p->tp_priv[0];
+        }
+        if (rc) {
+            /* The part posted may end unsignaled: only failing the queue pair
+             * (which flushes it) retires it now. */
+            conn_fail(c, rc, "ibv_post_send: %s", g_strerror(rc));
+            return;
+        }
+    }
+}
+
 static int rdma_tp_submit(RdmigConn *c, RdmigIoReq *req)
 {
     if (c->failed)
         return -ENOTCONN;
     if (req->iovcnt < 1 || req->iovcnt > RDMIG_IO_MAX_IOV || !req->rkey ||
-        req->rkey->len != RDMA_KEY_LEN)
+        req->rkey->len != RDMA_KEY_LEN || (req->op != RDMIG_IO_WRITE && req->op != RDMIG_IO_READ))
         return -EINVAL;
-    if (c->outstanding >= c->depth)
-        return -EAGAIN;
-    struct ibv_sge sge[RDMIG_IO_MAX_IOV];
     uint64_t total = 0;
     for (int i = 0; i < req->iovcnt; i++) {
-        if (local_key(c->t, req->iov[i].iov_base, req->iov[i].iov_len, &sge[i].lkey) < 0)
+        uint32_t lkey;
+        if (req->iov[i].iov_len > UINT32_MAX ||
+            local_key(c->t, req->iov[i].iov_base, req->iov[i].iov_len, &lkey) < 0)
             return -EINVAL;
-        sge[i].addr = (uintptr_t)req->iov[i].iov_base;
-        sge[i].length = (uint32_t)req->iov[i].iov_len;
         total += req->iov[i].iov_len;
     }
     uint64_t rlen = rdmig_get_be64(req->rkey->bytes + 12);
     if (!total || req->remote_offset > rlen || total > rlen - req->remote_offset)
         return -EINVAL;
-    struct ibv_send_wr wr = {
-        .wr_id = (uintptr_t)req,
-        .sg_list = sge,
-        .num_sge = req->iovcnt,
-        .opcode = req->op == RDMIG_IO_WRITE ? IBV_WR_RDMA_WRITE : IBV_WR_RDMA_READ,
-        .send_flags = IBV_SEND_SIGNALED,
-        .wr.rdma = { .remote_addr = rdmig_get_be64(req->rkey->bytes) + req->remote_offset,
-                     .rkey = rdmig_get_be32(req->rkey->bytes + 8) },
-    }, *bad;
+    if (c->pending.n + c->posted.n >= c->depth)
+        return -EAGAIN;
     req->status = 0;
-    int rc = ibv_post_send(c->ep.id->qp, &wr, &bad);
-    if (rc) /* ibv_post_send returns a positive errno */
-        return rc == ENOMEM ? -EAGAIN : -rc;
-    c->outstanding++;
+    req->tp_priv[1] = 0;
+    q_push(&c->pending, req);
+    /* Post now when the send queue runs low (nothing may wait behind an idle
+     * queue pair), else gather a chain: one doorbell for many requests. */
+    if (c->posted.n < RDMA_SIGNAL_EVERY || c->pending.n >= RDMA_SIGNAL_EVERY)
+        post_pending(c);
     return 0;
 }
-
 static void drain_events(RdmigConn *c)
 {
     struct ibv_cq *cq;
@@ -445,9 +550,8 @@ static void drain_events(RdmigConn *c)
     int n = 0;
     while (ibv_get_cq_event(c->ep.comp, &cq, &ctx) == 0)
         n++;
-    if (n) {
+    if (n)
         ibv_ack_cq_events(c->ep.cq, (unsigned)n);
-    }
     ibv_req_notify_cq(c->ep.cq, 0);
     struct rdma_cm_event *ev;
     while (rdma_get_cm_event(c->ep.ch, &ev) == 0) {
@@ -459,27 +563,67 @@ static void drain_events(RdmigConn *c)
     }
 }
 
+static bool qp_in_error(RdmigConn *c)
+{
+    struct ibv_qp_attr attr;
+    struct ibv_qp_init_attr init;
+    return ibv_query_qp(c->ep.id->qp, &attr, IBV_QP_STATE, &init) || attr.qp_state == IBV_QPS_ERR;
+}
+
 static int rdma_tp_poll(RdmigConn *c, RdmigIoReq **done, int max)
 {
     drain_events(c);
-    struct ibv_wc wc[32];
     int total = 0;
     while (total < max) {
-        int n = ibv_poll_cq(c->ep.cq, MIN(max - total, (int)G_N_ELEMENTS(wc)), wc);
-        if (n <= 0)
-            break;
-        for (int i = 0; i < n; i++) {
-            RdmigIoReq *req = (RdmigIoReq *)(uintptr_t)wc[i].wr_id;
-            req->status = rdmig_rdma_wc_errno(wc[i].status);
-            if (wc[i].status != IBV_WC_SUCCESS && wc[i].status != IBV_WC_WR_FLUSH_ERR)
-                conn_fail(c, -req->status, "RDMA %s failed: %s", req->op == RDMIG_IO_WRITE
-                          ? "WRITE" : "READ", rdmig_rdma_wc_reason(wc[i].status));
-            c->outstanding--;
-            done[total++] = req;
+        if (c->retire_to) {
+            /* Requests complete in posting order: everything up to the
+             * completed one is done, with its status when it failed (an
+             * error flushes what was behind it). */
+            RdmigIoReq *r = q_pop(&c->posted);
+            r->tp_priv[1] = 0;
+            r->status = c->retire_status;
+            if (r == c->retire_to)
+                c->retire_to = NULL;
+            done[total++] = r;
+            continue;
         }
+        struct ibv_wc wc;
+        if (ibv_poll_cq(c->ep.cq, 1, &wc) <= 0)
+            break;
+        RdmigIoReq *req = (RdmigIoReq *)(uintptr_t)wc.wr_id;
+        if (req->tp_priv[1] != POSTED_MARK(c))
+            continue; /* already retired after a failure */
+        if (wc.status != IBV_WC_SUCCESS && wc.status != IBV_WC_WR_FLUSH_ERR)
+            conn_fail(c, -rdmig_rdma_wc_errno(wc.status), "RDMA %s failed: %s",
+                      req->op == RDMIG_IO_WRITE ? "WRITE" : "READ",
+                      rdmig_rdma_wc_reason(wc.status));
+        c->retire_to = req;
+        c->retire_status = rdmig_rdma_wc_errno(wc.status);
     }
-    if (!total && c->failed && !c->outstanding)
-        return -c->fail_errno;
+    if (c->failed) {
+        /* Never posted: fail them here.  Posted ones get their flush
+         * completions; once the queue pair is in error and the completion
+         * queue is empty, any left (an unsignaled tail) are failed too. */
+        while (total < max && c->pending.n) {
+            RdmigIoReq *r = q_pop(&c->pending);
+            r->status = -c->fail_errno;
+            done[total++] = r;
+        }
+        /* total == 0 here means the completion queue is empty. */
+        if (!total && !c->retire_to && c->posted.n && qp_in_error(c)) {
+            while (total < max && c->posted.n) {
+                RdmigIoReq *r = q_pop(&c->posted);
+                r->tp_priv[1] = 0;
+                r->status = -c->fail_errno;
+                done[total++] = r;
+            }
+        }
+        if (!total && !c->posted.n && !c->pending.n)
+            return -c->fail_errno;
+        return total;
+    }
+    if (c->pending.n && c->posted.n < RDMA_SIGNAL_EVERY)
+        post_pending(c);
     return total;
 }
 

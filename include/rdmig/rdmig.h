@@ -149,6 +149,10 @@ typedef struct {
     uint64_t pages_verified;      /* destination: pages whose hash matched */
     uint64_t verify_mismatches;   /* destination: pages whose hash did not match */
     uint64_t cpu_time_us;         /* CPU time of the session's own threads (not the guest's) */
+    uint64_t data_cpu_us;         /* of it, moving pages: source main thread from round 1
+                                   * to the end of stop-and-copy; destination data-connection
+                                   * threads (zero per page with one-sided writes) */
+    uint64_t registration_time_ms;/* registering RAM with the data transport (setup) */
     bool forced_switchover;       /* switched over beyond the downtime limit */
     char dirty_method[16];        /* tracker in use on the source */
     char error[512];              /* why it failed, "" otherwise */

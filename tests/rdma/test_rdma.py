@@ -74,7 +74,77 @@ class Migrate(RdmaCase):
                          "the destination's CPU when both sides have it")
 
 
+    def test_blocks3(self):
+        """Three RAM blocks: three memory regions, registered in parallel where large."""
+        src, dst = self.rdma_migrate(("--ram-size", "96M", "--blocks", "3", "--dirty-rate", "2"))
+        self.assertEqual(src["pages_total"], (96 << 20) // 4096)
+
+    def test_zero_destination_cpu(self):
+        """One-sided writes: the destination's data threads do no per-page work."""
+        src, dst = self.rdma_migrate(("--ram-size", "32M",))
+        gib = src["bytes_transferred"] / 2**30
+        # Polling for the end of the connection costs microseconds, not the
+        # copy work of the TCP backend (about 5 s/GiB in this VM).
+        self.assertLess(dst["data_cpu_s"] / gib, 0.25,
+                        "destination data threads used %.3f s for %.3f GiB" % (dst["data_cpu_s"], gib))
+
+
+class NoConverge(RdmaCase):
+    """Writes faster than the pipe (paced at 4 MiB/s), 10 ms allowed."""
+
+    GUEST = ("--ram-size", "16M", "--dirty-rate", "16")
+    LIMITS = ("--max-bandwidth", "4", "--max-rounds", "3", "--downtime-ms", "10")
+
+    def test_fail(self):
+        recv, addr = self.start_recv(guest=self.GUEST)
+        send = self.start_send(addr, "--transport", "rdma", *self.LIMITS, guest=self.GUEST)
+        src_rc, dst_rc = self.finish(send, 120), self.finish(recv, 60)
+        src, dst = send.report(), recv.report()
+        ctx = "\n%s\n%s" % (send.describe(), recv.describe())
+        self.assertEqual((src_rc, dst_rc), (1, 1), ctx)
+        self.assertEqual(src["transport"], "rdma", ctx)
+        self.assertEqual(src["error_code"], "converge", ctx)
+        self.assertEqual(src["rounds"], 3, ctx)
+        self.assert_source_guest_safe(src, ctx)
+        self.assertIn("converge", dst["error"], ctx)
+        self.assertFalse(dst["guest"]["checked"], ctx)
+
+    def test_switchover(self):
+        src, _ = self.rdma_migrate(self.GUEST, send_args=self.LIMITS + ("--on-no-converge",
+                                                                        "switchover"))
+        self.assertTrue(src["forced_switchover"])
+        self.assertEqual(src["rounds"], 4)
+
+
 class Failures(RdmaCase):
+    def test_cancel(self):
+        guest = ("--ram-size", "64M", "--dirty-rate", "2")
+        recv, addr = self.start_recv(guest=guest)
+        send = self.start_send(addr, "--transport", "rdma", "--max-bandwidth", "4",
+                               "--cancel-after-ms", "1500", guest=guest)
+        src_rc, dst_rc = self.finish(send, 60), self.finish(recv, 60)
+        src, dst = send.report(), recv.report()
+        ctx = "\n%s\n%s" % (send.describe(), recv.describe())
+        self.assertEqual(src_rc, 3, ctx)
+        self.assertEqual(src["result"], "cancelled", ctx)
+        self.assertEqual(src["transport"], "rdma", ctx)
+        self.assertGreater(src["rounds"], 0, "cancelled before precopy began" + ctx)
+        self.assert_source_guest_safe(src, ctx)
+        self.assertIn("cancel", dst["error"], ctx)
+        self.assertFalse(dst["guest"]["checked"], ctx)
+
+    def test_layout_mismatch(self):
+        recv, addr = self.start_recv(guest=("--ram-size", "32M"))
+        send = self.start_send(addr, "--transport", "rdma", guest=("--ram-size", "64M"))
+        src_rc, dst_rc = self.finish(send, 60), self.finish(recv, 60)
+        src, dst = send.report(), recv.report()
+        ctx = "\n%s\n%s" % (send.describe(), recv.describe())
+        self.assertEqual((src_rc, dst_rc), (1, 1), ctx)
+        self.assertEqual(dst["error_code"], "layout", ctx)
+        self.assertIn("pc.ram", src["error"], ctx)
+        self.assertEqual(src["rounds"], 0, "pages were sent to a mismatched layout" + ctx)
+        self.assert_source_guest_safe(src, ctx)
+
     def test_destination_killed(self):
         guest = ("--ram-size", "64M", "--dirty-rate", "2")
         recv, addr = self.start_recv(guest=guest)
