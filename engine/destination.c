@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "postcopy.h"
 #include "session.h"
 #include "state.h"
 #include "transport/address.h"
@@ -154,6 +155,21 @@ static bool handshake(RdmigSession *s, RdmigHello *hello, GError **error)
     uint64_t supported = RDMIG_FEATURES_KNOWN;
     if (!s->params.verify)
         supported &= ~RDMIG_FEATURE_VERIFY;
+    if (hello->features_supported & RDMIG_FEATURE_POSTCOPY) {
+        /* Said now, while the source's guest still runs, not at switchover. */
+        g_autoptr(GError) why = NULL;
+        if (!rdmig_postcopy_probe(&why)) {
+            supported &= ~RDMIG_FEATURE_POSTCOPY;
+            if (hello->features_required & RDMIG_FEATURE_POSTCOPY) {
+                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
+                            "the source wants postcopy, but this destination cannot catch page "
+                            "faults: %s", why->message);
+                return false;
+            }
+        }
+    } else {
+        supported &= ~RDMIG_FEATURE_POSTCOPY;
+    }
     uint64_t enabled;
     if (!rdmig_features_negotiate(supported, 0, hello->features_supported,
                                   hello->features_required, &enabled, error))
@@ -380,6 +396,9 @@ static gpointer verify_slice(gpointer data)
                             resident, NULL))
         memset(resident, 0xff, rdmig_bitmap_words(n) * 8);
     for (uint64_t p = v->first; p < v->end; p++) {
+        /* Postcopy: pages still to come are checked when they arrive. */
+        if (b->needed && rdmig_bitmap_test(b->needed, p))
+            continue;
         uint64_t h = rdmig_bitmap_test(resident, p - v->first)
                          ? rdmig_page_hash(b->host + p * b->page_size, b->page_size)
                          : zero_hash;
@@ -478,6 +497,147 @@ static bool complete(RdmigSession *s, GError **error)
     return true;
 }
 
+/* ---------------------------------------------------------------- postcopy */
+
+static bool postcopy_expected(RdmigSession *s, const char *msg, GError **error)
+{
+    if (s->features & RDMIG_FEATURE_POSTCOPY)
+        return true;
+    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                "%s received, but postcopy was not negotiated", msg);
+    return false;
+}
+
+static bool store_source_keys(RdmigSession *s, const RdmigFrame *f, GError **error)
+{
+    if (!postcopy_expected(s, "SOURCE_REGIONS", error))
+        return false;
+    g_autofree RdmigRegions *keys = g_new0(RdmigRegions, 1);
+    if (!rdmig_regions_decode(f->payload, f->hdr.length, keys, error))
+        return false;
+    if (keys->n_blocks != s->blocks->len) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "SOURCE_REGIONS has keys for %u RAM blocks, we have %u", keys->n_blocks,
+                    s->blocks->len);
+        return false;
+    }
+    for (guint i = 0; i < s->blocks->len; i++)
+        ((RdmigRamBlock *)s->blocks->pdata[i])->src_key = keys->keys[i];
+    s->have_src_keys = true;
+    return true;
+}
+
+static bool mark_discard(RdmigSession *s, const RdmigFrame *f, GError **error)
+{
+    if (!postcopy_expected(s, "DISCARD", error))
+        return false;
+    RdmigZeroMsg z;
+    if (!rdmig_zero_decode(f->payload, f->hdr.length, &z, error)) {
+        g_prefix_error(error, "DISCARD: ");
+        return false;
+    }
+    RdmigRamBlock *b = block_at(s, z.block, "DISCARD", error);
+    if (!b)
+        return false;
+    if (!b->needed)
+        b->needed = rdmig_bitmap_new(b->npages);
+    for (uint32_t i = 0; i < z.n_runs; i++) {
+        uint64_t first;
+        uint32_t count;
+        rdmig_zero_run_get(&z, i, &first, &count);
+        if (!count || first >= b->npages || count > b->npages - first) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                        "DISCARD run of %u pages at page %" G_GUINT64_FORMAT " is outside block "
+                        "'%s' (%" G_GUINT64_FORMAT " pages)", count, first, b->name, b->npages);
+            return false;
+        }
+        rdmig_bitmap_set_range(b->needed, first, count);
+    }
+    return true;
+}
+
+/* Runs the guest here (the pager has armed userfaultfd by now). */
+static bool postcopy_resume(RdmigSession *s, GError **error)
+{
+    if (s->guest.load_device_state &&
+        !s->guest.load_device_state(s->guest_opaque, s->device_state ? s->device_state->data : NULL,
+                                    s->device_state ? s->device_state->len : 0, error)) {
+        g_prefix_error(error, "loading device state: ");
+        return false;
+    }
+    if (s->guest.resume)
+        s->guest.resume(s->guest_opaque);
+    RDMIG_STATS_UPDATE(s, s->stats.downtime_ms = (uint64_t)(now_us() - s->t_stop) / 1000);
+    return rdmig_session_send(s, RDMIG_MSG_POSTCOPY_RUNNING, rdmig_u64_encode(0), error);
+}
+
+static bool postcopy(RdmigSession *s, GError **error)
+{
+    if (!postcopy_expected(s, "POSTCOPY_START", error))
+        return false;
+    if (!s->have_src_keys) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "POSTCOPY_START before SOURCE_REGIONS: nowhere to pull pages from");
+        return false;
+    }
+    if (!rdmig_session_set_state(s, RDMIG_STATE_ACTIVE, RDMIG_STATE_POSTCOPY_ACTIVE)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
+        return false;
+    }
+    s->t_stop = now_us();
+    uint64_t discarded = 0;
+    for (guint i = 0; i < s->blocks->len; i++) {
+        RdmigRamBlock *b = s->blocks->pdata[i];
+        if (!b->needed)
+            b->needed = rdmig_bitmap_new(b->npages);
+        discarded += rdmig_bitmap_count(b->needed, b->npages);
+    }
+    RDMIG_STATS_UPDATE(s, {
+        s->stats.postcopy = true;
+        s->stats.pages_discarded = discarded;
+    });
+    /* Precopy writes are over: our RAM is no longer the peer's to write,
+     * and the pages about to be dropped must not stay pinned. */
+    stop_data_pollers(s);
+    for (guint i = 0; i < s->blocks->len; i++) {
+        RdmigRamBlock *b = s->blocks->pdata[i];
+        if (b->region)
+            s->tp->deregister_region(b->region);
+        b->region = NULL;
+    }
+    RdmigCompleteAck ack = { 0 };
+    if (!rdmig_postcopy_discard(s, error))
+        return false;
+    /* What we hold is checked now, before the guest can change it; pulled
+     * pages are checked as they arrive. */
+    if ((s->features & RDMIG_FEATURE_VERIFY) && !verify_all(s, &ack)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_VERIFY, "%s", ack.message);
+        return false;
+    }
+    uint64_t held_verify_us = ack.verify_us;
+    bool ok = rdmig_postcopy_pull(s, postcopy_resume, &ack, error);
+    ack.verify_us = held_verify_us;
+    RDMIG_STATS_UPDATE(s, {
+        s->stats.pages_verified = ack.pages_verified;
+        s->stats.verify_mismatches = ack.mismatches;
+        s->stats.verify_time_ms = ack.verify_us / 1000;
+    });
+    if (!ok && !ack.status) {
+        ack.status = 1 + ((*error)->domain == RDMIG_ERROR ? (uint32_t)(*error)->code
+                                                          : RDMIG_ERROR_PEER);
+        g_strlcpy(ack.message, (*error)->message, sizeof(ack.message));
+    }
+    GError *serr = NULL;
+    if (!rdmig_session_send(s, RDMIG_MSG_COMPLETE_ACK, rdmig_complete_ack_encode(&ack), &serr)) {
+        if (ok) {
+            g_warning("postcopy completed, but the acknowledgement did not reach the source: %s",
+                      serr->message);
+        }
+        g_error_free(serr);
+    }
+    return ok;
+}
+
 static bool receive(RdmigSession *s, GError **error)
 {
     for (;;) {
@@ -510,6 +670,14 @@ static bool receive(RdmigSession *s, GError **error)
             break;
         case RDMIG_MSG_COMPLETE:
             return complete(s, error);
+        case RDMIG_MSG_SOURCE_REGIONS:
+            ok = store_source_keys(s, &f, error);
+            break;
+        case RDMIG_MSG_DISCARD:
+            ok = mark_discard(s, &f, error);
+            break;
+        case RDMIG_MSG_POSTCOPY_START:
+            return postcopy(s, error);
         default:
             g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
                         "unexpected %s message from the source during migration",
@@ -580,7 +748,7 @@ gpointer rdmig_destination_thread(gpointer data)
     if (ok)
         ok = receive(s, &err);
     if (ok) {
-        rdmig_session_set_state(s, RDMIG_STATE_DEVICE, RDMIG_STATE_COMPLETED);
+        rdmig_session_set_state(s, rdmig_session_state(s), RDMIG_STATE_COMPLETED);
     } else {
         /* A data connection that dropped is usually the echo of a failure
          * the source explains on the control channel; prefer its words. */

@@ -59,6 +59,8 @@
 #include <rdmig/error.h>
 #include <rdmig/rdmig.h>
 
+#include "postcopy.h"
+
 /*
  * Debian 12's headers are from Linux 6.1; these are the upstream ABI of
  * Linux 6.7 (include/uapi/linux/fs.h, include/uapi/linux/userfaultfd.h).
@@ -221,7 +223,7 @@ static uint64_t dirty_bitmap_words(uint64_t npages)
  * only (we never need kernel faults), else /dev/userfaultfd, whose access
  * is governed by file permissions.
  */
-static int uffd_open(GError **error)
+int rdmig_uffd_open(GError **error)
 {
     int flags = O_CLOEXEC | O_NONBLOCK;
     int fd, dev, saved;
@@ -264,7 +266,7 @@ static int uffd_open_wp_async(GError **error)
     g_autoptr(GString) missing = NULL;
     int fd;
 
-    fd = uffd_open(error);
+    fd = rdmig_uffd_open(error);
     if (fd < 0)
         return -1;
     if (ioctl(fd, UFFDIO_API, &api) < 0) {
@@ -288,7 +290,7 @@ static int uffd_open_wp_async(GError **error)
         return -1;
     }
 
-    fd = uffd_open(error);
+    fd = rdmig_uffd_open(error);
     if (fd < 0)
         return -1;
     api = (struct uffdio_api){ .api = UFFD_API, .features = UFFD_WANTED_FEATURES };

@@ -23,6 +23,11 @@ typedef struct {
     RdmigRemoteKey rkey;      /* source: the destination's key of this block */
     unsigned tracker_index;   /* source: index in the built-in dirty tracker */
     uint64_t zero_hash;       /* hash of an all-zero page of this block's page size */
+    /* postcopy, destination */
+    RdmigRemoteKey src_key;   /* the source's key of this block, readable */
+    uint64_t *needed;         /* pages to pull from the source (discarded or never sent) */
+    uint64_t *todo;           /* needed pages not yet requested */
+    uint64_t *received;       /* needed pages placed */
 } RdmigRamBlock;
 
 static inline size_t rdmig_bitmap_words(uint64_t nbits) { return (nbits + 63) / 64; }

@@ -68,6 +68,13 @@ static bool params_check(const RdmigParams *p, GError **error)
                     p->peer_timeout_ms, p->keepalive_ms);
         return false;
     }
+    if (!p->postcopy && (p->on_no_converge == RDMIG_NO_CONVERGE_POSTCOPY ||
+                         p->postcopy_after_rounds || p->postcopy_after_ms)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "postcopy triggers (on_no_converge postcopy, postcopy_after_*) need "
+                    "params.postcopy");
+        return false;
+    }
     if (strcmp(p->transport, "auto") && !rdmig_transport_lookup(p->transport)) {
         g_autoptr(GString) names = g_string_new(NULL);
         for (const RdmigTransportOps *const *t = rdmig_transport_list(); *t; t++)
@@ -105,6 +112,7 @@ RdmigSession *rdmig_session_new(RdmigRole role, const RdmigParams *params, GErro
     s->wake_fd = wake;
     s->stop_fd = stop;
     s->listen_fd = -1;
+    s->postcopy_uffd = -1;
     g_mutex_init(&s->lock);
     g_mutex_init(&s->data_err_lock);
     g_mutex_init(&s->keepalive_lock);
@@ -119,6 +127,9 @@ static void block_free(RdmigRamBlock *b)
     g_free(b->dirty);
     g_free(b->hashes);
     g_free(b->hash_known);
+    g_free(b->needed);
+    g_free(b->todo);
+    g_free(b->received);
     g_free(b);
 }
 
@@ -136,6 +147,11 @@ void rdmig_session_free(RdmigSession *s)
     if (s->listen_fd >= 0)
         close(s->listen_fd);
     g_free(s->listen_address);
+    /* After a failed postcopy, guest threads touching pages that never came
+     * wait on this descriptor; closing it would let them read zeros.  The
+     * caller stops the guest before freeing the session. */
+    if (s->postcopy_uffd >= 0)
+        close(s->postcopy_uffd);
     close(s->wake_fd);
     close(s->stop_fd);
     g_clear_error(&s->error);
@@ -264,6 +280,23 @@ void rdmig_session_take_error(RdmigSession *s, GError *err)
 }
 
 bool rdmig_session_cancelled(RdmigSession *s) { return g_atomic_int_get(&s->cancel) != 0; }
+
+bool rdmig_session_start_postcopy(RdmigSession *s, GError **error)
+{
+    if (s->role != RDMIG_ROLE_SOURCE || !s->params.postcopy) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "postcopy starts on a source whose params advised it (params.postcopy)");
+        return false;
+    }
+    RdmigState st = rdmig_session_state(s);
+    if (st != RDMIG_STATE_SETUP && st != RDMIG_STATE_ACTIVE) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "postcopy cannot start in state %s", rdmig_state_str(st));
+        return false;
+    }
+    g_atomic_int_set(&s->postcopy_requested, 1);
+    return true;
+}
 
 void rdmig_session_cancel(RdmigSession *s)
 {

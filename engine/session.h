@@ -90,9 +90,14 @@ struct RdmigSession {
     gint error_sent;            /* ERROR goes to the peer once */
     gint peer_reported;         /* the failure came from the peer's own ERROR */
     uint64_t bw_window_start_us, bw_window_bytes; /* max_bandwidth pacing */
+    gint postcopy_requested;    /* rdmig_session_start_postcopy() was called */
+    bool postcopy_started;      /* POSTCOPY_START sent: the guest may run only there now */
+    bool postcopy_running;      /* POSTCOPY_RUNNING received */
 
     /* destination */
     GByteArray *device_state;
+    bool have_src_keys;         /* SOURCE_REGIONS arrived */
+    int postcopy_uffd;          /* kept open after a failed postcopy: see postcopy.c */
 };
 
 /** Changes state if @from is current and the edge is allowed; calls the

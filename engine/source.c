@@ -51,14 +51,20 @@ static bool handshake(RdmigSession *s, GError **error)
     if (!nmine)
         return false;
 
+    /* Postcopy pulls faults on a connection of their own, away from bulk reads. */
+    uint32_t want_conns = s->params.postcopy ? MAX(s->params.data_connections, 2u)
+                                             : s->params.data_connections;
     RdmigHello h = { .version = RDMIG_PROTOCOL_VERSION,
                      .features_supported = RDMIG_FEATURES_KNOWN,
-                     .features_required = s->params.verify ? RDMIG_FEATURE_VERIFY : 0,
-                     .data_connections = s->params.data_connections,
+                     .features_required = (s->params.verify ? RDMIG_FEATURE_VERIFY : 0) |
+                                          (s->params.postcopy ? RDMIG_FEATURE_POSTCOPY : 0),
+                     .data_connections = want_conns,
                      .n_transports = nmine,
                      .n_blocks = s->blocks->len };
     if (!s->params.verify)
         h.features_supported &= ~RDMIG_FEATURE_VERIFY;
+    if (!s->params.postcopy)
+        h.features_supported &= ~RDMIG_FEATURE_POSTCOPY;
     memcpy(h.session_id, s->session_id, sizeof(h.session_id));
     for (uint32_t i = 0; i < nmine; i++)
         g_strlcpy(h.transports[i], mine[i]->name, sizeof(h.transports[i]));
@@ -105,10 +111,10 @@ static bool handshake(RdmigSession *s, GError **error)
                     "destination chose data transport '%s', which was not offered", ack.transport);
         return false;
     }
-    if (ack.data_connections > s->params.data_connections) {
+    if (!ack.data_connections || ack.data_connections > want_conns) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
                     "destination asked for %u data connections, %u were offered",
-                    ack.data_connections, s->params.data_connections);
+                    ack.data_connections, want_conns);
         return false;
     }
     s->nconns = ack.data_connections;
@@ -271,6 +277,14 @@ static bool handle_message(RdmigSession *s, const RdmigFrame *f, GError **error)
     switch (f->hdr.type) {
     case RDMIG_MSG_ROUND_ACK:
         return rdmig_u64_decode(f->payload, f->hdr.length, &s->round_ack, "ROUND_ACK", error);
+    case RDMIG_MSG_POSTCOPY_RUNNING:
+        if (!s->postcopy_started) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                        "POSTCOPY_RUNNING from the destination, but postcopy has not begun");
+            return false;
+        }
+        s->postcopy_running = true;
+        return true;
     case RDMIG_MSG_COMPLETE_ACK:
         if (!rdmig_complete_ack_decode(f->payload, f->hdr.length, &s->complete_ack, error))
             return false;
@@ -308,9 +322,8 @@ static bool wait_events(RdmigSession *s, int timeout_ms, GError **error)
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
         return false;
     }
-    for (uint32_t i = 0; i < nconns; i++)
-        if (p[i].revents && !reap(s, i, error))
-            return false;
+    /* The control channel first: once the destination has acknowledged the
+     * end (postcopy), its closing the data connections is no failure. */
     if (p[nconns].revents) {
         RdmigFrame f;
         int r = rdmig_session_recv(s, &f, 0, error);
@@ -319,6 +332,9 @@ static bool wait_events(RdmigSession *s, int timeout_ms, GError **error)
         if (r > 0 && !handle_message(s, &f, error))
             return false;
     }
+    for (uint32_t i = 0; i < nconns && !s->complete_acked; i++)
+        if (p[i].revents && !reap(s, i, error))
+            return false;
     return check_silence(s, error);
 }
 
@@ -552,11 +568,20 @@ static bool setup_memory(RdmigSession *s, GError **error)
         pending += touched * b->page_size;
     }
     /* After the resident scan: registering pins (and so populates) pages,
-     * which would make never-touched pages look touched.  Local access only:
-     * the source pushes; nobody reads it remotely in precopy. */
+     * which would make never-touched pages look touched. */
     gint64 t0 = now_us();
-    if (!rdmig_session_register_blocks(s, 0, error))
+    bool postcopy = s->features & RDMIG_FEATURE_POSTCOPY;
+    /* Readable by the peer only when it may pull pages (postcopy). */
+    if (!rdmig_session_register_blocks(s, postcopy ? RDMIG_ACCESS_REMOTE_READ : 0, error))
         return false;
+    if (postcopy) {
+        g_autofree RdmigRegions *keys = g_new0(RdmigRegions, 1);
+        keys->n_blocks = s->blocks->len;
+        for (guint i = 0; i < s->blocks->len; i++)
+            s->tp->region_key(((RdmigRamBlock *)s->blocks->pdata[i])->region, &keys->keys[i]);
+        if (!rdmig_session_send(s, RDMIG_MSG_SOURCE_REGIONS, rdmig_regions_encode(keys), error))
+            return false;
+    }
     RDMIG_STATS_UPDATE(s, s->stats.registration_time_ms = (uint64_t)(now_us() - t0) / 1000);
     /* Pinning can mark every page written (soft-dirty does, with rxe): take
      * that into round 1, which sends those pages anyway, rather than into
@@ -657,6 +682,143 @@ static bool stop_and_copy(RdmigSession *s, uint64_t round, GError **error)
     return true;
 }
 
+/* ---------------------------------------------------------------- postcopy */
+
+/* Sends DISCARD runs for the pages set in every block's dirty bitmap (sent
+ * before and written since, or never sent), hashing them for verification
+ * now that the guest is stopped. */
+static bool send_discards(RdmigSession *s, uint64_t *discarded, GError **error)
+{
+    bool verify = s->features & RDMIG_FEATURE_VERIFY;
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        GByteArray *m = NULL;
+        uint64_t i = rdmig_bitmap_next_set(b->dirty, b->npages, 0);
+        while (i < b->npages) {
+            uint64_t end = rdmig_bitmap_next_clear(b->dirty, b->npages, i);
+            uint64_t n = MIN(end - i, (uint64_t)UINT32_MAX);
+            if (verify)
+                for (uint64_t p = i; p < i + n; p++)
+                    b->hashes[p] = rdmig_page_hash(b->host + p * b->page_size, b->page_size);
+            if (!m)
+                m = rdmig_zero_begin(bi);
+            rdmig_zero_run_put(m, i, (uint32_t)n);
+            *discarded += n;
+            if ((m->len - 8) / 12 >= RDMIG_ZERO_RUNS_PER_MSG) {
+                rdmig_zero_finish(m);
+                if (!rdmig_session_send(s, RDMIG_MSG_DISCARD, m, error))
+                    return false;
+                m = NULL;
+            }
+            i = rdmig_bitmap_next_set(b->dirty, b->npages, i + n);
+        }
+        if (m) {
+            rdmig_zero_finish(m);
+            if (!rdmig_session_send(s, RDMIG_MSG_DISCARD, m, error))
+                return false;
+        }
+    }
+    return true;
+}
+
+/*
+ * Postcopy: stop the guest, tell the destination which of its pages are
+ * stale, hand over the device state and the hashes, and let the guest run
+ * there.  From then on the destination pulls what it lacks from our
+ * registered RAM (RDMA READ: no work here; TCP: this thread's polling
+ * answers the reads) and acknowledges when it has everything.
+ */
+static bool postcopy(RdmigSession *s, uint64_t round, GError **error)
+{
+    if (!rdmig_session_set_state(s, RDMIG_STATE_ACTIVE, RDMIG_STATE_POSTCOPY_ACTIVE)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
+        return false;
+    }
+    s->t_stop = now_us();
+    if (s->guest.stop && !s->guest.stop(s->guest_opaque, error)) {
+        g_prefix_error(error, "stopping the guest: ");
+        return false;
+    }
+    s->guest_stopped = true;
+    uint64_t pending, discarded = 0;
+    if (!dirty_sync(s, &pending, error))
+        return false;
+    RDMIG_STATS_UPDATE(s, {
+        s->stats.rounds = round;
+        s->stats.postcopy = true;
+        s->stats.remaining_bytes = pending;
+    });
+    if (!send_discards(s, &discarded, error))
+        return false;
+    GByteArray *dev = g_byte_array_new();
+    if (s->guest.save_device_state && !s->guest.save_device_state(s->guest_opaque, dev, error)) {
+        g_byte_array_unref(dev);
+        g_prefix_error(error, "saving device state: ");
+        return false;
+    }
+    if (!rdmig_session_send(s, RDMIG_MSG_DEVICE_STATE, dev, error))
+        return false;
+    if ((s->features & RDMIG_FEATURE_VERIFY) && !send_hashes(s, error))
+        return false;
+    /* From here the destination may run the guest: never resume it here. */
+    s->postcopy_started = true;
+    if (!rdmig_session_send(s, RDMIG_MSG_POSTCOPY_START, rdmig_u64_encode(discarded), error))
+        return false;
+    RDMIG_STATS_UPDATE(s, s->stats.pages_discarded = discarded);
+    while (!s->postcopy_running && !s->complete_acked)
+        if (!wait_events(s, (int)s->params.keepalive_ms, error))
+            return false;
+    uint64_t cpu0 = rdmig_thread_cpu_us();
+    RDMIG_STATS_UPDATE(s, s->stats.downtime_ms = (uint64_t)(now_us() - s->t_stop) / 1000);
+    while (!s->complete_acked) {
+        if (wait_events(s, (int)s->params.keepalive_ms, error))
+            continue;
+        /* The destination closes its data connections once it has every
+         * page; its acknowledgement may trail that on the control channel. */
+        if (!g_str_has_prefix((*error)->message, "data connection"))
+            return false;
+        gint64 until = now_us() + 1000000;
+        while (!s->complete_acked && now_us() < until) {
+            RdmigFrame f;
+            GError *cerr = NULL;
+            int r = rdmig_session_recv(s, &f, 100, &cerr);
+            if (r < 0 || (r > 0 && !handle_message(s, &f, &cerr))) {
+                g_clear_error(error);
+                g_propagate_error(error, cerr);
+                return false;
+            }
+        }
+        if (!s->complete_acked)
+            return false;
+        g_clear_error(error);
+    }
+    RdmigCompleteAck *a = &s->complete_ack;
+    RDMIG_STATS_UPDATE(s, {
+        s->stats.postcopy_cpu_us = rdmig_thread_cpu_us() - cpu0;
+        s->stats.verify_time_ms = a->verify_us / 1000;
+        s->stats.pages_verified = a->pages_verified;
+        s->stats.verify_mismatches = a->mismatches;
+        s->stats.remaining_bytes = 0;
+    });
+    if (a->status) {
+        g_set_error(error, RDMIG_ERROR, (int)a->status - 1, "destination did not complete: %s",
+                    a->message);
+        return false;
+    }
+    return true;
+}
+
+/* Postcopy when asked for (API call, rounds, time), or when precopy gives up
+ * and the policy says so. */
+static bool postcopy_due(RdmigSession *s, uint64_t round, gint64 elapsed_ms)
+{
+    if (!(s->features & RDMIG_FEATURE_POSTCOPY))
+        return false;
+    return g_atomic_int_get(&s->postcopy_requested) ||
+           (s->params.postcopy_after_rounds && round >= s->params.postcopy_after_rounds) ||
+           (s->params.postcopy_after_ms && elapsed_ms >= (gint64)s->params.postcopy_after_ms);
+}
+
 static bool precopy(RdmigSession *s, GError **error)
 {
     uint64_t bandwidth = 0;
@@ -693,9 +855,17 @@ static bool precopy(RdmigSession *s, GError **error)
         if (pending <= limit_bytes)
             return stop_and_copy(s, round + 1, error);
         gint64 elapsed_ms = (t2 - s->t_active) / 1000;
+        if (postcopy_due(s, round, elapsed_ms))
+            return postcopy(s, round + 1, error);
         bool out_of_rounds = round >= s->params.max_rounds;
         bool out_of_time = s->params.max_precopy_ms && elapsed_ms >= s->params.max_precopy_ms;
         if (out_of_rounds || out_of_time) {
+            if (s->params.on_no_converge == RDMIG_NO_CONVERGE_POSTCOPY &&
+                (s->features & RDMIG_FEATURE_POSTCOPY)) {
+                g_message("precopy did not converge (%s); switching to postcopy",
+                          out_of_rounds ? "round limit" : "time limit");
+                return postcopy(s, round + 1, error);
+            }
             if (s->params.on_no_converge == RDMIG_NO_CONVERGE_SWITCHOVER) {
                 RDMIG_STATS_UPDATE(s, s->stats.forced_switchover = true);
                 g_message("precopy did not converge (%s); switching over anyway, expected "
@@ -772,7 +942,15 @@ gpointer rdmig_source_thread(gpointer data)
     if (ok)
         ok = precopy(s, &err);
     if (ok) {
-        rdmig_session_set_state(s, RDMIG_STATE_DEVICE, RDMIG_STATE_COMPLETED);
+        rdmig_session_set_state(s, rdmig_session_state(s), RDMIG_STATE_COMPLETED);
+    } else if (s->postcopy_started) {
+        /* The destination has run the guest: this copy is stale now, and
+         * its memory is the only home of the pages the destination lacks. */
+        g_prefix_error(&err, "postcopy failed after the guest moved to the destination; the "
+                             "source guest stays stopped and its memory is kept: ");
+        rdmig_session_send_error(s, err);
+        rdmig_session_set_state(s, rdmig_session_state(s), RDMIG_STATE_FAILED);
+        rdmig_session_take_error(s, err);
     } else if (s->complete_sent && !s->complete_acked) {
         /* COMPLETE went out but no answer came back: the destination may
          * already run the guest.  Resuming here too could run it twice, so

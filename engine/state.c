@@ -12,6 +12,7 @@ static const char *const state_names[RDMIG_STATE__COUNT] = {
     [RDMIG_STATE_DEVICE] = "device",
     [RDMIG_STATE_COMPLETED] = "completed",
     [RDMIG_STATE_FAILED] = "failed",
+    [RDMIG_STATE_POSTCOPY_ACTIVE] = "postcopy-active",
 };
 
 const char *rdmig_state_str(RdmigState state)
@@ -28,6 +29,9 @@ static const bool allowed[RDMIG_STATE__COUNT][RDMIG_STATE__COUNT] = {
     T(NONE, SETUP),
     T(SETUP, ACTIVE),      T(SETUP, FAILED),      T(SETUP, CANCELLING),
     T(ACTIVE, DEVICE),     T(ACTIVE, FAILED),     T(ACTIVE, CANCELLING),
+    T(ACTIVE, POSTCOPY_ACTIVE),
+    /* No cancel once the destination runs the guest: there is no going back. */
+    T(POSTCOPY_ACTIVE, COMPLETED), T(POSTCOPY_ACTIVE, FAILED),
     T(DEVICE, COMPLETED),  T(DEVICE, FAILED),     T(DEVICE, CANCELLING),
     T(CANCELLING, CANCELLED), T(CANCELLING, FAILED),
 };

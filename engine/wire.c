@@ -20,6 +20,10 @@ static const char *const msg_names[RDMIG_MSG__MAX] = {
     [RDMIG_MSG_COMPLETE_ACK] = "COMPLETE_ACK",
     [RDMIG_MSG_ERROR] = "ERROR",
     [RDMIG_MSG_PING] = "PING",
+    [RDMIG_MSG_SOURCE_REGIONS] = "SOURCE_REGIONS",
+    [RDMIG_MSG_DISCARD] = "DISCARD",
+    [RDMIG_MSG_POSTCOPY_START] = "POSTCOPY_START",
+    [RDMIG_MSG_POSTCOPY_RUNNING] = "POSTCOPY_RUNNING",
 };
 
 const char *rdmig_msg_type_str(uint16_t type)

@@ -32,8 +32,10 @@
 #define RDMIG_FEATURE_ZERO_PAGES  (1ull << 1) /* zero pages as compact runs */
 #define RDMIG_FEATURE_MULTI_CONN  (1ull << 2) /* more than one data connection */
 #define RDMIG_FEATURE_KEEPALIVE   (1ull << 3) /* PING frames on an idle channel */
+#define RDMIG_FEATURE_POSTCOPY    (1ull << 4) /* the destination may pull pages after switchover */
 #define RDMIG_FEATURES_KNOWN (RDMIG_FEATURE_VERIFY | RDMIG_FEATURE_ZERO_PAGES | \
-                              RDMIG_FEATURE_MULTI_CONN | RDMIG_FEATURE_KEEPALIVE)
+                              RDMIG_FEATURE_MULTI_CONN | RDMIG_FEATURE_KEEPALIVE | \
+                              RDMIG_FEATURE_POSTCOPY)
 
 typedef enum {
     RDMIG_MSG_HELLO = 1,     /* src -> dst: version, features, session, layout */
@@ -48,6 +50,10 @@ typedef enum {
     RDMIG_MSG_COMPLETE_ACK,  /* dst -> src: verified and running, or why not */
     RDMIG_MSG_ERROR,         /* either way: fatal error or cancel, with code and text */
     RDMIG_MSG_PING,          /* either way: keepalive */
+    RDMIG_MSG_SOURCE_REGIONS,/* src -> dst: keys of the source's RAM, readable (postcopy) */
+    RDMIG_MSG_DISCARD,       /* src -> dst: runs of pages to drop and pull again (postcopy) */
+    RDMIG_MSG_POSTCOPY_START,/* src -> dst: guest stopped here; run it there and pull the rest */
+    RDMIG_MSG_POSTCOPY_RUNNING, /* dst -> src: the guest runs on the destination */
     RDMIG_MSG__MAX
 } RdmigMsgType;
 

@@ -40,6 +40,8 @@ typedef struct {
     int max_rounds;
     int max_time_ms;
     char *on_no_converge;
+    gboolean postcopy;
+    char *postcopy_after;
     int connections;
     char *transport;
     char *dirty_method;
@@ -65,10 +67,14 @@ static Options opt = {
 };
 
 static RdmigSession *volatile current_session;
+static volatile sig_atomic_t postcopy_signalled;
 
 static void on_signal(int sig)
 {
-    (void)sig;
+    if (sig == SIGUSR1) {
+        postcopy_signalled = 1; /* acted on by the progress loop */
+        return;
+    }
     if (current_session)
         rdmig_session_cancel(current_session); /* an atomic store and a write(2) */
 }
@@ -79,6 +85,7 @@ static void install_signals(void)
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 }
 
@@ -134,10 +141,33 @@ static bool build_params(RdmigParams *p, GError **error)
             p->on_no_converge = RDMIG_NO_CONVERGE_FAIL;
         else if (!strcmp(opt.on_no_converge, "switchover"))
             p->on_no_converge = RDMIG_NO_CONVERGE_SWITCHOVER;
+        else if (!strcmp(opt.on_no_converge, "postcopy"))
+            p->on_no_converge = RDMIG_NO_CONVERGE_POSTCOPY;
         else {
             g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
-                        "--on-no-converge must be 'fail' or 'switchover', not '%s'",
+                        "--on-no-converge must be 'fail', 'switchover' or 'postcopy', not '%s'",
                         opt.on_no_converge);
+            return false;
+        }
+    }
+    /* Any postcopy trigger implies postcopy. */
+    p->postcopy = opt.postcopy || opt.postcopy_after ||
+                  p->on_no_converge == RDMIG_NO_CONVERGE_POSTCOPY;
+    if (opt.postcopy_after) {
+        char *end = NULL;
+        errno = 0;
+        double v = g_ascii_strtod(opt.postcopy_after, &end);
+        bool ok = !errno && end != opt.postcopy_after && v > 0 && v < 1e7;
+        if (ok && !*end && v == (double)(uint32_t)v)
+            p->postcopy_after_rounds = (uint32_t)v;
+        else if (ok && !strcmp(end, "s"))
+            p->postcopy_after_ms = (uint32_t)MAX(1.0, v * 1000);
+        else if (ok && !strcmp(end, "ms"))
+            p->postcopy_after_ms = (uint32_t)MAX(1.0, v);
+        else {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                        "--postcopy-after takes a number of rounds (3) or a time (2.5s, 800ms), "
+                        "not '%s'", opt.postcopy_after);
             return false;
         }
     }
@@ -272,6 +302,14 @@ static void progress_loop(RdmigSession *s)
         }
         if (final)
             break;
+        if (postcopy_signalled) {
+            postcopy_signalled = 0;
+            g_autoptr(GError) err = NULL;
+            if (rdmig_session_start_postcopy(s, &err))
+                fprintf(stderr, "rdmig: switching to postcopy at the end of this round\n");
+            else
+                fprintf(stderr, "rdmig: SIGUSR1: %s\n", err->message);
+        }
         g_usleep(200000);
     }
     if (!opt.quiet && tty)
@@ -349,6 +387,23 @@ static char *report_json(const Report *r)
         r->guest_checked ? "true" : "false", r->guest_ok ? "true" : "false",
         r->guest_running ? "true" : "false", r->guest.pages_checked, r->guest.pages_bad,
         r->guest.first_bad_page, r->guest.pages_written);
+    g_string_append_printf(o,
+        ",\"postcopy\":{\"active\":%s,\"pages_discarded\":%" G_GUINT64_FORMAT
+        ",\"pages_on_demand\":%" G_GUINT64_FORMAT ",\"pages_background\":%" G_GUINT64_FORMAT
+        ",\"faults\":%" G_GUINT64_FORMAT ",\"faults_zero\":%" G_GUINT64_FORMAT ",\"blocktime_ms\":%.3f,\"fault_median_us\":%"
+        G_GUINT64_FORMAT ",\"fault_p99_us\":%" G_GUINT64_FORMAT ",\"source_cpu_s\":%.3f"
+        ",\"fault_hist\":[", s->postcopy ? "true" : "false", s->pages_discarded,
+        s->pages_on_demand, s->pages_background, s->faults, s->faults_zero,
+        s->blocktime_us / 1e3,
+        s->fault_median_us, s->fault_p99_us, s->postcopy_cpu_us / 1e6);
+    for (int i = 0; i < RDMIG_FAULT_HIST_BUCKETS; i++)
+        g_string_append_printf(o, "%s%" G_GUINT64_FORMAT, i ? "," : "", s->fault_hist[i]);
+    g_string_append(o, "],\"threads\":[");
+    for (uint32_t i = 0; i < s->blocktime_threads; i++)
+        g_string_append_printf(o, "%s{\"tid\":%u,\"blocktime_us\":%" G_GUINT64_FORMAT "}",
+                               i ? "," : "", s->blocktime_per_thread[i].tid,
+                               s->blocktime_per_thread[i].us);
+    g_string_append(o, "]}");
     g_string_append_printf(o, ",\"cpu_user_s\":%.3f,\"cpu_sys_s\":%.3f}", r->cpu_user,
                            r->cpu_sys);
     return g_string_free(o, FALSE);
@@ -389,6 +444,18 @@ static void report_table(const Report *r, FILE *f)
     fprintf(f, "  %-22s %.2f s migration threads (moving pages %.2f s); process %.2f s user, "
             "%.2f s system\n", "cpu", s->cpu_time_us / 1e6, s->data_cpu_us / 1e6, r->cpu_user,
             r->cpu_sys);
+    if (s->postcopy) {
+        fprintf(f, "  %-22s %" G_GUINT64_FORMAT " pages discarded, %" G_GUINT64_FORMAT
+                " pulled on demand, %" G_GUINT64_FORMAT " in the background\n", "postcopy",
+                s->pages_discarded, s->pages_on_demand, s->pages_background);
+        if (s->faults)
+            fprintf(f, "  %-22s %" G_GUINT64_FORMAT " faults (%" G_GUINT64_FORMAT " zero-filled "
+                    "here), blocktime %.1f ms, pulled-page median %" G_GUINT64_FORMAT " us, p99 %"
+                    G_GUINT64_FORMAT " us\n", "guest faults", s->faults, s->faults_zero,
+                    s->blocktime_us / 1e3, s->fault_median_us, s->fault_p99_us);
+        if (s->postcopy_cpu_us)
+            fprintf(f, "  %-22s %.3f s\n", "source CPU in postcopy", s->postcopy_cpu_us / 1e6);
+    }
     if (s->registration_time_ms)
         fprintf(f, "  %-22s %" G_GUINT64_FORMAT " ms\n", "memory registration",
                 s->registration_time_ms);
@@ -483,6 +550,12 @@ static int cmd_recv(void)
     current_session = NULL;
     r.error = err;
     rdmig_session_get_stats(s, &r.st);
+    if (!r.ok && r.st.postcopy) {
+        /* Guest threads may wait for pages that will not come: stopping
+         * them would wait forever, and letting them run would read zeros. */
+        int rc = finish(&r, NULL, 0);
+        _exit(rc);
+    }
     int rc = finish(&r, r.ok ? g : NULL, opt.run_after_ms);
     sg_free(g);
     return rc;
@@ -639,7 +712,9 @@ int main(int argc, char **argv)
         { "max-bandwidth", 0, 0, G_OPTION_ARG_DOUBLE, &opt.max_bandwidth_mib, "MiB/s cap (default none)", "R" },
         { "max-rounds", 0, 0, G_OPTION_ARG_INT, &opt.max_rounds, "precopy rounds before giving up (default 30)", "N" },
         { "max-time-ms", 0, 0, G_OPTION_ARG_INT, &opt.max_time_ms, "precopy time before giving up (default none)", "MS" },
-        { "on-no-converge", 0, 0, G_OPTION_ARG_STRING, &opt.on_no_converge, "fail (default) or switchover", "WHAT" },
+        { "on-no-converge", 0, 0, G_OPTION_ARG_STRING, &opt.on_no_converge, "fail (default), switchover or postcopy", "WHAT" },
+        { "postcopy", 0, 0, G_OPTION_ARG_NONE, &opt.postcopy, "send: allow postcopy (the destination must support it; SIGUSR1 starts it)", NULL },
+        { "postcopy-after", 0, 0, G_OPTION_ARG_STRING, &opt.postcopy_after, "send: start postcopy after N rounds, or a time (2s, 500ms)", "N|TIME" },
         { "connections", 0, 0, G_OPTION_ARG_INT, &opt.connections, "parallel data connections (default 1)", "N" },
         { "transport", 0, 0, G_OPTION_ARG_STRING, &opt.transport, "auto (default), tcp or rdma", "T" },
         { "dirty-method", 0, 0, G_OPTION_ARG_STRING, &opt.dirty_method, "auto, uffd-wp or soft-dirty", "M" },

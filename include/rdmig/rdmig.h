@@ -46,7 +46,8 @@ typedef enum {
     RDMIG_STATE_ACTIVE,     /* precopy rounds while the guest runs */
     RDMIG_STATE_DEVICE,     /* guest stopped: last round and device state */
     RDMIG_STATE_COMPLETED,  /* destination has everything and runs the guest */
-    RDMIG_STATE_FAILED,     /* failed; the source guest runs on */
+    RDMIG_STATE_FAILED,     /* failed; the source guest runs on (unless postcopy had begun) */
+    RDMIG_STATE_POSTCOPY_ACTIVE, /* the guest runs on the destination, which pulls the rest */
     RDMIG_STATE__COUNT
 } RdmigState;
 
@@ -57,6 +58,7 @@ const char *rdmig_state_str(RdmigState state);
 typedef enum {
     RDMIG_NO_CONVERGE_FAIL,       /* fail; the guest keeps running on the source */
     RDMIG_NO_CONVERGE_SWITCHOVER, /* stop the guest anyway and exceed the limit */
+    RDMIG_NO_CONVERGE_POSTCOPY,   /* switch to postcopy (needs params.postcopy) */
 } RdmigNoConvergePolicy;
 
 /* Which built-in dirty tracker to use when the caller gives no RdmigDirtyOps. */
@@ -82,6 +84,11 @@ typedef struct {
     uint32_t keepalive_ms;        /* control-channel keepalive period; default 1000 */
     uint32_t peer_timeout_ms;     /* silence after which the peer counts as gone; default 10000 */
     uint32_t connect_timeout_ms;  /* default 10000 */
+    bool postcopy;                /* advise postcopy at the handshake; the destination must
+                                   * support it (userfaultfd) or the migration fails before
+                                   * the guest stops; default false */
+    uint32_t postcopy_after_rounds; /* start postcopy after this many rounds, 0 = not by rounds */
+    uint32_t postcopy_after_ms;   /* ... or after this much precopy time, 0 = not by time */
 } RdmigParams;
 
 /** rdmig_params_init: fills @params with the defaults above. */
@@ -124,6 +131,9 @@ typedef struct {
 /** Called on every state change, on the thread that made it. */
 typedef void (*RdmigStateFunc)(void *opaque, RdmigState old_state, RdmigState new_state);
 
+#define RDMIG_FAULT_HIST_BUCKETS 24
+#define RDMIG_BLOCKTIME_THREADS 16
+
 /* A snapshot of a session, like QEMU's query-migrate. Times in ms. */
 typedef struct {
     RdmigState state;
@@ -154,6 +164,22 @@ typedef struct {
                                    * threads (zero per page with one-sided writes) */
     uint64_t registration_time_ms;/* registering RAM with the data transport (setup) */
     bool forced_switchover;       /* switched over beyond the downtime limit */
+    /* Postcopy.  downtime_ms is the switchover's: guest stopped on the source
+     * -> running on the destination. */
+    bool postcopy;                /* this migration switched to postcopy */
+    uint64_t pages_discarded;     /* sent in precopy, dirtied since: pulled again */
+    uint64_t pages_on_demand;     /* pulled because the guest faulted on them */
+    uint64_t pages_background;    /* pulled by the background sweep */
+    uint64_t faults;              /* guest faults on missing pages (destination) */
+    uint64_t faults_zero;         /* of them, on pages zero at the source: filled here */
+    uint64_t blocktime_us;        /* total time guest threads waited for pulled pages */
+    uint64_t fault_hist[RDMIG_FAULT_HIST_BUCKETS]; /* pulled-page faults by service time
+                                   * (fault read -> page placed): bucket i holds
+                                   * [2^i, 2^(i+1)) microseconds (bucket 0: < 2 us) */
+    uint64_t fault_median_us, fault_p99_us; /* from the histogram (bucket upper bounds) */
+    uint32_t blocktime_threads;   /* entries used in blocktime_per_thread */
+    struct { uint32_t tid; uint64_t us; } blocktime_per_thread[RDMIG_BLOCKTIME_THREADS];
+    uint64_t postcopy_cpu_us;     /* source: CPU of its threads while the destination pulled */
     char dirty_method[16];        /* tracker in use on the source */
     char error[512];              /* why it failed, "" otherwise */
 } RdmigStats;
@@ -175,6 +201,12 @@ bool rdmig_session_add_ram_block(RdmigSession *s, const char *name, void *host,
 void rdmig_session_set_guest_ops(RdmigSession *s, const RdmigGuestOps *ops, void *opaque);
 void rdmig_session_set_dirty_ops(RdmigSession *s, const RdmigDirtyOps *ops, void *opaque);
 void rdmig_session_set_state_func(RdmigSession *s, RdmigStateFunc func, void *opaque);
+
+/** rdmig_session_start_postcopy: source: switch to postcopy at the end of
+ *  the current round (postcopy must have been advised in the params and
+ *  accepted by the destination).  Thread-safe; fails if the migration is not
+ *  in precopy or postcopy was not negotiated. */
+bool rdmig_session_start_postcopy(RdmigSession *s, GError **error);
 
 /** rdmig_session_start: source: connect to @address ("host:port") and migrate;
  *  destination: listen on @address (port 0 picks one) and receive.  Returns

@@ -58,11 +58,16 @@ MSG_COMPLETE = 9
 MSG_COMPLETE_ACK = 10
 MSG_ERROR = 11
 MSG_PING = 12
+MSG_SOURCE_REGIONS = 13
+MSG_DISCARD = 14
+MSG_POSTCOPY_START = 15
+MSG_POSTCOPY_RUNNING = 16
 
 FEATURE_VERIFY = 1 << 0
 FEATURE_ZERO_PAGES = 1 << 1
 FEATURE_MULTI_CONN = 1 << 2
 FEATURE_KEEPALIVE = 1 << 3
+FEATURE_POSTCOPY = 1 << 4
 
 # rdmig error codes (include/rdmig/error.h), as sent in ERROR frames
 ERROR_CODES = ["connect", "protocol", "version", "unsupported", "peer", "resource",
@@ -97,8 +102,8 @@ class RdmigProc:
     """One rdmig process.  stdout lines go to a queue (and self.lines), stderr
     to a temporary file, so neither pipe can fill and block the child."""
 
-    def __init__(self, args, name=None, env=None):
-        self.args = [RDMIG] + list(args)
+    def __init__(self, args, name=None, env=None, wrapper=()):
+        self.args = list(wrapper) + [RDMIG] + list(args)
         self.name = name or (args[0] if args else "rdmig")
         self._err = tempfile.TemporaryFile()
         full_env = dict(os.environ)
@@ -646,15 +651,15 @@ class RdmigTestCase(unittest.TestCase):
         for p in self.procs:
             p.close()
 
-    def spawn(self, *args, name=None, env=None):
-        p = RdmigProc([str(a) for a in args], name=name, env=env)
+    def spawn(self, *args, name=None, env=None, wrapper=()):
+        p = RdmigProc([str(a) for a in args], name=name, env=env, wrapper=wrapper)
         self.procs.append(p)
         return p
 
-    def start_recv(self, *args, guest=(), name="recv"):
+    def start_recv(self, *args, guest=(), name="recv", wrapper=()):
         """rdmig recv on 127.0.0.1:0; returns (proc, bound address)."""
         p = self.spawn("recv", "--listen", "127.0.0.1:0", "--print-address", "--json", "--quiet",
-                       *guest, *args, name=name)
+                       *guest, *args, name=name, wrapper=wrapper)
         addr = p.next_line(timeout=15)
         if not addr or ":" not in addr:
             p.wait(5)

@@ -19,6 +19,7 @@ static void test_state_names(void)
         [RDMIG_STATE_CANCELLING] = "cancelling", [RDMIG_STATE_CANCELLED] = "cancelled",
         [RDMIG_STATE_ACTIVE] = "active",       [RDMIG_STATE_DEVICE] = "device",
         [RDMIG_STATE_COMPLETED] = "completed", [RDMIG_STATE_FAILED] = "failed",
+        [RDMIG_STATE_POSTCOPY_ACTIVE] = "postcopy-active",
     };
     for (int s = 0; s < RDMIG_STATE__COUNT; s++)
         g_assert_cmpstr(rdmig_state_str((RdmigState)s), ==, names[s]);
@@ -43,6 +44,9 @@ static const struct {
     { RDMIG_STATE_ACTIVE, RDMIG_STATE_DEVICE },
     { RDMIG_STATE_ACTIVE, RDMIG_STATE_FAILED },
     { RDMIG_STATE_ACTIVE, RDMIG_STATE_CANCELLING },
+    { RDMIG_STATE_ACTIVE, RDMIG_STATE_POSTCOPY_ACTIVE },
+    { RDMIG_STATE_POSTCOPY_ACTIVE, RDMIG_STATE_COMPLETED },
+    { RDMIG_STATE_POSTCOPY_ACTIVE, RDMIG_STATE_FAILED },
     { RDMIG_STATE_DEVICE, RDMIG_STATE_COMPLETED },
     { RDMIG_STATE_DEVICE, RDMIG_STATE_FAILED },
     { RDMIG_STATE_DEVICE, RDMIG_STATE_CANCELLING },

@@ -870,6 +870,9 @@ static void test_msg_type_str(void)
         { RDMIG_MSG_DEVICE_STATE, "DEVICE_STATE" }, { RDMIG_MSG_HASHES, "HASHES" },
         { RDMIG_MSG_COMPLETE, "COMPLETE" },   { RDMIG_MSG_COMPLETE_ACK, "COMPLETE_ACK" },
         { RDMIG_MSG_ERROR, "ERROR" },         { RDMIG_MSG_PING, "PING" },
+        { RDMIG_MSG_SOURCE_REGIONS, "SOURCE_REGIONS" }, { RDMIG_MSG_DISCARD, "DISCARD" },
+        { RDMIG_MSG_POSTCOPY_START, "POSTCOPY_START" },
+        { RDMIG_MSG_POSTCOPY_RUNNING, "POSTCOPY_RUNNING" },
     };
     g_assert_cmpuint(G_N_ELEMENTS(known), ==, RDMIG_MSG__MAX - 1);
     for (size_t i = 0; i < G_N_ELEMENTS(known); i++)

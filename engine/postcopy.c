@@ -1,0 +1,636 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The destination's postcopy pager.
+ *
+ * Page states (bitmaps per block): needed (the source told us our copy is
+ * stale or missing), todo (needed, not yet requested), received (placed).
+ * A page is requested once: a fault on a page already on its way in a bulk
+ * read waits for that read.  A fault on a page that is not needed (zero, or
+ * never touched on the source) is served here with UFFDIO_ZEROPAGE.
+ *
+ * One thread does everything: reads faults, posts reads (faults on their own
+ * connection, so they never queue behind bulk reads), reaps completions,
+ * verifies and places pages.  It never touches guest RAM itself, so it can
+ * never fault on a missing page.
+ */
+#define G_LOG_DOMAIN "rdmig-engine"
+
+#include "postcopy.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "session.h"
+
+#define FAULT_SLOTS 16
+#define BULK_SLOTS 8
+#define BULK_BYTES (256u << 10)
+#define MAX_WAITERS 512
+#define MAX_SAMPLES (1u << 16)
+
+static inline gint64 now_us(void) { return g_get_monotonic_time(); }
+
+/* ------------------------------------------------------------ userfaultfd */
+
+static const uint64_t wanted_features =
+    UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MISSING_HUGETLBFS;
+
+/* Opens a userfaultfd and completes the API handshake with the features the
+ * kernel has among those we want (an unknown one would fail the handshake). */
+static int uffd_open_missing(GError **error)
+{
+    int fd = rdmig_uffd_open(error);
+    if (fd < 0)
+        return -1;
+    struct uffdio_api api = { .api = UFFD_API };
+    if (ioctl(fd, UFFDIO_API, &api) < 0) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
+                    "UFFDIO_API handshake failed: %s", g_strerror(errno));
+        close(fd);
+        return -1;
+    }
+    close(fd);
+    uint64_t have = api.features & wanted_features;
+    fd = rdmig_uffd_open(error);
+    if (fd < 0)
+        return -1;
+    api = (struct uffdio_api){ .api = UFFD_API, .features = have };
+    if (ioctl(fd, UFFDIO_API, &api) < 0) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
+                    "UFFDIO_API handshake failed: %s", g_strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+bool rdmig_postcopy_probe(GError **error)
+{
+    int fd = uffd_open_missing(error);
+    if (fd < 0)
+        return false;
+    close(fd);
+    return true;
+}
+
+/* ------------------------------------------------------------ pager */
+
+typedef struct {
+    RdmigIoReq io;
+    guint block;
+    uint64_t first;
+    uint32_t n;
+    uint8_t *buf;
+    int conn;
+    bool busy, fault;
+} PullReq;
+
+typedef struct {
+    guint block;
+    uint64_t page;
+    uint32_t tid;
+    gint64 t_us;
+} Waiter;
+
+typedef struct {
+    RdmigSession *s;
+    int uffd;
+    uint8_t *staging;
+    size_t staging_len;
+    RdmigRegion *staging_region;
+    PullReq faults[FAULT_SLOTS];
+    PullReq bulk[BULK_SLOTS];
+    Waiter waiters[MAX_WAITERS];
+    uint32_t nwaiters;
+    uint32_t fault_conn, bulk_conns, next_bulk_conn;
+    guint bg_block;
+    uint64_t bg_cursor;
+    uint64_t needed, received;
+    uint32_t *samples;
+    uint32_t nsamples;
+    uint64_t verified, mismatches;
+    GString *bad;
+    bool cancel_seen;
+} Pager;
+
+static RdmigRamBlock *blk(Pager *pg, guint i) { return pg->s->blocks->pdata[i]; }
+
+/* Drops the stale copies of needed pages, so that a guest access faults. */
+static bool discard_pages(RdmigSession *s, GError **error)
+{
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        uint64_t i = rdmig_bitmap_next_set(b->needed, b->npages, 0);
+        while (i < b->npages) {
+            uint64_t end = rdmig_bitmap_next_clear(b->needed, b->npages, i);
+            void *at = b->host + i * b->page_size;
+            size_t len = (end - i) * b->page_size;
+            /* Shared memory (memfd, hugetlbfs) needs its pages punched out of
+             * the file; private anonymous memory is dropped by DONTNEED. */
+            if (madvise(at, len, MADV_REMOVE) < 0 && madvise(at, len, MADV_DONTNEED) < 0) {
+                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
+                            "dropping stale pages %" G_GUINT64_FORMAT "..%" G_GUINT64_FORMAT
+                            " of block '%s': %s", i, end - 1, b->name, g_strerror(errno));
+                return false;
+            }
+            i = rdmig_bitmap_next_set(b->needed, b->npages, end);
+        }
+    }
+    return true;
+}
+
+static bool pager_init(Pager *pg, RdmigSession *s, GError **error)
+{
+    pg->s = s;
+    pg->uffd = -1;
+    pg->bad = g_string_new(NULL);
+    uint32_t max_ps = 0;
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        max_ps = MAX(max_ps, b->page_size);
+        uint64_t n = rdmig_bitmap_count(b->needed, b->npages);
+        pg->needed += n;
+        b->todo = g_memdup2(b->needed, rdmig_bitmap_words(b->npages) * 8);
+        b->received = rdmig_bitmap_new(b->npages);
+    }
+    size_t bulk_bytes = MAX(BULK_BYTES, max_ps);
+    pg->staging_len = FAULT_SLOTS * (size_t)max_ps + BULK_SLOTS * bulk_bytes;
+    pg->staging = mmap(NULL, pg->staging_len, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (pg->staging == MAP_FAILED) {
+        pg->staging = NULL;
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "staging buffer: %s",
+                    g_strerror(errno));
+        return false;
+    }
+    pg->staging_region = s->tp->register_region(s->transport, pg->staging, pg->staging_len,
+                                                RDMIG_ACCESS_LOCAL_WRITE, error);
+    if (!pg->staging_region) {
+        g_prefix_error(error, "registering the postcopy staging buffer: ");
+        return false;
+    }
+    for (int i = 0; i < FAULT_SLOTS; i++)
+        pg->faults[i] = (PullReq){ .buf = pg->staging + (size_t)i * max_ps, .fault = true };
+    for (int i = 0; i < BULK_SLOTS; i++)
+        pg->bulk[i] = (PullReq){ .buf = pg->staging + FAULT_SLOTS * (size_t)max_ps +
+                                        (size_t)i * bulk_bytes };
+    /* Faults get a connection of their own when there are two or more. */
+    pg->fault_conn = s->nconns - 1;
+    pg->bulk_conns = s->nconns > 1 ? s->nconns - 1 : 1;
+    pg->samples = g_new(uint32_t, MAX_SAMPLES);
+
+    pg->uffd = uffd_open_missing(error);
+    if (pg->uffd < 0)
+        return false;
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        struct uffdio_register reg = {
+            .range = { .start = (uintptr_t)b->host, .len = b->length },
+            .mode = UFFDIO_REGISTER_MODE_MISSING,
+        };
+        if (ioctl(pg->uffd, UFFDIO_REGISTER, &reg) < 0) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
+                        "userfaultfd cannot watch RAM block '%s' for missing pages: %s", b->name,
+                        g_strerror(errno));
+            return false;
+        }
+        uint64_t need = (1ull << _UFFDIO_COPY) | (1ull << _UFFDIO_ZEROPAGE);
+        if ((reg.ioctls & need) != need) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
+                        "userfaultfd cannot place pages in RAM block '%s' (no UFFDIO_COPY or "
+                        "UFFDIO_ZEROPAGE for this memory type)", b->name);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Ends the pager.  After a failure the userfaultfd stays open (in the
+ * session): threads waiting on missing pages keep waiting rather than read
+ * zeros. */
+static void pager_fini(Pager *pg, bool ok)
+{
+    RdmigSession *s = pg->s;
+    if (pg->uffd >= 0) {
+        if (ok) {
+            for (guint bi = 0; bi < s->blocks->len; bi++) {
+                RdmigRamBlock *b = s->blocks->pdata[bi];
+                struct uffdio_range r = { .start = (uintptr_t)b->host, .len = b->length };
+                ioctl(pg->uffd, UFFDIO_UNREGISTER, &r);
+            }
+            close(pg->uffd);
+        } else {
+            s->postcopy_uffd = pg->uffd;
+        }
+    }
+    if (pg->staging_region)
+        s->tp->deregister_region(pg->staging_region);
+    if (pg->staging)
+        munmap(pg->staging, pg->staging_len);
+    g_free(pg->samples);
+    g_string_free(pg->bad, TRUE);
+}
+
+static bool locate(Pager *pg, uint64_t addr, guint *block, uint64_t *page)
+{
+    for (guint bi = 0; bi < pg->s->blocks->len; bi++) {
+        RdmigRamBlock *b = blk(pg, bi);
+        uint64_t base = (uintptr_t)b->host;
+        if (addr >= base && addr - base < b->length) {
+            *block = bi;
+            *page = (addr - base) / b->page_size;
+            return true;
+        }
+    }
+    return false;
+}
+
+static void record_latency(Pager *pg, uint32_t tid, uint64_t us)
+{
+    RdmigSession *s = pg->s;
+    int bucket = us < 2 ? 0 : MIN(63 - __builtin_clzll(us), RDMIG_FAULT_HIST_BUCKETS - 1);
+    if (pg->nsamples < MAX_SAMPLES)
+        pg->samples[pg->nsamples++] = (uint32_t)MIN(us, (uint64_t)UINT32_MAX);
+    g_mutex_lock(&s->lock);
+    s->stats.fault_hist[bucket]++;
+    s->stats.blocktime_us += us;
+    uint32_t k;
+    for (k = 0; k < s->stats.blocktime_threads; k++)
+        if (s->stats.blocktime_per_thread[k].tid == tid)
+            break;
+    if (k == s->stats.blocktime_threads && k < RDMIG_BLOCKTIME_THREADS) {
+        s->stats.blocktime_per_thread[k].tid = tid;
+        s->stats.blocktime_threads++;
+    }
+    if (k < RDMIG_BLOCKTIME_THREADS)
+        s->stats.blocktime_per_thread[k].us += us;
+    g_mutex_unlock(&s->lock);
+}
+
+static void wake_range(Pager *pg, uint64_t start, uint64_t len)
+{
+    struct uffdio_range r = { .start = start, .len = len };
+    ioctl(pg->uffd, UFFDIO_WAKE, &r);
+}
+
+/* Places @n pages from @src at page @first of block @bi, atomically per page
+ * (the faulting threads wake when their page is in). */
+static bool place(Pager *pg, guint bi, uint64_t first, uint32_t n, const uint8_t *src,
+                  GError **error)
+{
+    RdmigRamBlock *b = blk(pg, bi);
+    uint64_t dst = (uintptr_t)b->host + first * b->page_size;
+    uint64_t len = (uint64_t)n * b->page_size, done = 0;
+    while (done < len) {
+        struct uffdio_copy c = { .dst = dst + done, .src = (uintptr_t)src + done,
+                                 .len = len - done };
+        if (ioctl(pg->uffd, UFFDIO_COPY, &c) == 0) {
+            done = len;
+        } else if (errno == EAGAIN && c.copy > 0) {
+            done += (uint64_t)c.copy;
+        } else if (errno == EAGAIN) {
+            continue;
+        } else if (errno == EEXIST) {
+            /* Placed already: cannot happen for a needed page pulled once,
+             * but must not stall the rest of the run. */
+            if (c.copy > 0)
+                done += (uint64_t)c.copy;
+            wake_range(pg, dst + done, b->page_size);
+            done += b->page_size;
+        } else {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
+                        "UFFDIO_COPY of %u pages at page %" G_GUINT64_FORMAT " of '%s': %s", n,
+                        first, b->name, g_strerror(errno));
+            return false;
+        }
+    }
+    return true;
+}
+
+static void verify_pulled(Pager *pg, guint bi, uint64_t first, uint32_t n, const uint8_t *buf)
+{
+    RdmigRamBlock *b = blk(pg, bi);
+    if (!(pg->s->features & RDMIG_FEATURE_VERIFY))
+        return;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t p = first + i;
+        uint64_t h = rdmig_page_hash(buf + (size_t)i * b->page_size, b->page_size);
+        if (rdmig_bitmap_test(b->hash_known, p) && h == b->hashes[p]) {
+            pg->verified++;
+        } else {
+            if (pg->mismatches < 16)
+                g_string_append_printf(pg->bad, "%s%s:%" G_GUINT64_FORMAT,
+                                       pg->bad->len ? ", " : "", b->name, p);
+            pg->mismatches++;
+        }
+    }
+}
+
+static bool completed(Pager *pg, PullReq *r, GError **error)
+{
+    RdmigSession *s = pg->s;
+    RdmigRamBlock *b = blk(pg, r->block);
+    verify_pulled(pg, r->block, r->first, r->n, r->buf);
+    if (!place(pg, r->block, r->first, r->n, r->buf, error))
+        return false;
+    rdmig_bitmap_set_range(b->received, r->first, r->n);
+    pg->received += r->n;
+    RDMIG_STATS_UPDATE(s, {
+        if (r->fault)
+            s->stats.pages_on_demand += r->n;
+        else
+            s->stats.pages_background += r->n;
+        s->stats.remaining_bytes = (pg->needed - pg->received) * b->page_size;
+    });
+    gint64 now = now_us();
+    for (uint32_t i = 0; i < pg->nwaiters;) {
+        Waiter *w = &pg->waiters[i];
+        if (w->block == r->block && w->page >= r->first && w->page < r->first + r->n) {
+            record_latency(pg, w->tid, (uint64_t)(now - w->t_us));
+            *w = pg->waiters[--pg->nwaiters];
+        } else {
+            i++;
+        }
+    }
+    r->busy = false;
+    return true;
+}
+
+static bool reap(Pager *pg, uint32_t ci, GError **error)
+{
+    RdmigSession *s = pg->s;
+    for (;;) {
+        RdmigIoReq *done[16];
+        int n = s->tp->poll(s->conns[ci], done, G_N_ELEMENTS(done));
+        if (n < 0 || (n > 0 && done[0]->status < 0)) {
+            const char *why = s->tp->conn_error(s->conns[ci]);
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER,
+                        "pulling pages from the source: data connection %u failed: %s", ci,
+                        why ? why : g_strerror(n < 0 ? -n : -done[0]->status));
+            return false;
+        }
+        for (int i = 0; i < n; i++) {
+            if (done[i]->status < 0) {
+                const char *why = s->tp->conn_error(s->conns[ci]);
+                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER,
+                            "pulling pages from the source: data connection %u failed: %s", ci,
+                            why ? why : g_strerror(-done[i]->status));
+                return false;
+            }
+            if (!completed(pg, done[i]->user, error))
+                return false;
+        }
+        if (n < (int)G_N_ELEMENTS(done))
+            return true;
+    }
+}
+
+/* Posts a read of @n pages at @first of block @bi into @r.  Returns 1 when
+ * posted, 0 when the connection is full (try later), -1 on error. */
+static int pull(Pager *pg, PullReq *r, uint32_t ci, guint bi, uint64_t first, uint32_t n,
+                GError **error)
+{
+    RdmigSession *s = pg->s;
+    RdmigRamBlock *b = blk(pg, bi);
+    r->io = (RdmigIoReq){ .op = RDMIG_IO_READ, .iovcnt = 1, .rkey = &b->src_key,
+                          .remote_offset = first * b->page_size, .user = r };
+    r->io.iov[0] = (struct iovec){ r->buf, (size_t)n * b->page_size };
+    int rc = s->tp->submit(s->conns[ci], &r->io);
+    if (rc == -EAGAIN)
+        return 0;
+    if (rc < 0) {
+        const char *why = s->tp->conn_error(s->conns[ci]);
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER,
+                    "cannot post a read of %u pages at page %" G_GUINT64_FORMAT " of '%s' on "
+                    "data connection %u: %s", n, first, b->name, ci, why ? why : g_strerror(-rc));
+        return -1;
+    }
+    r->block = bi;
+    r->first = first;
+    r->n = n;
+    r->conn = (int)ci;
+    r->busy = true;
+    for (uint64_t p = first; p < first + n; p++)
+        rdmig_bitmap_clear(b->todo, p);
+    /* Let the transport start at once (TCP sends from its poll). */
+    return reap(pg, ci, error) ? 1 : -1;
+}
+
+/* Requests the pages faulted on and not yet requested, as fault slots allow. */
+static bool pull_faulted(Pager *pg, GError **error)
+{
+    for (uint32_t i = 0; i < pg->nwaiters; i++) {
+        Waiter *w = &pg->waiters[i];
+        if (!rdmig_bitmap_test(blk(pg, w->block)->todo, w->page))
+            continue;
+        PullReq *r = NULL;
+        for (int k = 0; k < FAULT_SLOTS && !r; k++)
+            if (!pg->faults[k].busy)
+                r = &pg->faults[k];
+        if (!r)
+            return true;
+        if (pull(pg, r, pg->fault_conn, w->block, w->page, 1, error) < 0)
+            return false;
+    }
+    return true;
+}
+
+static bool pull_background(Pager *pg, GError **error)
+{
+    RdmigSession *s = pg->s;
+    for (int k = 0; k < BULK_SLOTS; k++) {
+        PullReq *r = &pg->bulk[k];
+        if (r->busy)
+            continue;
+        while (pg->bg_block < s->blocks->len) {
+            RdmigRamBlock *b = blk(pg, pg->bg_block);
+            uint64_t p = rdmig_bitmap_next_set(b->todo, b->npages, pg->bg_cursor);
+            if (p < b->npages) {
+                uint64_t end = rdmig_bitmap_next_clear(b->todo, b->npages, p);
+                uint32_t max = MAX(1u, BULK_BYTES / b->page_size);
+                uint32_t n = (uint32_t)MIN(end - p, (uint64_t)max);
+                uint32_t ci = pg->next_bulk_conn++ % pg->bulk_conns;
+                int rc = pull(pg, r, ci, pg->bg_block, p, n, error);
+                if (rc < 0)
+                    return false;
+                if (rc > 0)
+                    pg->bg_cursor = p + n;
+                break;
+            }
+            pg->bg_block++;
+            pg->bg_cursor = 0;
+        }
+    }
+    return true;
+}
+
+static bool handle_fault(Pager *pg, const struct uffd_msg *m, GError **error)
+{
+    RdmigSession *s = pg->s;
+    if (m->event != UFFD_EVENT_PAGEFAULT)
+        return true;
+    guint bi;
+    uint64_t page;
+    if (!locate(pg, m->arg.pagefault.address, &bi, &page)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
+                    "fault at 0x%" G_GINT64_MODIFIER "x outside every RAM block",
+                    (uint64_t)m->arg.pagefault.address);
+        return false;
+    }
+    RdmigRamBlock *b = blk(pg, bi);
+    uint32_t tid = m->arg.pagefault.feat.ptid;
+    uint64_t start = (uintptr_t)b->host + page * b->page_size;
+    RDMIG_STATS_UPDATE(s, s->stats.faults++);
+    if (rdmig_bitmap_test(b->received, page)) {
+        /* Placed between the fault and now: just let the thread go on. */
+        wake_range(pg, start, b->page_size);
+        record_latency(pg, tid, 0);
+        return true;
+    }
+    if (!rdmig_bitmap_test(b->needed, page)) {
+        /* Zero on the source, or never touched there: nothing to pull. */
+        struct uffdio_zeropage z = { .range = { .start = start, .len = b->page_size } };
+        if (ioctl(pg->uffd, UFFDIO_ZEROPAGE, &z) < 0) {
+            if (errno != EEXIST) {
+                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
+                            "UFFDIO_ZEROPAGE at page %" G_GUINT64_FORMAT " of '%s': %s", page,
+                            b->name, g_strerror(errno));
+                return false;
+            }
+            wake_range(pg, start, b->page_size); /* another thread's fault filled it */
+        }
+        RDMIG_STATS_UPDATE(s, s->stats.faults_zero++);
+        return true;
+    }
+    if (pg->nwaiters < MAX_WAITERS)
+        pg->waiters[pg->nwaiters++] = (Waiter){ bi, page, tid, now_us() };
+    return pull_faulted(pg, error);
+}
+
+static bool read_faults(Pager *pg, GError **error)
+{
+    for (;;) {
+        struct uffd_msg msgs[16];
+        ssize_t n = read(pg->uffd, msgs, sizeof(msgs));
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                return true;
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "reading userfaultfd: %s",
+                        g_strerror(errno));
+            return false;
+        }
+        for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++)
+            if (!handle_fault(pg, &msgs[i], error))
+                return false;
+        if ((size_t)n < sizeof(msgs))
+            return true;
+    }
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static bool pull_loop(Pager *pg, GError **error)
+{
+    RdmigSession *s = pg->s;
+    while (pg->received < pg->needed) {
+        if (!pull_faulted(pg, error) || !pull_background(pg, error))
+            return false;
+        struct pollfd p[RDMIG_MAX_DATA_CONNS + 3];
+        uint32_t n = 0;
+        for (uint32_t i = 0; i < s->nconns; i++) {
+            short ev;
+            p[n].fd = s->tp->conn_fd(s->conns[i], &ev);
+            p[n++].events = ev;
+        }
+        p[n++] = (struct pollfd){ .fd = pg->uffd, .events = POLLIN };
+        p[n++] = (struct pollfd){ .fd = rdmig_control_fd(s->ctl), .events = POLLIN };
+        p[n++] = (struct pollfd){ .fd = pg->cancel_seen ? -1 : s->wake_fd, .events = POLLIN };
+        if (poll(p, n, (int)s->params.keepalive_ms) < 0 && errno != EINTR) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s", g_strerror(errno));
+            return false;
+        }
+        if (p[s->nconns].revents && !read_faults(pg, error))
+            return false;
+        for (uint32_t i = 0; i < s->nconns; i++)
+            if (p[i].revents && !reap(pg, i, error))
+                return false;
+        if (p[s->nconns + 1].revents) {
+            RdmigFrame f;
+            int r = rdmig_session_recv(s, &f, 0, error);
+            if (r < 0)
+                return false;
+            if (r > 0) {
+                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                            "unexpected %s from the source during postcopy",
+                            rdmig_msg_type_str(f.hdr.type));
+                return false;
+            }
+        }
+        if (p[s->nconns + 2].revents && rdmig_session_cancelled(s) && !pg->cancel_seen) {
+            /* The guest runs here and part of its memory is still there. */
+            g_warning("cancel ignored: postcopy cannot be cancelled once the guest runs here");
+            pg->cancel_seen = true;
+        }
+        gint64 silent = (now_us() - g_atomic_pointer_get(&s->last_rx_us)) / 1000;
+        if (silent > s->params.peer_timeout_ms) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER,
+                        "source silent for %" G_GINT64_FORMAT " ms during postcopy (peer "
+                        "timeout %u ms)", silent, s->params.peer_timeout_ms);
+            return false;
+        }
+    }
+    if (pg->nsamples) {
+        qsort(pg->samples, pg->nsamples, sizeof(uint32_t), cmp_u32);
+        RDMIG_STATS_UPDATE(s, {
+            s->stats.fault_median_us = pg->samples[pg->nsamples / 2];
+            s->stats.fault_p99_us = pg->samples[MIN(pg->nsamples - 1,
+                                                    (uint32_t)((uint64_t)pg->nsamples * 99 / 100))];
+        });
+    }
+    return true;
+}
+
+/* The pages held (not needed) were checked before the guest ran; these are
+ * the pulled ones. */
+static bool pulled_ok(Pager *pg, RdmigCompleteAck *ack)
+{
+    ack->pages_verified += pg->verified;
+    ack->mismatches += pg->mismatches;
+    if (!pg->mismatches)
+        return true;
+    ack->status = 1 + RDMIG_ERROR_VERIFY;
+    g_snprintf(ack->message, sizeof(ack->message),
+               "%" G_GUINT64_FORMAT " pulled pages differ from the source (block:page %s%s)",
+               pg->mismatches, pg->bad->str, pg->mismatches > 16 ? ", ..." : "");
+    return false;
+}
+
+bool rdmig_postcopy_discard(RdmigSession *s, GError **error)
+{
+    return discard_pages(s, error);
+}
+
+bool rdmig_postcopy_pull(RdmigSession *s, bool (*resume)(RdmigSession *, GError **),
+                         RdmigCompleteAck *ack, GError **error)
+{
+    Pager *pg = g_new0(Pager, 1);
+    bool ok = pager_init(pg, s, error) && resume(s, error) && pull_loop(pg, error);
+    if (ok && !pulled_ok(pg, ack)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_VERIFY, "%s", ack->message);
+        ok = false;
+    }
+    /* A verification failure still has every page in place: release them. */
+    pager_fini(pg, ok || pg->received == pg->needed);
+    g_free(pg);
+    return ok;
+}

@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Postcopy on the destination: the guest runs before all of its memory has
+ * arrived; userfaultfd (missing mode) stops a guest thread that touches a
+ * page still on the source, and the pager pulls that page with a one-sided
+ * READ from the source's registered RAM (RDMA READ, or a GET answered by the
+ * source's TCP backend), then places it atomically with UFFDIO_COPY.
+ * Meanwhile it pulls every other missing page in the background.
+ */
+#ifndef RDMIG_ENGINE_POSTCOPY_H
+#define RDMIG_ENGINE_POSTCOPY_H
+
+#include <glib.h>
+#include <stdbool.h>
+
+#include "wire.h"
+
+struct RdmigSession;
+
+/** A userfaultfd, user-mode faults only where the kernel allows it. */
+int rdmig_uffd_open(GError **error);
+
+/** Can this process catch missing-page faults on its RAM blocks?  The error
+ *  says why not (checked at the handshake, before the source stops its guest). */
+bool rdmig_postcopy_probe(GError **error);
+
+/** Destination, on POSTCOPY_START: drops the stale copies of the needed pages. */
+bool rdmig_postcopy_discard(struct RdmigSession *s, GError **error);
+
+/** Destination: arms userfaultfd over every block, calls @resume (which runs
+ *  the guest and tells the source), then pulls every needed page, verifying
+ *  each on arrival into @ack.  Returns when all are placed, or on error (the
+ *  guest's threads that wait on missing pages then keep waiting). */
+bool rdmig_postcopy_pull(struct RdmigSession *s, bool (*resume)(struct RdmigSession *, GError **),
+                         RdmigCompleteAck *ack, GError **error);
+
+#endif

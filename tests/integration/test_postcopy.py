@@ -1,0 +1,193 @@
+# SPDX-License-Identifier: MIT
+"""Postcopy over TCP between two real processes: the destination runs the
+guest (whose vCPUs keep writing) while it pulls the missing pages itself,
+through userfaultfd.  Every page is verified against the hash the source took
+at switchover, and the guest's own check runs at its new home."""
+import os
+import signal
+import struct
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from harness import (FEATURE_POSTCOPY, FEATURE_VERIFY, FEATURE_ZERO_PAGES,  # noqa: E402
+                     MSG_DISCARD, MSG_POSTCOPY_START, MSG_SOURCE_REGIONS, FakeSource,
+                     hello_payload)
+
+# Writes far faster than the paced link and 10 ms allowed: precopy alone
+# would never converge.
+GUEST = ("--ram-size", "64M", "--dirty-rate", "40")
+LIMITS = ("--max-bandwidth", "60", "--downtime-ms", "10")
+
+
+class PostcopyCase(harness.RdmigTestCase):
+    def postcopy_migrate(self, guest=GUEST, send_args=(), recv_args=(), timeout=120):
+        src, dst = self.migrate(guest=guest, send_args=LIMITS + tuple(send_args),
+                                recv_args=recv_args, timeout=timeout)
+        self.assert_postcopy(src, dst)
+        return src, dst
+
+    def assert_postcopy(self, src, dst, ctx=""):
+        self.assert_verified(src, dst, ctx)
+        for r in (src, dst):
+            self.assertTrue(r["postcopy"]["active"], "%s did not switch to postcopy%s" %
+                            (r["role"], ctx))
+        pc = dst["postcopy"]
+        # The discard path: pages sent in precopy and written since were
+        # dropped and pulled again, every one of them exactly once.
+        self.assertGreater(pc["pages_discarded"], 0, "nothing was discarded" + ctx)
+        self.assertEqual(pc["pages_discarded"], src["postcopy"]["pages_discarded"], ctx)
+        self.assertEqual(pc["pages_on_demand"] + pc["pages_background"], pc["pages_discarded"],
+                         "pulled pages do not add up to the discarded ones" + ctx)
+        self.assertEqual(dst["remaining_bytes"], 0, ctx)
+        self.assertEqual(sum(pc["fault_hist"]), pc["faults"] - pc["faults_zero"],
+                         "the latency histogram misses faults" + ctx)
+        self.assertLess(dst["downtime_ms"], 5000, ctx)
+        self.assertGreater(dst["guest"]["pages_written"], 0,
+                           "the guest did not run at the destination" + ctx)
+
+
+class Triggers(PostcopyCase):
+    def test_after_rounds(self):
+        src, dst = self.postcopy_migrate(send_args=("--postcopy-after", "2"))
+        self.assertEqual(src["rounds"], 3, "2 precopy rounds, then postcopy")
+
+    def test_after_time(self):
+        src, _ = self.postcopy_migrate(send_args=("--postcopy-after", "300ms"))
+        self.assertGreaterEqual(src["rounds"], 2)
+
+    def test_no_converge(self):
+        """The policy: precopy gives up after 2 rounds and postcopy takes over."""
+        src, _ = self.postcopy_migrate(send_args=("--on-no-converge", "postcopy",
+                                                  "--max-rounds", "2"))
+        self.assertEqual(src["rounds"], 3)
+        self.assertFalse(src["forced_switchover"])
+
+    def test_signal(self):
+        """SIGUSR1 to `rdmig send` starts postcopy at the end of the round."""
+        recv, addr = self.start_recv(guest=GUEST)
+        send = self.start_send(addr, "--postcopy", "--max-rounds", "1000", *LIMITS, guest=GUEST,
+                               quiet=False)
+        self.wait_for_stderr(send, "round 2", 60)
+        send.signal(signal.SIGUSR1)
+        src_rc, dst_rc = self.finish(send, 60), self.finish(recv, 60)
+        ctx = "\n%s\n%s" % (send.describe(), recv.describe())
+        self.assertEqual((src_rc, dst_rc), (0, 0), ctx)
+        self.assertIn("switching to postcopy", send.stderr(), ctx)
+        self.assert_postcopy(send.report(), recv.report(), ctx)
+
+
+class Guests(PostcopyCase):
+    def test_hot_set(self):
+        """Most writes hit a small hot set: the faults mostly want the same pages."""
+        self.postcopy_migrate(guest=("--ram-size", "64M", "--dirty-rate", "80", "--pattern", "hot"),
+                              send_args=("--postcopy-after", "1"))
+
+    def test_rewrites_after_switchover(self):
+        """A larger guest writing fast: it touches (and rewrites) pages while
+        they are being pulled; faults are served on demand."""
+        src, dst = self.postcopy_migrate(guest=("--ram-size", "256M", "--dirty-rate", "200"),
+                                         send_args=("--postcopy-after", "1",
+                                                    "--connections", "3"))
+        pc = dst["postcopy"]
+        self.assertGreater(pc["faults"], 0, "the guest never faulted on a missing page")
+        self.assertGreater(pc["pages_on_demand"], 0, "no page was pulled on demand")
+        self.assertGreater(pc["blocktime_ms"], 0)
+        self.assertGreater(len(pc["threads"]), 0, "no per-thread blocktime")
+        self.assertGreater(pc["fault_p99_us"], 0)
+
+    def test_blocks(self):
+        self.postcopy_migrate(guest=("--ram-size", "96M", "--blocks", "3", "--dirty-rate", "40"),
+                              send_args=("--postcopy-after", "1"))
+
+
+class Refused(harness.RdmigTestCase):
+    def test_destination_without_userfaultfd(self):
+        """A destination that cannot catch faults (seccomp, as in a container)
+        fails the handshake, before the source's guest ever stops."""
+        helper = os.environ.get("RDMIG_NO_USERFAULTFD")
+        self.assertTrue(helper and os.path.exists(helper), "RDMIG_NO_USERFAULTFD is not set "
+                        "(meson test sets it)")
+        recv, addr = self.start_recv(guest=GUEST, wrapper=(helper,))
+        send = self.start_send(addr, "--postcopy-after", "1", *LIMITS, guest=GUEST)
+        src_rc, dst_rc = self.finish(send, 30), self.finish(recv, 30)
+        src, dst = send.report(), recv.report()
+        ctx = "\n%s\n%s" % (send.describe(), recv.describe())
+        self.assertEqual((src_rc, dst_rc), (1, 1), ctx)
+        for r in (src, dst):
+            self.assertIn("postcopy", r["error"], ctx)
+            self.assertIn("userfaultfd", r["error"], ctx)
+        self.assertEqual(src["rounds"], 0, "pages were sent before the refusal" + ctx)
+        self.assertFalse(src["postcopy"]["active"], ctx)
+        self.assert_source_guest_safe(src, ctx)
+
+    def test_precopy_still_works_without_userfaultfd(self):
+        """Without --postcopy the same destination migrates as usual."""
+        helper = os.environ.get("RDMIG_NO_USERFAULTFD")
+        recv, addr = self.start_recv(guest=("--ram-size", "32M"), wrapper=(helper,))
+        send = self.start_send(addr, guest=("--ram-size", "32M"))
+        src_rc, dst_rc = self.finish(send, 60), self.finish(recv, 30)
+        ctx = "\n%s\n%s" % (send.describe(), recv.describe())
+        self.assertEqual((src_rc, dst_rc), (0, 0), ctx)
+        self.assert_verified(send.report(), recv.report(), ctx)
+
+
+RAM = 32 << 20
+BLOCKS = [("pc.ram", RAM, 4096)]
+NPAGES = RAM // 4096
+PC_FEATURES = FEATURE_VERIFY | FEATURE_ZERO_PAGES | FEATURE_POSTCOPY
+
+
+class BadInput(harness.RdmigTestCase):
+    """A hand-made source sends a bad postcopy message: a clear error, and
+    nothing is touched (the destination's guest never runs)."""
+
+    def expect_failure(self, msgs, *words, features=PC_FEATURES):
+        recv, addr = self.start_recv(guest=("--ram-size", "32M"))
+        fake = FakeSource(addr, BLOCKS, supported=features, required=features & FEATURE_POSTCOPY)
+        try:
+            fake.data_connect()
+            for mtype, payload in msgs:
+                fake.ctl.send(mtype, payload)
+            err = fake.ctl.recv_error(timeout=10)
+            rc = self.finish(recv, 15)
+        finally:
+            fake.close()
+        rep = recv.report()
+        ctx = "\nERROR frame: %r\n%s" % (err, recv.describe())
+        self.assertEqual(rc, 1, ctx)
+        self.assertEqual(rep["result"], "failed", ctx)
+        self.assertEqual(rep["error_code"], "protocol", ctx)
+        for w in words:
+            self.assertIn(w, rep["error"], ctx)
+        self.assertFalse(rep["guest"]["checked"], ctx)
+        self.assertIsNotNone(err, "the destination did not tell the source why" + ctx)
+        return rep
+
+    def test_discard_out_of_range(self):
+        run = struct.pack(">II", 0, 1) + struct.pack(">QI", NPAGES - 1, 2)
+        self.expect_failure([(MSG_DISCARD, run)], "DISCARD", "outside", "pc.ram")
+
+    def test_discard_unknown_block(self):
+        run = struct.pack(">II", 5, 1) + struct.pack(">QI", 0, 1)
+        self.expect_failure([(MSG_DISCARD, run)], "DISCARD", "#5")
+
+    def test_discard_truncated(self):
+        run = struct.pack(">II", 0, 3) + struct.pack(">QI", 0, 1)
+        self.expect_failure([(MSG_DISCARD, run)], "DISCARD")
+
+    def test_start_without_source_keys(self):
+        self.expect_failure([(MSG_POSTCOPY_START, struct.pack(">Q", 0))], "SOURCE_REGIONS")
+
+    def test_source_keys_for_other_layout(self):
+        self.expect_failure([(MSG_SOURCE_REGIONS, struct.pack(">I", 0))], "SOURCE_REGIONS")
+
+    def test_postcopy_not_negotiated(self):
+        rep = self.expect_failure([(MSG_POSTCOPY_START, struct.pack(">Q", 0))], "not negotiated",
+                                  features=FEATURE_VERIFY | FEATURE_ZERO_PAGES)
+        self.assertFalse(rep["postcopy"]["active"])
+
+
+if __name__ == "__main__":
+    harness.main()
