@@ -344,7 +344,8 @@ static bool apply_zero(RdmigSession *s, const RdmigFrame *f, GError **error)
     return true;
 }
 
-static bool store_hashes(RdmigSession *s, const RdmigFrame *f, GError **error)
+bool rdmig_destination_store_hashes(RdmigSession *s, const RdmigFrame *f, guint *block,
+                                    uint64_t *first, uint32_t *n, GError **error)
 {
     if (!(s->features & RDMIG_FEATURE_VERIFY)) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
@@ -364,10 +365,28 @@ static bool store_hashes(RdmigSession *s, const RdmigFrame *f, GError **error)
         return false;
     }
     for (uint32_t i = 0; i < m.n; i++) {
-        b->hashes[m.first + i] = rdmig_hashes_get(&m, i);
-        rdmig_bitmap_set(b->hash_known, m.first + i);
+        uint64_t p = m.first + i;
+        /* Before postcopy starts, a page to be pulled has only a stale hash:
+         * its final one comes after the switchover. */
+        if (b->needed && rdmig_bitmap_test(b->needed, p) && !s->postcopy_fresh_hashes)
+            continue;
+        if (b->unverified && rdmig_bitmap_test(b->unverified, p))
+            continue; /* the pager compares these itself */
+        b->hashes[p] = rdmig_hashes_get(&m, i);
+        rdmig_bitmap_set(b->hash_known, p);
     }
+    *block = m.block;
+    *first = m.first;
+    *n = m.n;
     return true;
+}
+
+static bool store_hashes(RdmigSession *s, const RdmigFrame *f, GError **error)
+{
+    guint block;
+    uint64_t first;
+    uint32_t n;
+    return rdmig_destination_store_hashes(s, f, &block, &first, &n, error);
 }
 
 typedef struct {
@@ -551,9 +570,60 @@ static bool mark_discard(RdmigSession *s, const RdmigFrame *f, GError **error)
                         "'%s' (%" G_GUINT64_FORMAT " pages)", count, first, b->name, b->npages);
             return false;
         }
-        rdmig_bitmap_set_range(b->needed, first, count);
+        /* Dropped at once: before the switchover this runs while the guest
+         * still runs on the source, outside the downtime. */
+        uint64_t p = first;
+        while (p < first + count) {
+            if (rdmig_bitmap_test(b->needed, p)) {
+                p++;
+                continue;
+            }
+            uint64_t end = p;
+            while (end < first + count && !rdmig_bitmap_test(b->needed, end))
+                end++;
+            if (!rdmig_postcopy_drop(b, p, end - p, error))
+                return false;
+            rdmig_bitmap_set_range(b->needed, p, end - p);
+            /* Checked at PREPARE as held; they count when pulled instead. */
+            if (s->postcopy_prepared && (s->features & RDMIG_FEATURE_VERIFY))
+                s->held_verified -= end - p;
+            for (uint64_t q = p; b->hash_known && q < end; q++)
+                rdmig_bitmap_clear(b->hash_known, q);
+            p = end;
+        }
     }
     return true;
+}
+
+/* Before the switchover: our RAM stops being the peer's to write, and what
+ * we hold is checked while the source's guest still runs. */
+static bool postcopy_prepare(RdmigSession *s, GError **error)
+{
+    if (!postcopy_expected(s, "POSTCOPY_PREPARE", error))
+        return false;
+    if (s->postcopy_prepared) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL, "a second POSTCOPY_PREPARE");
+        return false;
+    }
+    stop_data_pollers(s);
+    for (guint i = 0; i < s->blocks->len; i++) {
+        RdmigRamBlock *b = s->blocks->pdata[i];
+        if (b->region)
+            s->tp->deregister_region(b->region);
+        b->region = NULL;
+        if (!b->needed)
+            b->needed = rdmig_bitmap_new(b->npages);
+    }
+    RdmigCompleteAck ack = { 0 };
+    if ((s->features & RDMIG_FEATURE_VERIFY) && !verify_all(s, &ack)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_VERIFY, "%s", ack.message);
+        return false;
+    }
+    s->held_verified = ack.pages_verified;
+    s->postcopy_prepared = true;
+    RDMIG_STATS_UPDATE(s, s->stats.verify_time_ms = ack.verify_us / 1000);
+    return rdmig_session_send(s, RDMIG_MSG_POSTCOPY_PREPARED,
+                              rdmig_u64_encode(ack.pages_verified), error);
 }
 
 /* Runs the guest here (the pager has armed userfaultfd by now). */
@@ -575,9 +645,10 @@ static bool postcopy(RdmigSession *s, GError **error)
 {
     if (!postcopy_expected(s, "POSTCOPY_START", error))
         return false;
-    if (!s->have_src_keys) {
+    if (!s->have_src_keys || !s->postcopy_prepared) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
-                    "POSTCOPY_START before SOURCE_REGIONS: nowhere to pull pages from");
+                    "POSTCOPY_START before %s", !s->have_src_keys
+                        ? "SOURCE_REGIONS: nowhere to pull pages from" : "POSTCOPY_PREPARE");
         return false;
     }
     if (!rdmig_session_set_state(s, RDMIG_STATE_ACTIVE, RDMIG_STATE_POSTCOPY_ACTIVE)) {
@@ -585,43 +656,23 @@ static bool postcopy(RdmigSession *s, GError **error)
         return false;
     }
     s->t_stop = now_us();
+    s->postcopy_fresh_hashes = true;
     uint64_t discarded = 0;
     for (guint i = 0; i < s->blocks->len; i++) {
         RdmigRamBlock *b = s->blocks->pdata[i];
-        if (!b->needed)
-            b->needed = rdmig_bitmap_new(b->npages);
         discarded += rdmig_bitmap_count(b->needed, b->npages);
     }
     RDMIG_STATS_UPDATE(s, {
         s->stats.postcopy = true;
         s->stats.pages_discarded = discarded;
     });
-    /* Precopy writes are over: our RAM is no longer the peer's to write,
-     * and the pages about to be dropped must not stay pinned. */
-    stop_data_pollers(s);
-    for (guint i = 0; i < s->blocks->len; i++) {
-        RdmigRamBlock *b = s->blocks->pdata[i];
-        if (b->region)
-            s->tp->deregister_region(b->region);
-        b->region = NULL;
-    }
-    RdmigCompleteAck ack = { 0 };
-    if (!rdmig_postcopy_discard(s, error))
-        return false;
-    /* What we hold is checked now, before the guest can change it; pulled
-     * pages are checked as they arrive. */
-    if ((s->features & RDMIG_FEATURE_VERIFY) && !verify_all(s, &ack)) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_VERIFY, "%s", ack.message);
-        return false;
-    }
-    uint64_t held_verify_us = ack.verify_us;
+    RdmigCompleteAck ack = { .pages_verified = s->held_verified };
     bool ok = rdmig_postcopy_pull(s, postcopy_resume, &ack, error);
-    ack.verify_us = held_verify_us;
     RDMIG_STATS_UPDATE(s, {
         s->stats.pages_verified = ack.pages_verified;
         s->stats.verify_mismatches = ack.mismatches;
-        s->stats.verify_time_ms = ack.verify_us / 1000;
     });
+    ack.verify_us = s->stats.verify_time_ms * 1000;
     if (!ok && !ack.status) {
         ack.status = 1 + ((*error)->domain == RDMIG_ERROR ? (uint32_t)(*error)->code
                                                           : RDMIG_ERROR_PEER);
@@ -629,10 +680,9 @@ static bool postcopy(RdmigSession *s, GError **error)
     }
     GError *serr = NULL;
     if (!rdmig_session_send(s, RDMIG_MSG_COMPLETE_ACK, rdmig_complete_ack_encode(&ack), &serr)) {
-        if (ok) {
+        if (ok)
             g_warning("postcopy completed, but the acknowledgement did not reach the source: %s",
                       serr->message);
-        }
         g_error_free(serr);
     }
     return ok;
@@ -675,6 +725,9 @@ static bool receive(RdmigSession *s, GError **error)
             break;
         case RDMIG_MSG_DISCARD:
             ok = mark_discard(s, &f, error);
+            break;
+        case RDMIG_MSG_POSTCOPY_PREPARE:
+            ok = postcopy_prepare(s, error);
             break;
         case RDMIG_MSG_POSTCOPY_START:
             return postcopy(s, error);

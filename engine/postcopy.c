@@ -115,32 +115,24 @@ typedef struct {
     uint32_t *samples;
     uint32_t nsamples;
     uint64_t verified, mismatches;
+    uint64_t unverified;         /* placed pages whose final hash has not come yet */
     GString *bad;
     bool cancel_seen;
 } Pager;
 
 static RdmigRamBlock *blk(Pager *pg, guint i) { return pg->s->blocks->pdata[i]; }
 
-/* Drops the stale copies of needed pages, so that a guest access faults. */
-static bool discard_pages(RdmigSession *s, GError **error)
+bool rdmig_postcopy_drop(RdmigRamBlock *b, uint64_t first, uint64_t n, GError **error)
 {
-    for (guint bi = 0; bi < s->blocks->len; bi++) {
-        RdmigRamBlock *b = s->blocks->pdata[bi];
-        uint64_t i = rdmig_bitmap_next_set(b->needed, b->npages, 0);
-        while (i < b->npages) {
-            uint64_t end = rdmig_bitmap_next_clear(b->needed, b->npages, i);
-            void *at = b->host + i * b->page_size;
-            size_t len = (end - i) * b->page_size;
-            /* Shared memory (memfd, hugetlbfs) needs its pages punched out of
-             * the file; private anonymous memory is dropped by DONTNEED. */
-            if (madvise(at, len, MADV_REMOVE) < 0 && madvise(at, len, MADV_DONTNEED) < 0) {
-                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
-                            "dropping stale pages %" G_GUINT64_FORMAT "..%" G_GUINT64_FORMAT
-                            " of block '%s': %s", i, end - 1, b->name, g_strerror(errno));
-                return false;
-            }
-            i = rdmig_bitmap_next_set(b->needed, b->npages, end);
-        }
+    void *at = b->host + first * b->page_size;
+    size_t len = n * b->page_size;
+    /* Shared memory (memfd, hugetlbfs) needs its pages punched out of the
+     * file; private anonymous memory is dropped by DONTNEED. */
+    if (madvise(at, len, MADV_REMOVE) < 0 && madvise(at, len, MADV_DONTNEED) < 0) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
+                    "dropping stale pages %" G_GUINT64_FORMAT "..%" G_GUINT64_FORMAT
+                    " of block '%s': %s", first, first + n - 1, b->name, g_strerror(errno));
+        return false;
     }
     return true;
 }
@@ -158,6 +150,8 @@ static bool pager_init(Pager *pg, RdmigSession *s, GError **error)
         pg->needed += n;
         b->todo = g_memdup2(b->needed, rdmig_bitmap_words(b->npages) * 8);
         b->received = rdmig_bitmap_new(b->npages);
+        if (s->features & RDMIG_FEATURE_VERIFY)
+            b->unverified = rdmig_bitmap_new(b->npages);
     }
     size_t bulk_bytes = MAX(BULK_BYTES, max_ps);
     pg->staging_len = FAULT_SLOTS * (size_t)max_ps + BULK_SLOTS * bulk_bytes;
@@ -313,6 +307,20 @@ static bool place(Pager *pg, guint bi, uint64_t first, uint32_t n, const uint8_t
     return true;
 }
 
+static void check_page(Pager *pg, RdmigRamBlock *b, uint64_t p, uint64_t got, uint64_t want)
+{
+    if (got == want) {
+        pg->verified++;
+        return;
+    }
+    if (pg->mismatches < 16)
+        g_string_append_printf(pg->bad, "%s%s:%" G_GUINT64_FORMAT, pg->bad->len ? ", " : "",
+                               b->name, p);
+    pg->mismatches++;
+}
+
+/* Checks pulled pages against the source's final hashes; a page whose hash
+ * has not come yet keeps its arrival hash until it does. */
 static void verify_pulled(Pager *pg, guint bi, uint64_t first, uint32_t n, const uint8_t *buf)
 {
     RdmigRamBlock *b = blk(pg, bi);
@@ -321,15 +329,39 @@ static void verify_pulled(Pager *pg, guint bi, uint64_t first, uint32_t n, const
     for (uint32_t i = 0; i < n; i++) {
         uint64_t p = first + i;
         uint64_t h = rdmig_page_hash(buf + (size_t)i * b->page_size, b->page_size);
-        if (rdmig_bitmap_test(b->hash_known, p) && h == b->hashes[p]) {
-            pg->verified++;
+        if (rdmig_bitmap_test(b->hash_known, p)) {
+            check_page(pg, b, p, h, b->hashes[p]);
         } else {
-            if (pg->mismatches < 16)
-                g_string_append_printf(pg->bad, "%s%s:%" G_GUINT64_FORMAT,
-                                       pg->bad->len ? ", " : "", b->name, p);
-            pg->mismatches++;
+            b->hashes[p] = h;
+            rdmig_bitmap_set(b->unverified, p);
+            pg->unverified++;
         }
     }
+}
+
+/* HASHES during the pull: the final hashes of pulled pages. */
+static bool late_hashes(Pager *pg, const RdmigFrame *f, GError **error)
+{
+    guint bi;
+    uint64_t first;
+    uint32_t n;
+    if (!rdmig_destination_store_hashes(pg->s, f, &bi, &first, &n, error))
+        return false;
+    RdmigRamBlock *b = blk(pg, bi);
+    RdmigHashesMsg m;
+    rdmig_hashes_decode(f->payload, f->hdr.length, &m, NULL);
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t p = first + i;
+        if (!rdmig_bitmap_test(b->unverified, p))
+            continue;
+        uint64_t want = rdmig_hashes_get(&m, i);
+        check_page(pg, b, p, b->hashes[p], want);
+        b->hashes[p] = want;
+        rdmig_bitmap_set(b->hash_known, p);
+        rdmig_bitmap_clear(b->unverified, p);
+        pg->unverified--;
+    }
+    return true;
 }
 
 static bool completed(Pager *pg, PullReq *r, GError **error)
@@ -542,7 +574,7 @@ static int cmp_u32(const void *a, const void *b)
 static bool pull_loop(Pager *pg, GError **error)
 {
     RdmigSession *s = pg->s;
-    while (pg->received < pg->needed) {
+    while (pg->received < pg->needed || pg->unverified) {
         if (!pull_faulted(pg, error) || !pull_background(pg, error))
             return false;
         struct pollfd p[RDMIG_MAX_DATA_CONNS + 3];
@@ -569,7 +601,10 @@ static bool pull_loop(Pager *pg, GError **error)
             int r = rdmig_session_recv(s, &f, 0, error);
             if (r < 0)
                 return false;
-            if (r > 0) {
+            if (r > 0 && f.hdr.type == RDMIG_MSG_HASHES) {
+                if (!late_hashes(pg, &f, error))
+                    return false;
+            } else if (r > 0) {
                 g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
                             "unexpected %s from the source during postcopy",
                             rdmig_msg_type_str(f.hdr.type));
@@ -613,11 +648,6 @@ static bool pulled_ok(Pager *pg, RdmigCompleteAck *ack)
                "%" G_GUINT64_FORMAT " pulled pages differ from the source (block:page %s%s)",
                pg->mismatches, pg->bad->str, pg->mismatches > 16 ? ", ..." : "");
     return false;
-}
-
-bool rdmig_postcopy_discard(RdmigSession *s, GError **error)
-{
-    return discard_pages(s, error);
 }
 
 bool rdmig_postcopy_pull(RdmigSession *s, bool (*resume)(RdmigSession *, GError **),

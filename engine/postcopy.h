@@ -13,6 +13,7 @@
 #include <glib.h>
 #include <stdbool.h>
 
+#include "ram.h"
 #include "wire.h"
 
 struct RdmigSession;
@@ -24,8 +25,9 @@ int rdmig_uffd_open(GError **error);
  *  says why not (checked at the handshake, before the source stops its guest). */
 bool rdmig_postcopy_probe(GError **error);
 
-/** Destination, on POSTCOPY_START: drops the stale copies of the needed pages. */
-bool rdmig_postcopy_discard(struct RdmigSession *s, GError **error);
+/** Destination: drops the stale copies of @n pages at @first of @b, so that
+ *  the guest faults on them once it runs here. */
+bool rdmig_postcopy_drop(RdmigRamBlock *b, uint64_t first, uint64_t n, GError **error);
 
 /** Destination: arms userfaultfd over every block, calls @resume (which runs
  *  the guest and tells the source), then pulls every needed page, verifying

@@ -28,6 +28,7 @@ typedef struct {
     uint64_t *needed;         /* pages to pull from the source (discarded or never sent) */
     uint64_t *todo;           /* needed pages not yet requested */
     uint64_t *received;       /* needed pages placed */
+    uint64_t *unverified;     /* placed before their hash came: arrival hash in hashes[] */
 } RdmigRamBlock;
 
 static inline size_t rdmig_bitmap_words(uint64_t nbits) { return (nbits + 63) / 64; }

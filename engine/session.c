@@ -130,6 +130,7 @@ static void block_free(RdmigRamBlock *b)
     g_free(b->needed);
     g_free(b->todo);
     g_free(b->received);
+    g_free(b->unverified);
     g_free(b);
 }
 

@@ -97,6 +97,9 @@ struct RdmigSession {
     /* destination */
     GByteArray *device_state;
     bool have_src_keys;         /* SOURCE_REGIONS arrived */
+    bool postcopy_prepared;     /* held pages dropped or checked, guest RAM unregistered */
+    bool postcopy_fresh_hashes; /* after POSTCOPY_START: hashes of needed pages are final */
+    uint64_t held_verified;     /* pages held (not pulled) that matched at PREPARE */
     int postcopy_uffd;          /* kept open after a failed postcopy: see postcopy.c */
 };
 
@@ -124,6 +127,10 @@ bool rdmig_session_send(RdmigSession *s, RdmigMsgType type, GByteArray *payload,
 int rdmig_session_recv(RdmigSession *s, RdmigFrame *f, int timeout_ms, GError **error);
 /** Best-effort: tells the peer why we stop. */
 void rdmig_session_send_error(RdmigSession *s, const GError *err);
+
+/** Destination: stores a HASHES message; reports the range it covered. */
+bool rdmig_destination_store_hashes(RdmigSession *s, const RdmigFrame *f, guint *block,
+                                    uint64_t *first, uint32_t *n, GError **error);
 
 /** Adds the calling thread's CPU time to the stats; each session thread
  *  calls it once, as it exits. */

@@ -277,6 +277,9 @@ static bool handle_message(RdmigSession *s, const RdmigFrame *f, GError **error)
     switch (f->hdr.type) {
     case RDMIG_MSG_ROUND_ACK:
         return rdmig_u64_decode(f->payload, f->hdr.length, &s->round_ack, "ROUND_ACK", error);
+    case RDMIG_MSG_POSTCOPY_PREPARED:
+        s->postcopy_prepared = true;
+        return true;
     case RDMIG_MSG_POSTCOPY_RUNNING:
         if (!s->postcopy_started) {
             g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
@@ -684,12 +687,10 @@ static bool stop_and_copy(RdmigSession *s, uint64_t round, GError **error)
 
 /* ---------------------------------------------------------------- postcopy */
 
-/* Sends DISCARD runs for the pages set in every block's dirty bitmap (sent
- * before and written since, or never sent), hashing them for verification
- * now that the guest is stopped. */
+/* Sends DISCARD runs for the pages set in every block's dirty bitmap: sent
+ * before and written since, so the destination must drop and pull them. */
 static bool send_discards(RdmigSession *s, uint64_t *discarded, GError **error)
 {
-    bool verify = s->features & RDMIG_FEATURE_VERIFY;
     for (guint bi = 0; bi < s->blocks->len; bi++) {
         RdmigRamBlock *b = s->blocks->pdata[bi];
         GByteArray *m = NULL;
@@ -697,9 +698,6 @@ static bool send_discards(RdmigSession *s, uint64_t *discarded, GError **error)
         while (i < b->npages) {
             uint64_t end = rdmig_bitmap_next_clear(b->dirty, b->npages, i);
             uint64_t n = MIN(end - i, (uint64_t)UINT32_MAX);
-            if (verify)
-                for (uint64_t p = i; p < i + n; p++)
-                    b->hashes[p] = rdmig_page_hash(b->host + p * b->page_size, b->page_size);
             if (!m)
                 m = rdmig_zero_begin(bi);
             rdmig_zero_run_put(m, i, (uint32_t)n);
@@ -721,15 +719,38 @@ static bool send_discards(RdmigSession *s, uint64_t *discarded, GError **error)
     return true;
 }
 
+static bool wait_flag(RdmigSession *s, const bool *flag, GError **error)
+{
+    while (!*flag)
+        if (!wait_events(s, (int)s->params.keepalive_ms, error))
+            return false;
+    return true;
+}
+
 /*
- * Postcopy: stop the guest, tell the destination which of its pages are
- * stale, hand over the device state and the hashes, and let the guest run
- * there.  From then on the destination pulls what it lacks from our
- * registered RAM (RDMA READ: no work here; TCP: this thread's polling
- * answers the reads) and acknowledges when it has everything.
+ * Postcopy, in two steps so that the downtime holds only what must be done
+ * with the guest stopped:
+ *  1. guest still running here: DISCARD the pages written since they were
+ *     sent, the hashes of the rest, POSTCOPY_PREPARE; the destination drops
+ *     those pages, checks the ones it keeps, and says PREPARED.
+ *  2. stop the guest, sync once more, DISCARD what was written meanwhile,
+ *     the device state, POSTCOPY_START; the destination runs the guest and
+ *     says RUNNING.  Then the final hashes of every discarded page.
+ * From then on the destination pulls what it lacks from our registered RAM
+ * (RDMA READ: no work here; TCP: this thread's polling answers the reads)
+ * and acknowledges when it has everything.
  */
 static bool postcopy(RdmigSession *s, uint64_t round, GError **error)
 {
+    uint64_t discarded = 0;
+    if (!send_discards(s, &discarded, error))
+        return false;
+    if ((s->features & RDMIG_FEATURE_VERIFY) && !send_hashes(s, error))
+        return false;
+    if (!rdmig_session_send(s, RDMIG_MSG_POSTCOPY_PREPARE, rdmig_u64_encode(discarded), error) ||
+        !wait_flag(s, &s->postcopy_prepared, error))
+        return false;
+
     if (!rdmig_session_set_state(s, RDMIG_STATE_ACTIVE, RDMIG_STATE_POSTCOPY_ACTIVE)) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
         return false;
@@ -740,16 +761,39 @@ static bool postcopy(RdmigSession *s, uint64_t round, GError **error)
         return false;
     }
     s->guest_stopped = true;
-    uint64_t pending, discarded = 0;
+    /* Written since step 1, and not discarded then. */
+    g_autoptr(GPtrArray) first = g_ptr_array_new_with_free_func(g_free);
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        g_ptr_array_add(first, b->dirty);
+        b->dirty = rdmig_bitmap_new(b->npages);
+    }
+    uint64_t pending;
     if (!dirty_sync(s, &pending, error))
         return false;
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        const uint64_t *f = first->pdata[bi];
+        for (size_t w = 0; w < rdmig_bitmap_words(b->npages); w++)
+            b->dirty[w] &= ~f[w];
+    }
+    gint64 t_sync = now_us();
+    if (!send_discards(s, &discarded, error))
+        return false;
+    g_debug("postcopy: guest stopped and synced in %" G_GINT64_FORMAT " us, %" G_GUINT64_FORMAT
+            " pages discarded in all, the last ones in %" G_GINT64_FORMAT " us",
+            t_sync - s->t_stop, discarded, now_us() - t_sync);
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        const uint64_t *f = first->pdata[bi];
+        for (size_t w = 0; w < rdmig_bitmap_words(b->npages); w++)
+            b->dirty[w] |= f[w];
+    }
     RDMIG_STATS_UPDATE(s, {
         s->stats.rounds = round;
         s->stats.postcopy = true;
         s->stats.remaining_bytes = pending;
     });
-    if (!send_discards(s, &discarded, error))
-        return false;
     GByteArray *dev = g_byte_array_new();
     if (s->guest.save_device_state && !s->guest.save_device_state(s->guest_opaque, dev, error)) {
         g_byte_array_unref(dev);
@@ -757,8 +801,6 @@ static bool postcopy(RdmigSession *s, uint64_t round, GError **error)
         return false;
     }
     if (!rdmig_session_send(s, RDMIG_MSG_DEVICE_STATE, dev, error))
-        return false;
-    if ((s->features & RDMIG_FEATURE_VERIFY) && !send_hashes(s, error))
         return false;
     /* From here the destination may run the guest: never resume it here. */
     s->postcopy_started = true;
@@ -770,6 +812,18 @@ static bool postcopy(RdmigSession *s, uint64_t round, GError **error)
             return false;
     uint64_t cpu0 = rdmig_thread_cpu_us();
     RDMIG_STATS_UPDATE(s, s->stats.downtime_ms = (uint64_t)(now_us() - s->t_stop) / 1000);
+    /* Our memory no longer changes: the final hashes of the discarded pages,
+     * while the destination already runs the guest. */
+    if (s->features & RDMIG_FEATURE_VERIFY) {
+        for (guint bi = 0; bi < s->blocks->len; bi++) {
+            RdmigRamBlock *b = s->blocks->pdata[bi];
+            for (uint64_t p = rdmig_bitmap_next_set(b->dirty, b->npages, 0); p < b->npages;
+                 p = rdmig_bitmap_next_set(b->dirty, b->npages, p + 1))
+                b->hashes[p] = rdmig_page_hash(b->host + p * b->page_size, b->page_size);
+        }
+        if (!send_hashes(s, error))
+            return false;
+    }
     while (!s->complete_acked) {
         if (wait_events(s, (int)s->params.keepalive_ms, error))
             continue;

@@ -24,6 +24,8 @@ static const char *const msg_names[RDMIG_MSG__MAX] = {
     [RDMIG_MSG_DISCARD] = "DISCARD",
     [RDMIG_MSG_POSTCOPY_START] = "POSTCOPY_START",
     [RDMIG_MSG_POSTCOPY_RUNNING] = "POSTCOPY_RUNNING",
+    [RDMIG_MSG_POSTCOPY_PREPARE] = "POSTCOPY_PREPARE",
+    [RDMIG_MSG_POSTCOPY_PREPARED] = "POSTCOPY_PREPARED",
 };
 
 const char *rdmig_msg_type_str(uint16_t type)

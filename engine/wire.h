@@ -54,6 +54,8 @@ typedef enum {
     RDMIG_MSG_DISCARD,       /* src -> dst: runs of pages to drop and pull again (postcopy) */
     RDMIG_MSG_POSTCOPY_START,/* src -> dst: guest stopped here; run it there and pull the rest */
     RDMIG_MSG_POSTCOPY_RUNNING, /* dst -> src: the guest runs on the destination */
+    RDMIG_MSG_POSTCOPY_PREPARE, /* src -> dst: drop and check now, the guest still runs here */
+    RDMIG_MSG_POSTCOPY_PREPARED,/* dst -> src: done; the switchover can begin */
     RDMIG_MSG__MAX
 } RdmigMsgType;
 

@@ -116,6 +116,34 @@ class NoConverge(RdmaCase):
         self.assertEqual(src["rounds"], 4)
 
 
+class Postcopy(RdmaCase):
+    """The destination pulls missing pages with RDMA READ from the source's
+    registered RAM while the guest runs there."""
+
+    def check(self, src, dst):
+        for r in (src, dst):
+            self.assertTrue(r["postcopy"]["active"], "%s did not switch to postcopy" % r["role"])
+        pc = dst["postcopy"]
+        self.assertGreater(pc["pages_discarded"], 0)
+        self.assertEqual(pc["pages_on_demand"] + pc["pages_background"], pc["pages_discarded"])
+        self.assertGreater(dst["guest"]["pages_written"], 0, "the guest did not run there")
+
+    def test_after_rounds(self):
+        src, dst = self.rdma_migrate(("--ram-size", "32M", "--dirty-rate", "8"),
+                                     send_args=("--postcopy-after", "1", "--max-bandwidth", "8",
+                                                "--downtime-ms", "10"))
+        self.check(src, dst)
+
+    def test_faulting_guest(self):
+        src, dst = self.rdma_migrate(("--ram-size", "64M", "--dirty-rate", "30", "--pattern",
+                                      "hot"),
+                                     send_args=("--on-no-converge", "postcopy", "--max-rounds",
+                                                "1", "--max-bandwidth", "8", "--downtime-ms",
+                                                "10"))
+        self.check(src, dst)
+        self.assertGreater(dst["postcopy"]["faults"], 0)
+
+
 class Failures(RdmaCase):
     def test_cancel(self):
         guest = ("--ram-size", "64M", "--dirty-rate", "2")

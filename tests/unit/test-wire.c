@@ -873,6 +873,8 @@ static void test_msg_type_str(void)
         { RDMIG_MSG_SOURCE_REGIONS, "SOURCE_REGIONS" }, { RDMIG_MSG_DISCARD, "DISCARD" },
         { RDMIG_MSG_POSTCOPY_START, "POSTCOPY_START" },
         { RDMIG_MSG_POSTCOPY_RUNNING, "POSTCOPY_RUNNING" },
+        { RDMIG_MSG_POSTCOPY_PREPARE, "POSTCOPY_PREPARE" },
+        { RDMIG_MSG_POSTCOPY_PREPARED, "POSTCOPY_PREPARED" },
     };
     g_assert_cmpuint(G_N_ELEMENTS(known), ==, RDMIG_MSG__MAX - 1);
     for (size_t i = 0; i < G_N_ELEMENTS(known); i++)
