@@ -368,7 +368,6 @@ static bool completed(Pager *pg, PullReq *r, GError **error)
 {
     RdmigSession *s = pg->s;
     RdmigRamBlock *b = blk(pg, r->block);
-    verify_pulled(pg, r->block, r->first, r->n, r->buf);
     if (!place(pg, r->block, r->first, r->n, r->buf, error))
         return false;
     rdmig_bitmap_set_range(b->received, r->first, r->n);
@@ -390,6 +389,9 @@ static bool completed(Pager *pg, PullReq *r, GError **error)
             i++;
         }
     }
+    /* After the waiting threads are on their way: the staging copy is
+     * still what was placed. */
+    verify_pulled(pg, r->block, r->first, r->n, r->buf);
     r->busy = false;
     return true;
 }
@@ -575,7 +577,9 @@ static bool pull_loop(Pager *pg, GError **error)
 {
     RdmigSession *s = pg->s;
     while (pg->received < pg->needed || pg->unverified) {
-        if (!pull_faulted(pg, error) || !pull_background(pg, error))
+        /* Faults first: while a guest thread waits, no new bulk read goes
+         * out to share the link with its page. */
+        if (!pull_faulted(pg, error) || (!pg->nwaiters && !pull_background(pg, error)))
             return false;
         struct pollfd p[RDMIG_MAX_DATA_CONNS + 3];
         uint32_t n = 0;

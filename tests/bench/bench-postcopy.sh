@@ -57,7 +57,7 @@ if [ "$MODE" = rdma ]; then
 	ib_read_lat -d "$RXE_B_DEV" -s 4096 -n 2000 -p $((PORT + 90)) >/dev/null 2>&1 &
 	sleep 1
 	lat=$(ib_read_lat -d "$RXE_A_DEV" -s 4096 -n 2000 -p $((PORT + 90)) "$RXE_B_IP" 2>&1 |
-		awk '$1 == 4096 { print "min " $3 " us, typical " $5 " us, 99% " $7 " us" }')
+		awk '$1 == 4096 { print "min " $3 " us, typical " $5 " us, average " $6 " us, 99% " $8 " us" }')
 	wait
 	echo "ib_read_lat, 4 KiB, 2000 reads, rxe0 -> rxe1: $lat"
 	echo
