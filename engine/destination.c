@@ -308,6 +308,19 @@ static RdmigRamBlock *block_at(RdmigSession *s, uint32_t index, const char *msg,
     return NULL;
 }
 
+/* Run @i of a ZERO or DISCARD message, checked against block @b. */
+static bool run_at(const RdmigZeroMsg *z, uint32_t i, const RdmigRamBlock *b, const char *msg,
+                   uint64_t *first, uint32_t *count, GError **error)
+{
+    rdmig_zero_run_get(z, i, first, count);
+    if (*count && *first < b->npages && *count <= b->npages - *first)
+        return true;
+    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                "%s run of %u pages at page %" G_GUINT64_FORMAT " is outside block '%s' (%"
+                G_GUINT64_FORMAT " pages)", msg, *count, *first, b->name, b->npages);
+    return false;
+}
+
 static bool apply_zero(RdmigSession *s, const RdmigFrame *f, GError **error)
 {
     RdmigZeroMsg z;
@@ -320,13 +333,8 @@ static bool apply_zero(RdmigSession *s, const RdmigFrame *f, GError **error)
     for (uint32_t i = 0; i < z.n_runs; i++) {
         uint64_t first;
         uint32_t count;
-        rdmig_zero_run_get(&z, i, &first, &count);
-        if (!count || first >= b->npages || count > b->npages - first) {
-            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
-                        "ZERO run of %u pages at page %" G_GUINT64_FORMAT " is outside block "
-                        "'%s' (%" G_GUINT64_FORMAT " pages)", count, first, b->name, b->npages);
+        if (!run_at(&z, i, b, "ZERO", &first, &count, error))
             return false;
-        }
         /* A page never touched here reads as zero already; reading it to
          * check would allocate it.  Swapped-out pages count as touched. */
         g_autofree uint64_t *touched = rdmig_bitmap_new(count);
@@ -563,13 +571,8 @@ static bool mark_discard(RdmigSession *s, const RdmigFrame *f, GError **error)
     for (uint32_t i = 0; i < z.n_runs; i++) {
         uint64_t first;
         uint32_t count;
-        rdmig_zero_run_get(&z, i, &first, &count);
-        if (!count || first >= b->npages || count > b->npages - first) {
-            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
-                        "DISCARD run of %u pages at page %" G_GUINT64_FORMAT " is outside block "
-                        "'%s' (%" G_GUINT64_FORMAT " pages)", count, first, b->name, b->npages);
+        if (!run_at(&z, i, b, "DISCARD", &first, &count, error))
             return false;
-        }
         /* Dropped at once: before the switchover this runs while the guest
          * still runs on the source, outside the downtime. */
         uint64_t p = first;

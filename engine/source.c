@@ -621,6 +621,25 @@ static bool send_hashes(RdmigSession *s, GError **error)
     return true;
 }
 
+/* The destination's verdict, from COMPLETE_ACK, into the stats. */
+static bool take_complete_ack(RdmigSession *s, GError **error)
+{
+    const RdmigCompleteAck *a = &s->complete_ack;
+    RDMIG_STATS_UPDATE(s, {
+        s->stats.verify_time_ms = a->verify_us / 1000;
+        s->stats.pages_verified = a->pages_verified;
+        s->stats.verify_mismatches = a->mismatches;
+        s->stats.remaining_bytes = 0;
+    });
+    if (a->status) {
+        /* status is 1 + RdmigErrorCode: 0 stays "completed". */
+        g_set_error(error, RDMIG_ERROR, (int)a->status - 1, "destination did not complete: %s",
+                    a->message);
+        return false;
+    }
+    return true;
+}
+
 static bool stop_and_copy(RdmigSession *s, uint64_t round, GError **error)
 {
     if (!rdmig_session_set_state(s, RDMIG_STATE_ACTIVE, RDMIG_STATE_DEVICE)) {
@@ -668,21 +687,8 @@ static bool stop_and_copy(RdmigSession *s, uint64_t round, GError **error)
     while (!s->complete_acked)
         if (!wait_events(s, (int)s->params.keepalive_ms, error))
             return false;
-    RdmigCompleteAck *a = &s->complete_ack;
-    RDMIG_STATS_UPDATE(s, {
-        s->stats.downtime_ms = (uint64_t)(now_us() - s->t_stop) / 1000;
-        s->stats.verify_time_ms = a->verify_us / 1000;
-        s->stats.pages_verified = a->pages_verified;
-        s->stats.verify_mismatches = a->mismatches;
-        s->stats.remaining_bytes = 0;
-    });
-    if (a->status) {
-        /* status is 1 + RdmigErrorCode: 0 stays "completed". */
-        g_set_error(error, RDMIG_ERROR, (int)a->status - 1, "destination did not complete: %s",
-                    a->message);
-        return false;
-    }
-    return true;
+    RDMIG_STATS_UPDATE(s, s->stats.downtime_ms = (uint64_t)(now_us() - s->t_stop) / 1000);
+    return take_complete_ack(s, error);
 }
 
 /* ---------------------------------------------------------------- postcopy */
@@ -846,20 +852,8 @@ static bool postcopy(RdmigSession *s, uint64_t round, GError **error)
             return false;
         g_clear_error(error);
     }
-    RdmigCompleteAck *a = &s->complete_ack;
-    RDMIG_STATS_UPDATE(s, {
-        s->stats.postcopy_cpu_us = rdmig_thread_cpu_us() - cpu0;
-        s->stats.verify_time_ms = a->verify_us / 1000;
-        s->stats.pages_verified = a->pages_verified;
-        s->stats.verify_mismatches = a->mismatches;
-        s->stats.remaining_bytes = 0;
-    });
-    if (a->status) {
-        g_set_error(error, RDMIG_ERROR, (int)a->status - 1, "destination did not complete: %s",
-                    a->message);
-        return false;
-    }
-    return true;
+    RDMIG_STATS_UPDATE(s, s->stats.postcopy_cpu_us = rdmig_thread_cpu_us() - cpu0);
+    return take_complete_ack(s, error);
 }
 
 /* Postcopy when asked for (API call, rounds, time), or when precopy gives up
