@@ -260,26 +260,45 @@ int rdmig_uffd_open(GError **error)
  * UFFDIO_API that asks for an unknown feature fails with a bare EINVAL, and
  * the API handshake can be done only once per descriptor.
  */
-static int uffd_open_wp_async(GError **error)
+bool rdmig_uffd_features(uint64_t *features, GError **error)
 {
     struct uffdio_api api = { .api = UFFD_API };
-    g_autoptr(GString) missing = NULL;
-    int fd;
-
-    fd = rdmig_uffd_open(error);
+    int fd = rdmig_uffd_open(error);
     if (fd < 0)
-        return -1;
-    if (ioctl(fd, UFFDIO_API, &api) < 0) {
+        return false;
+    bool ok = ioctl(fd, UFFDIO_API, &api) == 0;
+    if (!ok)
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
                     "UFFDIO_API handshake failed: %s", g_strerror(errno));
+    close(fd);
+    *features = api.features;
+    return ok;
+}
+
+int rdmig_uffd_open_api(uint64_t features, GError **error)
+{
+    int fd = rdmig_uffd_open(error);
+    if (fd < 0)
+        return -1;
+    struct uffdio_api api = { .api = UFFD_API, .features = features };
+    if (ioctl(fd, UFFDIO_API, &api) < 0) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
+                    "UFFDIO_API with features 0x%" PRIx64 " failed: %s", (uint64_t)features,
+                    g_strerror(errno));
         close(fd);
         return -1;
     }
-    close(fd);
+    return fd;
+}
 
-    missing = g_string_new(NULL);
+static int uffd_open_wp_async(GError **error)
+{
+    uint64_t have;
+    if (!rdmig_uffd_features(&have, error))
+        return -1;
+    g_autoptr(GString) missing = g_string_new(NULL);
     for (size_t i = 0; i < G_N_ELEMENTS(uffd_required_features); i++) {
-        if (api.features & uffd_required_features[i].feature)
+        if (have & uffd_required_features[i].feature)
             continue;
         g_string_append_printf(missing, "%s%s", missing->len ? ", " : "",
                                uffd_required_features[i].name);
@@ -289,18 +308,7 @@ static int uffd_open_wp_async(GError **error)
                     "userfaultfd of this kernel lacks %s", missing->str);
         return -1;
     }
-
-    fd = rdmig_uffd_open(error);
-    if (fd < 0)
-        return -1;
-    api = (struct uffdio_api){ .api = UFFD_API, .features = UFFD_WANTED_FEATURES };
-    if (ioctl(fd, UFFDIO_API, &api) < 0) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
-                    "UFFDIO_API with asynchronous write-protect failed: %s", g_strerror(errno));
-        close(fd);
-        return -1;
-    }
-    return fd;
+    return rdmig_uffd_open_api(UFFD_WANTED_FEATURES, error);
 }
 
 static bool uffd_register(int uffd, void *addr, uint64_t length, GError **error)

@@ -3,7 +3,7 @@
  * The destination's postcopy pager.
  *
  * Page states (bitmaps per block): needed (the source told us our copy is
- * stale or missing), todo (needed, not yet requested), received (placed).
+ * stale or missing), unrequested (needed, no read posted yet), received (placed).
  * A page is requested once: a fault on a page already on its way in a bulk
  * read waits for that read.  A fault on a page that is not needed (zero, or
  * never touched on the source) is served here with UFFDIO_ZEROPAGE.
@@ -41,33 +41,14 @@ static inline gint64 now_us(void) { return g_get_monotonic_time(); }
 static const uint64_t wanted_features =
     UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MISSING_HUGETLBFS;
 
-/* Opens a userfaultfd and completes the API handshake with the features the
- * kernel has among those we want (an unknown one would fail the handshake). */
+/* A userfaultfd with the features we want that the kernel has (asking for an
+ * unknown one would fail the handshake). */
 static int uffd_open_missing(GError **error)
 {
-    int fd = rdmig_uffd_open(error);
-    if (fd < 0)
+    uint64_t have;
+    if (!rdmig_uffd_features(&have, error))
         return -1;
-    struct uffdio_api api = { .api = UFFD_API };
-    if (ioctl(fd, UFFDIO_API, &api) < 0) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
-                    "UFFDIO_API handshake failed: %s", g_strerror(errno));
-        close(fd);
-        return -1;
-    }
-    close(fd);
-    uint64_t have = api.features & wanted_features;
-    fd = rdmig_uffd_open(error);
-    if (fd < 0)
-        return -1;
-    api = (struct uffdio_api){ .api = UFFD_API, .features = have };
-    if (ioctl(fd, UFFDIO_API, &api) < 0) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
-                    "UFFDIO_API handshake failed: %s", g_strerror(errno));
-        close(fd);
-        return -1;
-    }
-    return fd;
+    return rdmig_uffd_open_api(have & wanted_features, error);
 }
 
 bool rdmig_postcopy_probe(GError **error)
@@ -148,7 +129,7 @@ static bool pager_init(Pager *pg, RdmigSession *s, GError **error)
         max_ps = MAX(max_ps, b->page_size);
         uint64_t n = rdmig_bitmap_count(b->needed, b->npages);
         pg->needed += n;
-        b->todo = g_memdup2(b->needed, rdmig_bitmap_words(b->npages) * 8);
+        b->unrequested = g_memdup2(b->needed, rdmig_bitmap_words(b->npages) * 8);
         b->received = rdmig_bitmap_new(b->npages);
         if (s->features & RDMIG_FEATURE_VERIFY)
             b->unverified = rdmig_bitmap_new(b->npages);
@@ -451,7 +432,7 @@ static int pull(Pager *pg, PullReq *r, uint32_t ci, guint bi, uint64_t first, ui
     r->conn = (int)ci;
     r->busy = true;
     for (uint64_t p = first; p < first + n; p++)
-        rdmig_bitmap_clear(b->todo, p);
+        rdmig_bitmap_clear(b->unrequested, p);
     /* Let the transport start at once (TCP sends from its poll). */
     return reap(pg, ci, error) ? 1 : -1;
 }
@@ -461,7 +442,7 @@ static bool pull_faulted(Pager *pg, GError **error)
 {
     for (uint32_t i = 0; i < pg->nwaiters; i++) {
         Waiter *w = &pg->waiters[i];
-        if (!rdmig_bitmap_test(blk(pg, w->block)->todo, w->page))
+        if (!rdmig_bitmap_test(blk(pg, w->block)->unrequested, w->page))
             continue;
         PullReq *r = NULL;
         for (int k = 0; k < FAULT_SLOTS && !r; k++)
@@ -484,9 +465,9 @@ static bool pull_background(Pager *pg, GError **error)
             continue;
         while (pg->bg_block < s->blocks->len) {
             RdmigRamBlock *b = blk(pg, pg->bg_block);
-            uint64_t p = rdmig_bitmap_next_set(b->todo, b->npages, pg->bg_cursor);
+            uint64_t p = rdmig_bitmap_next_set(b->unrequested, b->npages, pg->bg_cursor);
             if (p < b->npages) {
-                uint64_t end = rdmig_bitmap_next_clear(b->todo, b->npages, p);
+                uint64_t end = rdmig_bitmap_next_clear(b->unrequested, b->npages, p);
                 uint32_t max = MAX(1u, BULK_BYTES / b->page_size);
                 uint32_t n = (uint32_t)MIN(end - p, (uint64_t)max);
                 uint32_t ci = pg->next_bulk_conn++ % pg->bulk_conns;

@@ -26,7 +26,7 @@ typedef struct {
     /* postcopy, destination */
     RdmigRemoteKey src_key;   /* the source's key of this block, readable */
     uint64_t *needed;         /* pages to pull from the source (discarded or never sent) */
-    uint64_t *todo;           /* needed pages not yet requested */
+    uint64_t *unrequested;    /* needed pages with no read posted yet */
     uint64_t *received;       /* needed pages placed */
     uint64_t *unverified;     /* placed before their hash came: arrival hash in hashes[] */
 } RdmigRamBlock;

@@ -128,7 +128,7 @@ static void block_free(RdmigRamBlock *b)
     g_free(b->hashes);
     g_free(b->hash_known);
     g_free(b->needed);
-    g_free(b->todo);
+    g_free(b->unrequested);
     g_free(b->received);
     g_free(b->unverified);
     g_free(b);

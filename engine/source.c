@@ -621,6 +621,22 @@ static bool send_hashes(RdmigSession *s, GError **error)
     return true;
 }
 
+/* Leaves precopy for @to and stops the guest: the downtime starts here. */
+static bool stop_guest(RdmigSession *s, RdmigState to, GError **error)
+{
+    if (!rdmig_session_set_state(s, RDMIG_STATE_ACTIVE, to)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
+        return false;
+    }
+    s->t_stop = now_us();
+    if (s->guest.stop && !s->guest.stop(s->guest_opaque, error)) {
+        g_prefix_error(error, "stopping the guest: ");
+        return false;
+    }
+    s->guest_stopped = true;
+    return true;
+}
+
 /* The destination's verdict, from COMPLETE_ACK, into the stats. */
 static bool take_complete_ack(RdmigSession *s, GError **error)
 {
@@ -642,16 +658,8 @@ static bool take_complete_ack(RdmigSession *s, GError **error)
 
 static bool stop_and_copy(RdmigSession *s, uint64_t round, GError **error)
 {
-    if (!rdmig_session_set_state(s, RDMIG_STATE_ACTIVE, RDMIG_STATE_DEVICE)) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
+    if (!stop_guest(s, RDMIG_STATE_DEVICE, error))
         return false;
-    }
-    s->t_stop = now_us();
-    if (s->guest.stop && !s->guest.stop(s->guest_opaque, error)) {
-        g_prefix_error(error, "stopping the guest: ");
-        return false;
-    }
-    s->guest_stopped = true;
     uint64_t pending;
     if (!dirty_sync(s, &pending, error))
         return false;
@@ -757,16 +765,8 @@ static bool postcopy(RdmigSession *s, uint64_t round, GError **error)
         !wait_flag(s, &s->postcopy_prepared, error))
         return false;
 
-    if (!rdmig_session_set_state(s, RDMIG_STATE_ACTIVE, RDMIG_STATE_POSTCOPY_ACTIVE)) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
+    if (!stop_guest(s, RDMIG_STATE_POSTCOPY_ACTIVE, error))
         return false;
-    }
-    s->t_stop = now_us();
-    if (s->guest.stop && !s->guest.stop(s->guest_opaque, error)) {
-        g_prefix_error(error, "stopping the guest: ");
-        return false;
-    }
-    s->guest_stopped = true;
     /* Written since step 1, and not discarded then. */
     g_autoptr(GPtrArray) first = g_ptr_array_new_with_free_func(g_free);
     for (guint bi = 0; bi < s->blocks->len; bi++) {
