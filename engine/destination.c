@@ -147,9 +147,13 @@ static char *data_listen_address(RdmigSession *s)
     return rdmig_address_format((struct sockaddr *)&ss);
 }
 
-static bool handshake(RdmigSession *s, RdmigHello *hello, GError **error)
+/* The handshake of a new migration, or (@recovering) of the paused one's
+ * source coming back on a new link: same session, same layout, same
+ * features; the data transport is chosen again (RDMA may not be back). */
+static bool handshake(RdmigSession *s, RdmigHello *hello, bool recovering, GError **error)
 {
-    memcpy(s->session_id, hello->session_id, sizeof(s->session_id));
+    if (!recovering)
+        memcpy(s->session_id, hello->session_id, sizeof(s->session_id));
     if (!rdmig_layout_check(s->blocks, hello, error))
         return false;
     uint64_t supported = RDMIG_FEATURES_KNOWN;
@@ -159,7 +163,7 @@ static bool handshake(RdmigSession *s, RdmigHello *hello, GError **error)
         /* Said now, while the source's guest still runs, not at switchover. */
         g_autoptr(GError) why = NULL;
         if (!rdmig_postcopy_probe(&why)) {
-            supported &= ~RDMIG_FEATURE_POSTCOPY;
+            supported &= ~(RDMIG_FEATURE_POSTCOPY | RDMIG_FEATURE_RECOVERY);
             if (hello->features_required & RDMIG_FEATURE_POSTCOPY) {
                 g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
                             "the source wants postcopy, but this destination cannot catch page "
@@ -168,12 +172,18 @@ static bool handshake(RdmigSession *s, RdmigHello *hello, GError **error)
             }
         }
     } else {
-        supported &= ~RDMIG_FEATURE_POSTCOPY;
+        supported &= ~(RDMIG_FEATURE_POSTCOPY | RDMIG_FEATURE_RECOVERY);
     }
     uint64_t enabled;
     if (!rdmig_features_negotiate(supported, 0, hello->features_supported,
                                   hello->features_required, &enabled, error))
         return false;
+    if (recovering && enabled != s->features) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "the recovering source negotiates features 0x%" G_GINT64_MODIFIER "x; the "
+                    "paused migration has 0x%" G_GINT64_MODIFIER "x", enabled, s->features);
+        return false;
+    }
     s->features = enabled;
 
     /* The best transport both sides have: one that spares our CPU first. */
@@ -181,6 +191,8 @@ static bool handshake(RdmigSession *s, RdmigHello *hello, GError **error)
     uint32_t nmine = rdmig_session_transports(s, mine, RDMIG_MAX_TRANSPORTS, error);
     if (!nmine)
         return false;
+    if (recovering)
+        s->tp = NULL;
     for (uint32_t i = 0; i < nmine; i++) {
         for (uint32_t j = 0; j < hello->n_transports; j++) {
             if (strcmp(mine[i]->name, hello->transports[j]))
@@ -229,24 +241,33 @@ static bool handshake(RdmigSession *s, RdmigHello *hello, GError **error)
     if (!rdmig_session_send(s, RDMIG_MSG_HELLO_ACK, rdmig_hello_ack_encode(&ack), error))
         return false;
     rdmig_session_start_keepalive(s);
-
-    g_autofree RdmigRegions *regions = g_new0(RdmigRegions, 1);
-    regions->n_blocks = s->blocks->len;
-    /* Writable by the peer only while this migration runs: deregistered at the end. */
-    gint64 t0 = now_us();
-    if (!rdmig_session_register_blocks(s, RDMIG_ACCESS_REMOTE_WRITE, error))
+    if (recovering && !rdmig_session_set_state(s, RDMIG_STATE_POSTCOPY_PAUSED,
+                                               RDMIG_STATE_POSTCOPY_RECOVER)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
         return false;
-    RDMIG_STATS_UPDATE(s, s->stats.registration_time_ms = (uint64_t)(now_us() - t0) / 1000);
-    for (guint i = 0; i < s->blocks->len; i++) {
-        RdmigRamBlock *b = s->blocks->pdata[i];
-        s->tp->region_key(b->region, &regions->keys[i]);
-        if (enabled & RDMIG_FEATURE_VERIFY) {
-            b->hashes = g_new0(uint64_t, b->npages);
-            b->hash_known = rdmig_bitmap_new(b->npages);
-        }
     }
-    if (!rdmig_session_send(s, RDMIG_MSG_REGIONS, rdmig_regions_encode(regions), error))
-        return false;
+
+    if (!recovering) {
+        /* Postcopy pulls into a staging buffer of its own; guest RAM is the
+         * peer's to write only during precopy. */
+        g_autofree RdmigRegions *regions = g_new0(RdmigRegions, 1);
+        regions->n_blocks = s->blocks->len;
+        /* Writable by the peer only while this migration runs: deregistered at the end. */
+        gint64 t0 = now_us();
+        if (!rdmig_session_register_blocks(s, RDMIG_ACCESS_REMOTE_WRITE, error))
+            return false;
+        RDMIG_STATS_UPDATE(s, s->stats.registration_time_ms = (uint64_t)(now_us() - t0) / 1000);
+        for (guint i = 0; i < s->blocks->len; i++) {
+            RdmigRamBlock *b = s->blocks->pdata[i];
+            s->tp->region_key(b->region, &regions->keys[i]);
+            if (enabled & RDMIG_FEATURE_VERIFY) {
+                b->hashes = g_new0(uint64_t, b->npages);
+                b->hash_known = rdmig_bitmap_new(b->npages);
+            }
+        }
+        if (!rdmig_session_send(s, RDMIG_MSG_REGIONS, rdmig_regions_encode(regions), error))
+            return false;
+    }
 
     gint64 deadline = now_us() + (gint64)s->params.connect_timeout_ms * 1000;
     for (uint32_t i = 0; i < s->nconns;) {
@@ -282,6 +303,13 @@ static bool handshake(RdmigSession *s, RdmigHello *hello, GError **error)
     }
     s->tp->listener_close(s->data_listener);
     s->data_listener = NULL;
+    if (recovering) {
+        RDMIG_STATS_UPDATE(s, {
+            g_strlcpy(s->stats.transport, s->tp->name, sizeof(s->stats.transport));
+            s->stats.data_connections = s->nconns;
+        });
+        return true; /* the pager polls the connections itself */
+    }
     g_atomic_int_set(&s->stop_threads, 0);
     for (uint32_t i = 0; i < s->nconns; i++) {
         DataPoller *dp = g_new(DataPoller, 1);
@@ -535,7 +563,7 @@ static bool postcopy_expected(RdmigSession *s, const char *msg, GError **error)
     return false;
 }
 
-static bool store_source_keys(RdmigSession *s, const RdmigFrame *f, GError **error)
+bool rdmig_destination_store_source_keys(RdmigSession *s, const RdmigFrame *f, GError **error)
 {
     if (!postcopy_expected(s, "SOURCE_REGIONS", error))
         return false;
@@ -641,7 +669,12 @@ static bool postcopy_resume(RdmigSession *s, GError **error)
     if (s->guest.resume)
         s->guest.resume(s->guest_opaque);
     RDMIG_STATS_UPDATE(s, s->stats.downtime_ms = (uint64_t)(now_us() - s->t_stop) / 1000);
-    return rdmig_session_send(s, RDMIG_MSG_POSTCOPY_RUNNING, rdmig_u64_encode(0), error);
+    /* The guest runs here now, whatever the link does: a failed send is
+     * the pager's to notice (and pause on). */
+    g_autoptr(GError) serr = NULL;
+    if (!rdmig_session_send(s, RDMIG_MSG_POSTCOPY_RUNNING, rdmig_u64_encode(0), &serr))
+        g_warning("the guest runs here, but telling the source failed: %s", serr->message);
+    return true;
 }
 
 static bool postcopy(RdmigSession *s, GError **error)
@@ -724,7 +757,7 @@ static bool receive(RdmigSession *s, GError **error)
         case RDMIG_MSG_COMPLETE:
             return complete(s, error);
         case RDMIG_MSG_SOURCE_REGIONS:
-            ok = store_source_keys(s, &f, error);
+            ok = rdmig_destination_store_source_keys(s, &f, error);
             break;
         case RDMIG_MSG_DISCARD:
             ok = mark_discard(s, &f, error);
@@ -745,7 +778,9 @@ static bool receive(RdmigSession *s, GError **error)
     }
 }
 
-static void teardown(RdmigSession *s)
+/* ---------------------------------------------------------------- recovery */
+
+void rdmig_destination_drop_link(RdmigSession *s)
 {
     stop_data_pollers(s);
     rdmig_session_stop_keepalive(s);
@@ -768,12 +803,77 @@ static void teardown(RdmigSession *s)
     if (s->transport)
         s->tp->destroy(s->transport);
     s->transport = NULL;
-    if (s->ctl) {
-        rdmig_control_shutdown(s->ctl);
-        RDMIG_STATS_UPDATE(s, s->stats.bytes_transferred = rdmig_control_bytes(s->ctl));
-        rdmig_control_free(s->ctl);
-        s->ctl = NULL;
+    rdmig_session_close_control(s);
+}
+
+bool rdmig_destination_recover_link(RdmigSession *s, int listen_fd, GError **error)
+{
+    int fd = rdmig_socket_accept(listen_fd, (int)s->params.connect_timeout_ms, s->wake_fd, error);
+    if (fd < 0)
+        return false;
+    s->ctl = rdmig_control_new(fd, (int)s->params.peer_timeout_ms);
+    g_atomic_pointer_set(&s->last_rx_us, now_us());
+    RdmigFrame f;
+    RdmigHello hello = { 0 };
+    bool ok = false;
+    int r = rdmig_session_recv(s, &f, (int)s->params.peer_timeout_ms, error);
+    if (r == 0)
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL, "no HELLO on the recovery link");
+    if (r <= 0)
+        goto out;
+    if (f.hdr.type != RDMIG_MSG_HELLO) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "the recovery link opened with %s, not HELLO", rdmig_msg_type_str(f.hdr.type));
+        goto out;
     }
+    if (!rdmig_hello_decode(f.payload, f.hdr.length, &hello, error))
+        goto out;
+    if (memcmp(hello.session_id, s->session_id, sizeof(s->session_id))) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_AUTH,
+                    "recovery refused: the connecting source belongs to another session, not "
+                    "to the paused migration");
+        goto out;
+    }
+    if (!(hello.features_required & RDMIG_FEATURE_RECOVERY)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "the paused migration's source came back without asking to recover");
+        goto out;
+    }
+    r = rdmig_session_recv(s, &f, (int)s->params.peer_timeout_ms, error);
+    if (r == 0)
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL, "no RESUME after HELLO");
+    if (r <= 0)
+        goto out;
+    uint64_t epoch;
+    if (f.hdr.type != RDMIG_MSG_RESUME) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL, "expected RESUME after HELLO, got %s",
+                    rdmig_msg_type_str(f.hdr.type));
+        goto out;
+    }
+    if (!rdmig_u64_decode(f.payload, f.hdr.length, &epoch, "RESUME", error))
+        goto out;
+    if (epoch <= s->epoch) {
+        /* A replay, or a source that lost count: either could drive the
+         * pages of a link we have given up on. */
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_AUTH,
+                    "recovery refused: epoch %" G_GUINT64_FORMAT " is not newer than the last "
+                    "one accepted (%" G_GUINT64_FORMAT ")", epoch, s->epoch);
+        goto out;
+    }
+    ok = handshake(s, &hello, true, error);
+    if (ok)
+        s->epoch = epoch;
+out:
+    rdmig_hello_clear(&hello);
+    if (!ok)
+        rdmig_session_send_error(s, *error);
+    return ok;
+}
+
+static void teardown(RdmigSession *s)
+{
+    rdmig_destination_drop_link(s);
+    RDMIG_STATS_UPDATE(s, s->stats.bytes_transferred = s->ctl_bytes_done);
     if (s->listen_fd >= 0)
         close(s->listen_fd);
     s->listen_fd = -1;
@@ -789,7 +889,7 @@ gpointer rdmig_destination_thread(gpointer data)
         /* One source per session: later connection attempts are refused. */
         close(s->listen_fd);
         s->listen_fd = -1;
-        ok = handshake(s, &hello, &err);
+        ok = handshake(s, &hello, false, &err);
         if (!ok)
             rdmig_session_send_error(s, err);
     }

@@ -12,6 +12,15 @@
  * connection, so they never queue behind bulk reads), reaps completions,
  * verifies and places pages.  It never touches guest RAM itself, so it can
  * never fault on a missing page.
+ *
+ * When the link breaks (and recovery was negotiated) the pager pauses: reads
+ * in flight go back to "unrequested", the connections and transport are
+ * dropped, and the epoch moves on, so that no completion of the old link can
+ * place a page any more.  Paused, it still serves faults on pages it need not
+ * pull (zero fill) and keeps the list of threads waiting for pulled ones.  A
+ * new link (rdmig_destination_recover_link) gets the received bitmap; after
+ * the source's POSTCOPY_RESUME the waiting threads' pages are requested
+ * first.  A page that arrives twice is placed once.
  */
 #define G_LOG_DOMAIN "rdmig-engine"
 
@@ -69,6 +78,7 @@ typedef struct {
     uint32_t n;
     uint8_t *buf;
     int conn;
+    uint64_t epoch; /* the link it was posted on */
     bool busy, fault;
 } PullReq;
 
@@ -99,6 +109,9 @@ typedef struct {
     uint64_t unverified;         /* placed pages whose final hash has not come yet */
     GString *bad;
     bool cancel_seen;
+    uint64_t epoch;              /* links lost so far: fences their completions */
+    bool pulling;                /* a link is up and the source said to pull */
+    uint64_t duplicates;         /* pages that arrived again after being placed */
 } Pager;
 
 static RdmigRamBlock *blk(Pager *pg, guint i) { return pg->s->blocks->pdata[i]; }
@@ -349,16 +362,34 @@ static bool completed(Pager *pg, PullReq *r, GError **error)
 {
     RdmigSession *s = pg->s;
     RdmigRamBlock *b = blk(pg, r->block);
-    if (!place(pg, r->block, r->first, r->n, r->buf, error))
-        return false;
-    rdmig_bitmap_set_range(b->received, r->first, r->n);
-    pg->received += r->n;
+    /* Placed once: a page that came already (asked again after a pause)
+     * keeps its first copy, which was verified then. */
+    uint64_t fresh = 0;
+    for (uint64_t p = r->first; p < r->first + r->n;) {
+        if (rdmig_bitmap_test(b->received, p)) {
+            pg->duplicates++;
+            p++;
+            continue;
+        }
+        uint64_t end = p;
+        while (end < r->first + r->n && !rdmig_bitmap_test(b->received, end))
+            end++;
+        const uint8_t *src = r->buf + (size_t)(p - r->first) * b->page_size;
+        if (!place(pg, r->block, p, (uint32_t)(end - p), src, error))
+            return false;
+        rdmig_bitmap_set_range(b->received, p, end - p);
+        verify_pulled(pg, r->block, p, (uint32_t)(end - p), src);
+        fresh += end - p;
+        p = end;
+    }
+    pg->received += fresh;
     RDMIG_STATS_UPDATE(s, {
         if (r->fault)
             s->stats.pages_on_demand += r->n;
         else
             s->stats.pages_background += r->n;
         s->stats.remaining_bytes = (pg->needed - pg->received) * b->page_size;
+        s->stats.pages_missing = pg->needed - pg->received;
     });
     gint64 now = now_us();
     for (uint32_t i = 0; i < pg->nwaiters;) {
@@ -370,9 +401,6 @@ static bool completed(Pager *pg, PullReq *r, GError **error)
             i++;
         }
     }
-    /* After the waiting threads are on their way: the staging copy is
-     * still what was placed. */
-    verify_pulled(pg, r->block, r->first, r->n, r->buf);
     r->busy = false;
     return true;
 }
@@ -391,6 +419,9 @@ static bool reap(Pager *pg, uint32_t ci, GError **error)
             return false;
         }
         for (int i = 0; i < n; i++) {
+            PullReq *r = done[i]->user;
+            if (r->epoch != pg->epoch)
+                continue; /* a lost link's: its pages were asked for again */
             if (done[i]->status < 0) {
                 const char *why = s->tp->conn_error(s->conns[ci]);
                 g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER,
@@ -398,7 +429,7 @@ static bool reap(Pager *pg, uint32_t ci, GError **error)
                             why ? why : g_strerror(-done[i]->status));
                 return false;
             }
-            if (!completed(pg, done[i]->user, error))
+            if (!completed(pg, r, error))
                 return false;
         }
         if (n < (int)G_N_ELEMENTS(done))
@@ -430,6 +461,7 @@ static int pull(Pager *pg, PullReq *r, uint32_t ci, guint bi, uint64_t first, ui
     r->first = first;
     r->n = n;
     r->conn = (int)ci;
+    r->epoch = pg->epoch;
     r->busy = true;
     for (uint64_t p = first; p < first + n; p++)
         rdmig_bitmap_clear(b->unrequested, p);
@@ -440,6 +472,8 @@ static int pull(Pager *pg, PullReq *r, uint32_t ci, guint bi, uint64_t first, ui
 /* Requests the pages faulted on and not yet requested, as fault slots allow. */
 static bool pull_faulted(Pager *pg, GError **error)
 {
+    if (!pg->pulling)
+        return true; /* paused: the waiters are kept for the next link */
     for (uint32_t i = 0; i < pg->nwaiters; i++) {
         Waiter *w = &pg->waiters[i];
         if (!rdmig_bitmap_test(blk(pg, w->block)->unrequested, w->page))
@@ -459,6 +493,8 @@ static bool pull_faulted(Pager *pg, GError **error)
 static bool pull_background(Pager *pg, GError **error)
 {
     RdmigSession *s = pg->s;
+    if (!pg->pulling)
+        return true;
     for (int k = 0; k < BULK_SLOTS; k++) {
         PullReq *r = &pg->bulk[k];
         if (r->busy)
@@ -589,6 +625,25 @@ static bool pull_loop(Pager *pg, GError **error)
             if (r > 0 && f.hdr.type == RDMIG_MSG_HASHES) {
                 if (!late_hashes(pg, &f, error))
                     return false;
+            } else if (r > 0 && !pg->pulling && f.hdr.type == RDMIG_MSG_SOURCE_REGIONS) {
+                if (!rdmig_destination_store_source_keys(s, &f, error))
+                    return false;
+            } else if (r > 0 && !pg->pulling && f.hdr.type == RDMIG_MSG_POSTCOPY_RESUME) {
+                uint64_t epoch;
+                if (!rdmig_u64_decode(f.payload, f.hdr.length, &epoch, "POSTCOPY_RESUME", error))
+                    return false;
+                if (epoch != s->epoch) {
+                    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                                "POSTCOPY_RESUME for epoch %" G_GUINT64_FORMAT " on the link of "
+                                "epoch %" G_GUINT64_FORMAT, epoch, s->epoch);
+                    return false;
+                }
+                if (!rdmig_session_resumed(s)) {
+                    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                                "POSTCOPY_RESUME outside recovery");
+                    return false;
+                }
+                pg->pulling = true;
             } else if (r > 0) {
                 g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
                             "unexpected %s from the source during postcopy",
@@ -635,11 +690,190 @@ static bool pulled_ok(Pager *pg, RdmigCompleteAck *ack)
     return false;
 }
 
+/* ------------------------------------------------------------ recovery */
+
+static void update_missing(Pager *pg)
+{
+    RDMIG_STATS_UPDATE(pg->s, pg->s->stats.pages_missing = pg->needed - pg->received);
+}
+
+/* The link is gone: fence it off and keep what we have. */
+static void pager_pause(Pager *pg, const GError *why)
+{
+    RdmigSession *s = pg->s;
+    rdmig_session_pause(s, why, false);
+    pg->epoch++;
+    pg->pulling = false;
+    PullReq *all[FAULT_SLOTS + BULK_SLOTS];
+    for (int i = 0; i < FAULT_SLOTS; i++)
+        all[i] = &pg->faults[i];
+    for (int i = 0; i < BULK_SLOTS; i++)
+        all[FAULT_SLOTS + i] = &pg->bulk[i];
+    for (size_t i = 0; i < G_N_ELEMENTS(all); i++) {
+        PullReq *r = all[i];
+        if (!r->busy)
+            continue;
+        RdmigRamBlock *b = blk(pg, r->block);
+        for (uint64_t p = r->first; p < r->first + r->n; p++)
+            if (!rdmig_bitmap_test(b->received, p))
+                rdmig_bitmap_set(b->unrequested, p);
+        r->busy = false;
+    }
+    pg->bg_block = 0;
+    pg->bg_cursor = 0;
+    /* What the old connections still complete is dropped by the epoch. */
+    for (uint32_t i = 0; i < s->nconns; i++) {
+        if (!s->conns[i])
+            continue;
+        s->tp->disconnect(s->conns[i]);
+        RdmigIoReq *done[32];
+        while (s->tp->poll(s->conns[i], done, G_N_ELEMENTS(done)) > 0)
+            ;
+    }
+    if (pg->staging_region)
+        s->tp->deregister_region(pg->staging_region);
+    pg->staging_region = NULL;
+    rdmig_destination_drop_link(s);
+    update_missing(pg);
+}
+
+/* A new link is up: our staging buffer in its transport, and the source
+ * learns what we hold. */
+static bool link_ready(Pager *pg, GError **error)
+{
+    RdmigSession *s = pg->s;
+    pg->fault_conn = s->nconns - 1;
+    pg->bulk_conns = s->nconns > 1 ? s->nconns - 1 : 1;
+    pg->staging_region = s->tp->register_region(s->transport, pg->staging, pg->staging_len,
+                                                RDMIG_ACCESS_LOCAL_WRITE, error);
+    if (!pg->staging_region) {
+        g_prefix_error(error, "registering the postcopy staging buffer: ");
+        return false;
+    }
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = blk(pg, bi);
+        size_t words = rdmig_bitmap_words(b->npages);
+        for (size_t w = 0; w < words; w += RDMIG_RECEIVED_WORDS_PER_MSG) {
+            uint32_t n = (uint32_t)MIN((size_t)RDMIG_RECEIVED_WORDS_PER_MSG, words - w);
+            if (!rdmig_session_send(s, RDMIG_MSG_RECEIVED,
+                                    rdmig_received_encode(bi, (uint64_t)w * 64, b->received + w,
+                                                          n), error))
+                return false;
+        }
+    }
+    return rdmig_session_send(s, RDMIG_MSG_RECEIVED_END, rdmig_u64_encode(pg->received), error);
+}
+
+/* Paused and asked to give up: the pages only the source had are lost. */
+static void give_up(Pager *pg, GError **error)
+{
+    GString *lost = g_string_new(NULL);
+    uint32_t runs = 0;
+    for (guint bi = 0; bi < pg->s->blocks->len && runs < 8; bi++) {
+        RdmigRamBlock *b = blk(pg, bi);
+        uint64_t p = 0;
+        while (runs < 8) {
+            uint64_t first = p;
+            while (first < b->npages &&
+                   (!rdmig_bitmap_test(b->needed, first) || rdmig_bitmap_test(b->received, first)))
+                first++;
+            if (first >= b->npages)
+                break;
+            uint64_t end = first;
+            while (end < b->npages && rdmig_bitmap_test(b->needed, end) &&
+                   !rdmig_bitmap_test(b->received, end))
+                end++;
+            g_string_append_printf(lost, "%s%s:%" G_GUINT64_FORMAT "-%" G_GUINT64_FORMAT,
+                                   runs ? ", " : "", b->name, first, end - 1);
+            runs++;
+            p = end;
+        }
+    }
+    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED,
+                "postcopy given up while paused: %" G_GUINT64_FORMAT " pages never came from "
+                "the source and are lost (block:pages %s%s); guest threads touching them wait "
+                "forever, never read garbage: stop this guest", pg->needed - pg->received,
+                lost->str, runs >= 8 ? ", ..." : "");
+    g_string_free(lost, TRUE);
+}
+
+/* Paused: serves what faults it can and waits for the source to come back
+ * on a listener handed over by rdmig_session_recover(). */
+static bool wait_recovery(Pager *pg, GError **error)
+{
+    RdmigSession *s = pg->s;
+    int lfd = -1;
+    bool ok = false;
+    for (;;) {
+        g_mutex_lock(&s->lock);
+        if (s->recover_fd_new >= 0) {
+            if (lfd >= 0)
+                close(lfd);
+            lfd = s->recover_fd_new;
+            s->recover_fd_new = -1;
+        }
+        g_mutex_unlock(&s->lock);
+        struct pollfd p[3] = { { .fd = pg->uffd, .events = POLLIN },
+                               { .fd = s->wake_fd, .events = POLLIN },
+                               { .fd = lfd, .events = POLLIN } };
+        if (poll(p, 3, 1000) < 0 && errno != EINTR) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s", g_strerror(errno));
+            break;
+        }
+        if (p[0].revents && !read_faults(pg, error))
+            break;
+        if (p[1].revents) {
+            uint64_t v;
+            if (read(s->wake_fd, &v, sizeof(v)) < 0) {
+                /* Drained already. */
+            }
+            if (rdmig_session_cancelled(s)) {
+                give_up(pg, error);
+                break;
+            }
+        }
+        if (lfd >= 0 && p[2].revents) {
+            GError *err = NULL;
+            if (rdmig_destination_recover_link(s, lfd, &err) && link_ready(pg, &err)) {
+                ok = true;
+                break;
+            }
+            if (pg->staging_region)
+                s->tp->deregister_region(pg->staging_region);
+            pg->staging_region = NULL;
+            rdmig_destination_drop_link(s);
+            rdmig_session_pause(s, err, true);
+            g_error_free(err);
+        }
+    }
+    if (lfd >= 0)
+        close(lfd);
+    return ok;
+}
+
 bool rdmig_postcopy_pull(RdmigSession *s, bool (*resume)(RdmigSession *, GError **),
                          RdmigCompleteAck *ack, GError **error)
 {
     Pager *pg = g_new0(Pager, 1);
-    bool ok = pager_init(pg, s, error) && resume(s, error) && pull_loop(pg, error);
+    bool ok = pager_init(pg, s, error) && resume(s, error);
+    pg->pulling = ok;
+    update_missing(pg);
+    while (ok) {
+        GError *lost = NULL;
+        if (pull_loop(pg, &lost))
+            break;
+        if (!rdmig_session_link_lost(s, lost)) {
+            g_propagate_error(error, lost);
+            ok = false;
+            break;
+        }
+        pager_pause(pg, lost);
+        g_error_free(lost);
+        ok = wait_recovery(pg, error);
+    }
+    if (pg->duplicates)
+        g_message("postcopy: %" G_GUINT64_FORMAT " pages arrived twice and were placed once",
+                  pg->duplicates);
     if (ok && !pulled_ok(pg, ack)) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_VERIFY, "%s", ack->message);
         ok = false;

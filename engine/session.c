@@ -113,6 +113,7 @@ RdmigSession *rdmig_session_new(RdmigRole role, const RdmigParams *params, GErro
     s->stop_fd = stop;
     s->listen_fd = -1;
     s->postcopy_uffd = -1;
+    s->recover_fd_new = -1;
     g_mutex_init(&s->lock);
     g_mutex_init(&s->data_err_lock);
     g_mutex_init(&s->keepalive_lock);
@@ -153,6 +154,9 @@ void rdmig_session_free(RdmigSession *s)
      * caller stops the guest before freeing the session. */
     if (s->postcopy_uffd >= 0)
         close(s->postcopy_uffd);
+    if (s->recover_fd_new >= 0)
+        close(s->recover_fd_new);
+    g_free(s->recover_address);
     close(s->wake_fd);
     close(s->stop_fd);
     g_clear_error(&s->error);
@@ -299,6 +303,104 @@ bool rdmig_session_start_postcopy(RdmigSession *s, GError **error)
     return true;
 }
 
+bool rdmig_session_recover(RdmigSession *s, const char *address, GError **error)
+{
+    if (!address || !*address) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID, "recovery needs an address");
+        return false;
+    }
+    g_mutex_lock(&s->lock);
+    if (s->state != RDMIG_STATE_POSTCOPY_PAUSED) {
+        RdmigState st = s->state;
+        g_mutex_unlock(&s->lock);
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "recovery is for a migration in postcopy-paused; this one is %s",
+                    rdmig_state_str(st));
+        return false;
+    }
+    if (s->role == RDMIG_ROLE_DESTINATION) {
+        char *bound = NULL;
+        int fd = rdmig_socket_listen(address, &bound, error);
+        if (fd < 0) {
+            g_mutex_unlock(&s->lock);
+            g_prefix_error(error, "recovery listener: ");
+            return false;
+        }
+        if (s->recover_fd_new >= 0)
+            close(s->recover_fd_new);
+        s->recover_fd_new = fd;
+        g_free(s->listen_address);
+        s->listen_address = bound;
+    } else {
+        g_free(s->recover_address);
+        s->recover_address = g_strdup(address);
+    }
+    s->t_recover = g_get_monotonic_time();
+    g_mutex_unlock(&s->lock);
+    uint64_t one = 1;
+    if (write(s->wake_fd, &one, sizeof(one)) < 0) {
+        /* Saturated: the session is being woken already. */
+    }
+    return true;
+}
+
+bool rdmig_session_link_lost(RdmigSession *s, const GError *err)
+{
+    if (!(s->features & RDMIG_FEATURE_RECOVERY) || g_atomic_int_get(&s->peer_reported))
+        return false;
+    /* A peer that vanished or stalled, a connection that broke or could not
+     * be made: the network's fault, not the migration's. */
+    return err->domain == RDMIG_ERROR &&
+           (err->code == RDMIG_ERROR_PEER || err->code == RDMIG_ERROR_CONNECT);
+}
+
+void rdmig_session_pause(RdmigSession *s, const GError *why, bool attempt)
+{
+    RdmigState st = rdmig_session_state(s);
+    g_warning("postcopy %s: %s", attempt ? "recovery attempt failed" : "paused", why->message);
+    if (st != RDMIG_STATE_POSTCOPY_PAUSED)
+        rdmig_session_set_state(s, st, RDMIG_STATE_POSTCOPY_PAUSED);
+    RDMIG_STATS_UPDATE(s, {
+        if (attempt) {
+            s->stats.recover_failures++;
+        } else {
+            s->stats.pauses++;
+            s->t_pause = g_get_monotonic_time();
+        }
+        g_strlcpy(s->stats.pause_reason, why->message, sizeof(s->stats.pause_reason));
+    });
+    /* A new link starts with a clean slate for these. */
+    g_atomic_int_set(&s->error_sent, 0);
+    g_atomic_int_set(&s->peer_reported, 0);
+    g_mutex_lock(&s->data_err_lock);
+    g_clear_pointer(&s->data_error, g_free);
+    g_mutex_unlock(&s->data_err_lock);
+}
+
+bool rdmig_session_resumed(RdmigSession *s)
+{
+    if (!rdmig_session_set_state(s, RDMIG_STATE_POSTCOPY_RECOVER, RDMIG_STATE_POSTCOPY_ACTIVE))
+        return false;
+    gint64 now = g_get_monotonic_time();
+    RDMIG_STATS_UPDATE(s, {
+        s->stats.paused_ms += (uint64_t)(now - s->t_pause) / 1000;
+        s->stats.last_recovery_ms = (uint64_t)(now - s->t_recover) / 1000;
+    });
+    g_message("postcopy resumed after %" G_GINT64_FORMAT " ms paused",
+              (now - s->t_pause) / 1000);
+    return true;
+}
+
+void rdmig_session_close_control(RdmigSession *s)
+{
+    if (!s->ctl)
+        return;
+    rdmig_control_shutdown(s->ctl);
+    s->ctl_bytes_done += rdmig_control_bytes(s->ctl);
+    rdmig_control_free(s->ctl);
+    s->ctl = NULL;
+}
+
 void rdmig_session_cancel(RdmigSession *s)
 {
     g_atomic_int_set(&s->cancel, 1);
@@ -310,6 +412,13 @@ void rdmig_session_cancel(RdmigSession *s)
 
 bool rdmig_session_send(RdmigSession *s, RdmigMsgType type, GByteArray *payload, GError **error)
 {
+    if (!s->ctl) {
+        if (payload)
+            g_byte_array_unref(payload);
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER,
+                    "no control channel to the peer (the link was lost)");
+        return false;
+    }
     bool ok = rdmig_control_send(s->ctl, type, payload ? payload->data : NULL,
                                  payload ? payload->len : 0, error);
     if (payload)
@@ -638,6 +747,8 @@ bool rdmig_session_start(RdmigSession *s, const char *address, GError **error)
 }
 
 const char *rdmig_session_listen_address(RdmigSession *s) { return s->listen_address; }
+
+bool rdmig_session_is_destination(RdmigSession *s) { return s->role == RDMIG_ROLE_DESTINATION; }
 
 bool rdmig_session_wait(RdmigSession *s, GError **error)
 {

@@ -101,6 +101,16 @@ struct RdmigSession {
     bool postcopy_fresh_hashes; /* after POSTCOPY_START: hashes of needed pages are final */
     uint64_t held_verified;     /* pages held (not pulled) that matched at PREPARE */
     int postcopy_uffd;          /* kept open after a failed postcopy: see postcopy.c */
+
+    /* postcopy recovery (both roles) */
+    uint64_t epoch;             /* recovery links: source counts its attempts, the
+                                 * destination accepts only a higher one than the last */
+    char *recover_address;      /* source: rdmig_session_recover() asked to resume here */
+    int recover_fd_new;         /* destination: listener handed over by rdmig_session_recover() */
+    uint64_t ctl_bytes_done;    /* control bytes of links already closed */
+    gint64 t_pause, t_recover;  /* when the last pause / recover request began */
+    bool recovery_hashes_sent;  /* source: the final hashes went out on the current link */
+    bool final_hashes_done;     /* source: hashes of the discarded pages are final */
 };
 
 /** Changes state if @from is current and the edge is allowed; calls the
@@ -132,6 +142,16 @@ void rdmig_session_send_error(RdmigSession *s, const GError *err);
 bool rdmig_destination_store_hashes(RdmigSession *s, const RdmigFrame *f, guint *block,
                                     uint64_t *first, uint32_t *n, GError **error);
 
+/** Destination: stores the source's keys (SOURCE_REGIONS). */
+bool rdmig_destination_store_source_keys(RdmigSession *s, const RdmigFrame *f, GError **error);
+/** Destination, postcopy paused: takes a source on @listen_fd and, if it is
+ *  this session's coming back, renegotiates the data transport and opens
+ *  its connections (state postcopy-recover).  On failure the peer is told
+ *  why; the caller drops the link. */
+bool rdmig_destination_recover_link(RdmigSession *s, int listen_fd, GError **error);
+/** Destination: closes the control channel, data connections and transport. */
+void rdmig_destination_drop_link(RdmigSession *s);
+
 /** Adds the calling thread's CPU time to the stats; each session thread
  *  calls it once, as it exits. */
 void rdmig_session_account_thread_cpu(RdmigSession *s);
@@ -143,6 +163,17 @@ uint64_t rdmig_thread_cpu_us(void);
  *  the error names the block, and blocks already registered stay so (the
  *  teardown deregisters them). */
 bool rdmig_session_register_blocks(RdmigSession *s, uint32_t access, GError **error);
+
+/** Postcopy recovery: whether @err (a failure of the link during postcopy)
+ *  may pause the migration rather than end it. */
+bool rdmig_session_link_lost(RdmigSession *s, const GError *err);
+/** Enters postcopy-paused from the current state, noting @why: a new pause,
+ *  or (@attempt) a recovery attempt that failed. */
+void rdmig_session_pause(RdmigSession *s, const GError *why, bool attempt);
+/** Leaves recovery for postcopy-active; notes how long it took. */
+bool rdmig_session_resumed(RdmigSession *s);
+/** The control channel's bytes into the stats, then closes it. */
+void rdmig_session_close_control(RdmigSession *s);
 
 void rdmig_session_start_keepalive(RdmigSession *s);
 void rdmig_session_stop_keepalive(RdmigSession *s);

@@ -44,12 +44,19 @@ bool rdmig_source_connect(RdmigSession *s, const char *address, GError **error)
 
 /* ---------------------------------------------------------------- handshake */
 
-static bool handshake(RdmigSession *s, GError **error)
+/* HELLO, then (@recovering) RESUME with the new epoch; takes HELLO_ACK: the
+ * features, the data transport and how many connections.  @skip: a
+ * transport not to offer again (it could not connect on the last attempt). */
+static bool exchange_hello(RdmigSession *s, bool recovering, const RdmigTransportOps *skip,
+                           RdmigHelloAck *ack, GError **error)
 {
-    const RdmigTransportOps *mine[RDMIG_MAX_TRANSPORTS];
-    uint32_t nmine = rdmig_session_transports(s, mine, RDMIG_MAX_TRANSPORTS, error);
-    if (!nmine)
+    const RdmigTransportOps *all[RDMIG_MAX_TRANSPORTS], *mine[RDMIG_MAX_TRANSPORTS];
+    uint32_t nall = rdmig_session_transports(s, all, RDMIG_MAX_TRANSPORTS, error), nmine = 0;
+    if (!nall)
         return false;
+    for (uint32_t i = 0; i < nall; i++)
+        if (all[i] != skip || nall == 1)
+            mine[nmine++] = all[i];
 
     /* Postcopy pulls faults on a connection of their own, away from bulk reads. */
     uint32_t want_conns = s->params.postcopy ? MAX(s->params.data_connections, 2u)
@@ -57,14 +64,15 @@ static bool handshake(RdmigSession *s, GError **error)
     RdmigHello h = { .version = RDMIG_PROTOCOL_VERSION,
                      .features_supported = RDMIG_FEATURES_KNOWN,
                      .features_required = (s->params.verify ? RDMIG_FEATURE_VERIFY : 0) |
-                                          (s->params.postcopy ? RDMIG_FEATURE_POSTCOPY : 0),
+                                          (s->params.postcopy ? RDMIG_FEATURE_POSTCOPY : 0) |
+                                          (recovering ? RDMIG_FEATURE_RECOVERY : 0),
                      .data_connections = want_conns,
                      .n_transports = nmine,
                      .n_blocks = s->blocks->len };
     if (!s->params.verify)
         h.features_supported &= ~RDMIG_FEATURE_VERIFY;
     if (!s->params.postcopy)
-        h.features_supported &= ~RDMIG_FEATURE_POSTCOPY;
+        h.features_supported &= ~(RDMIG_FEATURE_POSTCOPY | RDMIG_FEATURE_RECOVERY);
     memcpy(h.session_id, s->session_id, sizeof(h.session_id));
     for (uint32_t i = 0; i < nmine; i++)
         g_strlcpy(h.transports[i], mine[i]->name, sizeof(h.transports[i]));
@@ -78,6 +86,9 @@ static bool handshake(RdmigSession *s, GError **error)
     h.blocks = wb;
     if (!rdmig_session_send(s, RDMIG_MSG_HELLO, rdmig_hello_encode(&h), error))
         return false;
+    if (recovering &&
+        !rdmig_session_send(s, RDMIG_MSG_RESUME, rdmig_u64_encode(s->epoch), error))
+        return false;
 
     RdmigFrame f;
     int r = rdmig_session_recv(s, &f, -1, error);
@@ -89,38 +100,79 @@ static bool handshake(RdmigSession *s, GError **error)
                     rdmig_msg_type_str(f.hdr.type));
         return false;
     }
-    RdmigHelloAck ack;
-    if (!rdmig_hello_ack_decode(f.payload, f.hdr.length, &ack, error))
+    if (!rdmig_hello_ack_decode(f.payload, f.hdr.length, ack, error))
         return false;
     uint64_t enabled;
     if (!rdmig_features_negotiate(h.features_supported, h.features_required,
-                                  ack.features_supported, 0, &enabled, error))
+                                  ack->features_supported, 0, &enabled, error))
         return false;
-    if (ack.features_enabled & ~enabled) {
+    if (ack->features_enabled & ~enabled) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
                     "destination enabled features 0x%" G_GINT64_MODIFIER "x that are not shared",
-                    ack.features_enabled & ~enabled);
+                    ack->features_enabled & ~enabled);
         return false;
     }
-    s->features = ack.features_enabled;
+    if (recovering && ack->features_enabled != s->features) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "the recovered destination enabled features 0x%" G_GINT64_MODIFIER "x, the "
+                    "paused migration has 0x%" G_GINT64_MODIFIER "x", ack->features_enabled,
+                    s->features);
+        return false;
+    }
+    s->features = ack->features_enabled;
+    s->tp = NULL;
     for (uint32_t i = 0; i < nmine; i++)
-        if (strcmp(mine[i]->name, ack.transport) == 0)
+        if (strcmp(mine[i]->name, ack->transport) == 0)
             s->tp = mine[i];
     if (!s->tp) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
-                    "destination chose data transport '%s', which was not offered", ack.transport);
+                    "destination chose data transport '%s', which was not offered", ack->transport);
         return false;
     }
-    if (!ack.data_connections || ack.data_connections > want_conns) {
+    if (!ack->data_connections || ack->data_connections > want_conns) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
                     "destination asked for %u data connections, %u were offered",
-                    ack.data_connections, want_conns);
+                    ack->data_connections, want_conns);
         return false;
     }
-    s->nconns = ack.data_connections;
+    s->nconns = ack->data_connections;
     rdmig_session_start_keepalive(s);
+    return true;
+}
 
-    r = rdmig_session_recv(s, &f, -1, error);
+/* The data transport and its connections, as HELLO_ACK said. */
+static bool open_data(RdmigSession *s, const RdmigHelloAck *ack, GError **error)
+{
+    RdmigTransportConfig cfg = { .queue_depth = RDMIG_REQS_PER_CONN,
+                                 .connect_timeout_ms = s->params.connect_timeout_ms,
+                                 .max_io_bytes = RDMIG_IO_PAGES_MAX * 65536u,
+                                 .conn_token = ack->conn_token };
+    s->transport = s->tp->create(&cfg, error);
+    if (!s->transport)
+        return false;
+    /* Connections first: an RDMA transport learns its device (and so has a
+     * protection domain to register memory in) only when it connects. */
+    for (uint32_t i = 0; i < s->nconns; i++) {
+        s->conns[i] = s->tp->connect(s->transport, ack->data_address, error);
+        if (!s->conns[i]) {
+            g_prefix_error(error, "data connection %u of %u: ", i + 1, s->nconns);
+            return false;
+        }
+    }
+    RDMIG_STATS_UPDATE(s, {
+        g_strlcpy(s->stats.transport, s->tp->name, sizeof(s->stats.transport));
+        s->stats.data_connections = s->nconns;
+    });
+    return true;
+}
+
+static bool handshake(RdmigSession *s, GError **error)
+{
+    RdmigHelloAck ack;
+    if (!exchange_hello(s, false, NULL, &ack, error))
+        return false;
+    RdmigFrame f;
+    int r = rdmig_session_recv(s, &f, -1, error);
     if (r <= 0)
         return false;
     if (f.hdr.type != RDMIG_MSG_REGIONS) {
@@ -140,28 +192,7 @@ static bool handshake(RdmigSession *s, GError **error)
     }
     for (guint i = 0; i < s->blocks->len; i++)
         ((RdmigRamBlock *)s->blocks->pdata[i])->rkey = regions->keys[i];
-
-    RdmigTransportConfig cfg = { .queue_depth = RDMIG_REQS_PER_CONN,
-                                 .connect_timeout_ms = s->params.connect_timeout_ms,
-                                 .max_io_bytes = RDMIG_IO_PAGES_MAX * 65536u,
-                                 .conn_token = ack.conn_token };
-    s->transport = s->tp->create(&cfg, error);
-    if (!s->transport)
-        return false;
-    /* Connections first: an RDMA transport learns its device (and so has a
-     * protection domain to register memory in) only when it connects. */
-    for (uint32_t i = 0; i < s->nconns; i++) {
-        s->conns[i] = s->tp->connect(s->transport, ack.data_address, error);
-        if (!s->conns[i]) {
-            g_prefix_error(error, "data connection %u of %u: ", i + 1, s->nconns);
-            return false;
-        }
-    }
-    RDMIG_STATS_UPDATE(s, {
-        g_strlcpy(s->stats.transport, s->tp->name, sizeof(s->stats.transport));
-        s->stats.data_connections = s->nconns;
-    });
-    return true;
+    return open_data(s, &ack, error);
 }
 
 /* ---------------------------------------------------------------- dirty log */
@@ -540,6 +571,16 @@ static bool end_round(RdmigSession *s, uint64_t round, GError **error)
 
 /* ---------------------------------------------------------------- phases */
 
+/* Postcopy: the keys the destination reads our RAM with. */
+static bool send_source_keys(RdmigSession *s, GError **error)
+{
+    g_autofree RdmigRegions *keys = g_new0(RdmigRegions, 1);
+    keys->n_blocks = s->blocks->len;
+    for (guint i = 0; i < s->blocks->len; i++)
+        s->tp->region_key(((RdmigRamBlock *)s->blocks->pdata[i])->region, &keys->keys[i]);
+    return rdmig_session_send(s, RDMIG_MSG_SOURCE_REGIONS, rdmig_regions_encode(keys), error);
+}
+
 static bool setup_memory(RdmigSession *s, GError **error)
 {
     bool verify = s->features & RDMIG_FEATURE_VERIFY;
@@ -577,14 +618,8 @@ static bool setup_memory(RdmigSession *s, GError **error)
     /* Readable by the peer only when it may pull pages (postcopy). */
     if (!rdmig_session_register_blocks(s, postcopy ? RDMIG_ACCESS_REMOTE_READ : 0, error))
         return false;
-    if (postcopy) {
-        g_autofree RdmigRegions *keys = g_new0(RdmigRegions, 1);
-        keys->n_blocks = s->blocks->len;
-        for (guint i = 0; i < s->blocks->len; i++)
-            s->tp->region_key(((RdmigRamBlock *)s->blocks->pdata[i])->region, &keys->keys[i]);
-        if (!rdmig_session_send(s, RDMIG_MSG_SOURCE_REGIONS, rdmig_regions_encode(keys), error))
-            return false;
-    }
+    if (postcopy && !send_source_keys(s, error))
+        return false;
     RDMIG_STATS_UPDATE(s, s->stats.registration_time_ms = (uint64_t)(now_us() - t0) / 1000);
     /* Pinning can mark every page written (soft-dirty does, with rxe): take
      * that into round 1, which sends those pages anyway, rather than into
@@ -733,6 +768,11 @@ static bool send_discards(RdmigSession *s, uint64_t *discarded, GError **error)
     return true;
 }
 
+static bool postcopy_serve(RdmigSession *s, GError **error, bool broken);
+static bool postcopy_link(RdmigSession *s, GError **error);
+static void source_pause(RdmigSession *s, const GError *why);
+static bool wait_resume(RdmigSession *s, GError **error);
+
 static bool wait_flag(RdmigSession *s, const bool *flag, GError **error)
 {
     while (!*flag)
@@ -811,24 +851,68 @@ static bool postcopy(RdmigSession *s, uint64_t round, GError **error)
     /* From here the destination may run the guest: never resume it here. */
     s->postcopy_started = true;
     if (!rdmig_session_send(s, RDMIG_MSG_POSTCOPY_START, rdmig_u64_encode(discarded), error))
-        return false;
+        return postcopy_serve(s, error, true);
     RDMIG_STATS_UPDATE(s, s->stats.pages_discarded = discarded);
+    return postcopy_serve(s, error, false);
+}
+
+/* After POSTCOPY_START: until the destination has every page.  A broken
+ * link pauses (when recovery was negotiated) and waits for
+ * rdmig_session_recover(); @broken: it broke already. */
+static bool postcopy_serve(RdmigSession *s, GError **error, bool broken)
+{
+    uint64_t cpu0 = rdmig_thread_cpu_us();
+    for (;;) {
+        GError *err = NULL;
+        if (broken) {
+            broken = false;
+        } else if (postcopy_link(s, &err)) {
+            RDMIG_STATS_UPDATE(s, s->stats.postcopy_cpu_us = rdmig_thread_cpu_us() - cpu0);
+            return take_complete_ack(s, error);
+        }
+        if (!err)
+            err = g_error_copy(*error);
+        g_clear_error(error);
+        if (!rdmig_session_link_lost(s, err)) {
+            g_propagate_error(error, err);
+            return false;
+        }
+        source_pause(s, err);
+        g_error_free(err);
+        if (!wait_resume(s, error))
+            return false;
+    }
+}
+
+/* Our memory no longer changes: the final hashes of the discarded pages. */
+static void final_hashes(RdmigSession *s)
+{
+    if (s->final_hashes_done || !(s->features & RDMIG_FEATURE_VERIFY))
+        return;
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        for (uint64_t p = rdmig_bitmap_next_set(b->dirty, b->npages, 0); p < b->npages;
+             p = rdmig_bitmap_next_set(b->dirty, b->npages, p + 1))
+            b->hashes[p] = rdmig_page_hash(b->host + p * b->page_size, b->page_size);
+    }
+    s->final_hashes_done = true;
+}
+
+/* One link's share of postcopy: RUNNING (once), the final hashes (once per
+ * link), then COMPLETE_ACK. */
+static bool postcopy_link(RdmigSession *s, GError **error)
+{
     while (!s->postcopy_running && !s->complete_acked)
         if (!wait_events(s, (int)s->params.keepalive_ms, error))
             return false;
-    uint64_t cpu0 = rdmig_thread_cpu_us();
-    RDMIG_STATS_UPDATE(s, s->stats.downtime_ms = (uint64_t)(now_us() - s->t_stop) / 1000);
-    /* Our memory no longer changes: the final hashes of the discarded pages,
-     * while the destination already runs the guest. */
-    if (s->features & RDMIG_FEATURE_VERIFY) {
-        for (guint bi = 0; bi < s->blocks->len; bi++) {
-            RdmigRamBlock *b = s->blocks->pdata[bi];
-            for (uint64_t p = rdmig_bitmap_next_set(b->dirty, b->npages, 0); p < b->npages;
-                 p = rdmig_bitmap_next_set(b->dirty, b->npages, p + 1))
-                b->hashes[p] = rdmig_page_hash(b->host + p * b->page_size, b->page_size);
-        }
+    if (!s->stats.downtime_ms)
+        RDMIG_STATS_UPDATE(s, s->stats.downtime_ms = (uint64_t)(now_us() - s->t_stop) / 1000);
+    /* While the destination already runs the guest. */
+    final_hashes(s);
+    if ((s->features & RDMIG_FEATURE_VERIFY) && !s->recovery_hashes_sent) {
         if (!send_hashes(s, error))
             return false;
+        s->recovery_hashes_sent = true;
     }
     while (!s->complete_acked) {
         if (wait_events(s, (int)s->params.keepalive_ms, error))
@@ -852,8 +936,204 @@ static bool postcopy(RdmigSession *s, uint64_t round, GError **error)
             return false;
         g_clear_error(error);
     }
-    RDMIG_STATS_UPDATE(s, s->stats.postcopy_cpu_us = rdmig_thread_cpu_us() - cpu0);
-    return take_complete_ack(s, error);
+    return true;
+}
+
+/* ---------------------------------------------------------------- recovery */
+
+/* Closes the control channel, the data connections and the transport; our
+ * RAM stays as it is. */
+static void drop_link(RdmigSession *s)
+{
+    rdmig_session_stop_keepalive(s);
+    for (uint32_t i = 0; i < s->nconns; i++) {
+        if (!s->conns[i])
+            continue;
+        s->tp->disconnect(s->conns[i]);
+        RdmigIoReq *done[32];
+        while (s->tp->poll(s->conns[i], done, G_N_ELEMENTS(done)) > 0)
+            ;
+        s->tp->conn_close(s->conns[i]);
+        s->conns[i] = NULL;
+    }
+    for (guint i = 0; i < s->blocks->len; i++) {
+        RdmigRamBlock *b = s->blocks->pdata[i];
+        if (b->region)
+            s->tp->deregister_region(b->region);
+        b->region = NULL;
+    }
+    if (s->transport)
+        s->tp->destroy(s->transport);
+    s->transport = NULL;
+    rdmig_session_close_control(s);
+}
+
+static void source_pause(RdmigSession *s, const GError *why)
+{
+    rdmig_session_pause(s, why, false);
+    drop_link(s);
+    s->recovery_hashes_sent = false;
+}
+
+/* RECEIVED ... RECEIVED_END: what the destination holds, which must be
+ * pages we told it to pull. */
+static bool take_received(RdmigSession *s, uint64_t *received, GError **error)
+{
+    uint64_t counted = 0;
+    for (;;) {
+        RdmigFrame f;
+        int r = rdmig_session_recv(s, &f, -1, error);
+        if (r <= 0)
+            return false;
+        if (f.hdr.type == RDMIG_MSG_RECEIVED_END) {
+            if (!rdmig_u64_decode(f.payload, f.hdr.length, received, "RECEIVED_END", error))
+                return false;
+            if (*received != counted) {
+                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                            "RECEIVED_END says %" G_GUINT64_FORMAT " pages, the bitmap had %"
+                            G_GUINT64_FORMAT, *received, counted);
+                return false;
+            }
+            return true;
+        }
+        if (f.hdr.type != RDMIG_MSG_RECEIVED) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                        "expected the received bitmap from the recovering destination, got %s",
+                        rdmig_msg_type_str(f.hdr.type));
+            return false;
+        }
+        RdmigReceivedMsg m;
+        if (!rdmig_received_decode(f.payload, f.hdr.length, &m, error))
+            return false;
+        if (m.block >= s->blocks->len) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                        "RECEIVED names RAM block #%u; there are only %u", m.block,
+                        s->blocks->len);
+            return false;
+        }
+        RdmigRamBlock *b = s->blocks->pdata[m.block];
+        size_t words = rdmig_bitmap_words(b->npages), w0 = (size_t)(m.first / 64);
+        if (m.first >= b->npages || m.n_words > words - w0) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                        "RECEIVED for %u words at page %" G_GUINT64_FORMAT " is outside block "
+                        "'%s' (%" G_GUINT64_FORMAT " pages)", m.n_words, m.first, b->name,
+                        b->npages);
+            return false;
+        }
+        for (uint32_t i = 0; i < m.n_words; i++) {
+            uint64_t w = rdmig_received_word(&m, i);
+            if (w & ~b->dirty[w0 + i]) {
+                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                            "RECEIVED claims pages near page %" G_GUINT64_FORMAT " of '%s' that "
+                            "were never to be pulled", (uint64_t)(w0 + i) * 64, b->name);
+                return false;
+            }
+            counted += (uint64_t)__builtin_popcountll(w);
+        }
+    }
+}
+
+/* One recovery attempt toward @address.  On a failure to open the data
+ * connections, @failed names the transport that could not. */
+static bool resume_link(RdmigSession *s, const char *address, const RdmigTransportOps *skip,
+                        const RdmigTransportOps **failed, GError **error)
+{
+    if (!rdmig_session_set_state(s, RDMIG_STATE_POSTCOPY_PAUSED,
+                                 RDMIG_STATE_POSTCOPY_RECOVER_SETUP)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
+        return false;
+    }
+    s->epoch++;
+    int fd = rdmig_socket_connect(address, (int)s->params.connect_timeout_ms, s->wake_fd, error);
+    if (fd < 0)
+        return false;
+    s->ctl = rdmig_control_new(fd, (int)s->params.peer_timeout_ms);
+    g_atomic_pointer_set(&s->last_rx_us, now_us());
+    RdmigHelloAck ack;
+    if (!exchange_hello(s, true, skip, &ack, error))
+        return false;
+    if (!rdmig_session_set_state(s, RDMIG_STATE_POSTCOPY_RECOVER_SETUP,
+                                 RDMIG_STATE_POSTCOPY_RECOVER)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
+        return false;
+    }
+    if (!open_data(s, &ack, error)) {
+        *failed = s->tp;
+        return false;
+    }
+    uint64_t received;
+    if (!rdmig_session_register_blocks(s, RDMIG_ACCESS_REMOTE_READ, error) ||
+        !take_received(s, &received, error) || !send_source_keys(s, error))
+        return false;
+    final_hashes(s);
+    if (s->features & RDMIG_FEATURE_VERIFY) {
+        if (!send_hashes(s, error))
+            return false;
+        s->recovery_hashes_sent = true;
+    }
+    if (!rdmig_session_send(s, RDMIG_MSG_POSTCOPY_RESUME, rdmig_u64_encode(s->epoch), error))
+        return false;
+    uint64_t discarded = s->stats.pages_discarded;
+    g_message("postcopy recovery: the destination holds %" G_GUINT64_FORMAT " of %"
+              G_GUINT64_FORMAT " pages it pulls; resuming over %s", received, discarded,
+              s->tp->name);
+    /* It is paused in postcopy, so it runs the guest, whether or not its
+     * RUNNING reached us before the link broke. */
+    s->postcopy_running = true;
+    if (!rdmig_session_resumed(s)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
+        return false;
+    }
+    return true;
+}
+
+/* Paused: waits for rdmig_session_recover() and tries it; a transport that
+ * cannot connect is left out of one more immediate try (RDMA gone: go on
+ * over TCP).  Fails only when asked to give up. */
+static bool wait_resume(RdmigSession *s, GError **error)
+{
+    for (;;) {
+        struct pollfd p = { .fd = s->wake_fd, .events = POLLIN };
+        if (poll(&p, 1, 1000) < 0 && errno != EINTR) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s", g_strerror(errno));
+            return false;
+        }
+        if (p.revents) {
+            uint64_t v;
+            if (read(s->wake_fd, &v, sizeof(v)) < 0) {
+                /* Drained already. */
+            }
+        }
+        if (rdmig_session_cancelled(s)) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED,
+                        "postcopy given up while paused");
+            return false;
+        }
+        g_mutex_lock(&s->lock);
+        char *address = g_steal_pointer(&s->recover_address);
+        g_mutex_unlock(&s->lock);
+        if (!address)
+            continue;
+        const RdmigTransportOps *failed = NULL;
+        for (int attempt = 0; attempt < 2; attempt++) {
+            GError *err = NULL;
+            const RdmigTransportOps *skip = failed;
+            failed = NULL;
+            if (resume_link(s, address, skip, &failed, &err)) {
+                g_free(address);
+                return true;
+            }
+            drop_link(s);
+            if (failed && attempt == 0)
+                g_prefix_error(&err, "data transport %s did not come back (trying without "
+                               "it): ", failed->name);
+            rdmig_session_pause(s, err, true);
+            g_error_free(err);
+            if (!failed || rdmig_session_cancelled(s))
+                break;
+        }
+        g_free(address);
+    }
 }
 
 /* Postcopy when asked for (API call, rounds, time), or when precopy gives up
@@ -935,7 +1215,6 @@ static bool precopy(RdmigSession *s, GError **error)
 
 static void teardown(RdmigSession *s)
 {
-    rdmig_session_stop_keepalive(s);
     if (s->hasher) {
         uint64_t cpu = rdmig_hasher_free(s->hasher);
         s->hasher = NULL;
@@ -944,34 +1223,10 @@ static void teardown(RdmigSession *s)
             s->stats.data_cpu_us += cpu;
         });
     }
-    for (uint32_t i = 0; i < s->nconns; i++) {
-        if (!s->conns[i])
-            continue;
-        s->tp->disconnect(s->conns[i]);
-        RdmigIoReq *done[32];
-        while (s->tp->poll(s->conns[i], done, G_N_ELEMENTS(done)) > 0)
-            ;
-        s->tp->conn_close(s->conns[i]);
-        s->conns[i] = NULL;
-    }
-    for (guint i = 0; i < s->blocks->len; i++) {
-        RdmigRamBlock *b = s->blocks->pdata[i];
-        if (b->region)
-            s->tp->deregister_region(b->region);
-        b->region = NULL;
-    }
-    if (s->transport)
-        s->tp->destroy(s->transport);
-    s->transport = NULL;
+    drop_link(s);
     dirty_stop(s);
     g_clear_pointer(&s->reqs, g_free);
-    if (s->ctl) {
-        rdmig_control_shutdown(s->ctl);
-        RDMIG_STATS_UPDATE(s, s->stats.bytes_transferred =
-                                  s->total_data_bytes + rdmig_control_bytes(s->ctl));
-        rdmig_control_free(s->ctl);
-        s->ctl = NULL;
-    }
+    RDMIG_STATS_UPDATE(s, s->stats.bytes_transferred = s->total_data_bytes + s->ctl_bytes_done);
 }
 
 gpointer rdmig_source_thread(gpointer data)

@@ -13,6 +13,9 @@ static const char *const state_names[RDMIG_STATE__COUNT] = {
     [RDMIG_STATE_COMPLETED] = "completed",
     [RDMIG_STATE_FAILED] = "failed",
     [RDMIG_STATE_POSTCOPY_ACTIVE] = "postcopy-active",
+    [RDMIG_STATE_POSTCOPY_PAUSED] = "postcopy-paused",
+    [RDMIG_STATE_POSTCOPY_RECOVER_SETUP] = "postcopy-recover-setup",
+    [RDMIG_STATE_POSTCOPY_RECOVER] = "postcopy-recover",
 };
 
 const char *rdmig_state_str(RdmigState state)
@@ -32,6 +35,14 @@ static const bool allowed[RDMIG_STATE__COUNT][RDMIG_STATE__COUNT] = {
     T(ACTIVE, POSTCOPY_ACTIVE),
     /* No cancel once the destination runs the guest: there is no going back. */
     T(POSTCOPY_ACTIVE, COMPLETED), T(POSTCOPY_ACTIVE, FAILED),
+    /* The link broke: both halves of the guest's memory are kept until a
+     * new link resumes the pulling (source: recover-setup while it connects;
+     * both: recover while they resync), or the operator gives up. */
+    T(POSTCOPY_ACTIVE, POSTCOPY_PAUSED),
+    T(POSTCOPY_PAUSED, POSTCOPY_RECOVER_SETUP), T(POSTCOPY_PAUSED, POSTCOPY_RECOVER),
+    T(POSTCOPY_PAUSED, FAILED),
+    T(POSTCOPY_RECOVER_SETUP, POSTCOPY_RECOVER), T(POSTCOPY_RECOVER_SETUP, POSTCOPY_PAUSED),
+    T(POSTCOPY_RECOVER, POSTCOPY_ACTIVE), T(POSTCOPY_RECOVER, POSTCOPY_PAUSED),
     T(DEVICE, COMPLETED),  T(DEVICE, FAILED),     T(DEVICE, CANCELLING),
     T(CANCELLING, CANCELLED), T(CANCELLING, FAILED),
 };

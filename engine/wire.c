@@ -26,6 +26,10 @@ static const char *const msg_names[RDMIG_MSG__MAX] = {
     [RDMIG_MSG_POSTCOPY_RUNNING] = "POSTCOPY_RUNNING",
     [RDMIG_MSG_POSTCOPY_PREPARE] = "POSTCOPY_PREPARE",
     [RDMIG_MSG_POSTCOPY_PREPARED] = "POSTCOPY_PREPARED",
+    [RDMIG_MSG_RESUME] = "RESUME",
+    [RDMIG_MSG_RECEIVED] = "RECEIVED",
+    [RDMIG_MSG_RECEIVED_END] = "RECEIVED_END",
+    [RDMIG_MSG_POSTCOPY_RESUME] = "POSTCOPY_RESUME",
 };
 
 const char *rdmig_msg_type_str(uint16_t type)
@@ -431,6 +435,42 @@ bool rdmig_hashes_decode(const uint8_t *p, size_t len, RdmigHashesMsg *m, GError
 uint64_t rdmig_hashes_get(const RdmigHashesMsg *m, uint32_t i)
 {
     return be64(m->hashes + (size_t)i * 8);
+}
+
+/* ------------------------------------------------------------ received bitmap */
+
+GByteArray *rdmig_received_encode(uint32_t block, uint64_t first, const uint64_t *words,
+                                  uint32_t n_words)
+{
+    GByteArray *b = g_byte_array_sized_new(16 + (size_t)n_words * 8);
+    w32(b, block);
+    w64(b, first);
+    w32(b, n_words);
+    for (uint32_t i = 0; i < n_words; i++)
+        w64(b, words[i]);
+    return b;
+}
+
+bool rdmig_received_decode(const uint8_t *p, size_t len, RdmigReceivedMsg *m, GError **error)
+{
+    READER("RECEIVED");
+    m->block = r32(&rd, "block");
+    m->first = r64(&rd, "first page");
+    m->n_words = r32(&rd, "word count");
+    if (rd.failed)
+        return false;
+    if (m->first % 64)
+        return rfail(&rd, "first page %" G_GUINT64_FORMAT " is not a multiple of 64", m->first);
+    if ((uint64_t)m->n_words * 8 != len - rd.off)
+        return rfail(&rd, "%u words need %" G_GUINT64_FORMAT " bytes, payload has %zu",
+                     m->n_words, (uint64_t)m->n_words * 8, len - rd.off);
+    m->words = p + rd.off;
+    return true;
+}
+
+uint64_t rdmig_received_word(const RdmigReceivedMsg *m, uint32_t i)
+{
+    return be64(m->words + (size_t)i * 8);
 }
 
 /* ------------------------------------------------------------ u64 */

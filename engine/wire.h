@@ -33,9 +33,10 @@
 #define RDMIG_FEATURE_MULTI_CONN  (1ull << 2) /* more than one data connection */
 #define RDMIG_FEATURE_KEEPALIVE   (1ull << 3) /* PING frames on an idle channel */
 #define RDMIG_FEATURE_POSTCOPY    (1ull << 4) /* the destination may pull pages after switchover */
+#define RDMIG_FEATURE_RECOVERY    (1ull << 5) /* a broken postcopy pauses and resumes on a new link */
 #define RDMIG_FEATURES_KNOWN (RDMIG_FEATURE_VERIFY | RDMIG_FEATURE_ZERO_PAGES | \
                               RDMIG_FEATURE_MULTI_CONN | RDMIG_FEATURE_KEEPALIVE | \
-                              RDMIG_FEATURE_POSTCOPY)
+                              RDMIG_FEATURE_POSTCOPY | RDMIG_FEATURE_RECOVERY)
 
 typedef enum {
     RDMIG_MSG_HELLO = 1,     /* src -> dst: version, features, session, layout */
@@ -56,6 +57,10 @@ typedef enum {
     RDMIG_MSG_POSTCOPY_RUNNING, /* dst -> src: the guest runs on the destination */
     RDMIG_MSG_POSTCOPY_PREPARE, /* src -> dst: drop and check now, the guest still runs here */
     RDMIG_MSG_POSTCOPY_PREPARED,/* dst -> src: done; the switchover can begin */
+    RDMIG_MSG_RESUME,        /* src -> dst after HELLO on a recovery link: epoch (recovery) */
+    RDMIG_MSG_RECEIVED,      /* dst -> src: a slice of the received-pages bitmap (recovery) */
+    RDMIG_MSG_RECEIVED_END,  /* dst -> src: the bitmap is complete; pages received in all */
+    RDMIG_MSG_POSTCOPY_RESUME, /* src -> dst: keys and hashes resent; pull again (recovery) */
     RDMIG_MSG__MAX
 } RdmigMsgType;
 
@@ -143,7 +148,22 @@ GByteArray *rdmig_hashes_encode(uint32_t block, uint64_t first, const uint64_t *
 bool rdmig_hashes_decode(const uint8_t *p, size_t len, RdmigHashesMsg *m, GError **error);
 uint64_t rdmig_hashes_get(const RdmigHashesMsg *m, uint32_t i);
 
-/* ROUND_END / ROUND_ACK: u64 round.  COMPLETE: u64 pages. */
+/* RECEIVED: u32 block, u64 first page (a multiple of 64), u32 n words, then
+ * n x u64 bitmap words (LSB first). */
+#define RDMIG_RECEIVED_WORDS_PER_MSG (64u * 1024)
+typedef struct {
+    uint32_t block;
+    uint64_t first;
+    uint32_t n_words;
+    const uint8_t *words;
+} RdmigReceivedMsg;
+GByteArray *rdmig_received_encode(uint32_t block, uint64_t first, const uint64_t *words,
+                                  uint32_t n_words);
+bool rdmig_received_decode(const uint8_t *p, size_t len, RdmigReceivedMsg *m, GError **error);
+uint64_t rdmig_received_word(const RdmigReceivedMsg *m, uint32_t i);
+
+/* ROUND_END / ROUND_ACK: u64 round.  COMPLETE: u64 pages.  RESUME,
+ * POSTCOPY_RESUME: u64 epoch.  RECEIVED_END: u64 pages. */
 GByteArray *rdmig_u64_encode(uint64_t v);
 bool rdmig_u64_decode(const uint8_t *p, size_t len, uint64_t *v, const char *what, GError **error);
 

@@ -5,6 +5,13 @@
  *   rdmig recv --listen ADDR [options]   destination: wait for a source, receive, run the guest
  *   rdmig send --to ADDR [options]       source: start a synthetic guest and migrate it
  *   rdmig demo [options]                 both, as two local processes over loopback
+ *   rdmig recover --monitor PATH --listen ADDR   paused destination: wait for the source there
+ *   rdmig send --resume --monitor PATH --to ADDR paused source: resume toward that address
+ *   rdmig status --monitor PATH          state of a running send or recv, as JSON
+ *   rdmig cancel --monitor PATH          cancel it (in postcopy-paused: give up)
+ *
+ * send and recv answer on a monitor socket (--monitor, default
+ * /tmp/rdmig-PID.sock): one command per connection, one line back.
  *
  * Exit status: 0 completed, 1 failed, 2 bad usage, 3 cancelled.
  */
@@ -15,7 +22,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -58,6 +68,8 @@ typedef struct {
     int run_after_ms;
     int cancel_after_ms;
     int stop_after_failure_ms;
+    char *monitor;
+    gboolean resume;
 } Options;
 
 static Options opt = {
@@ -278,10 +290,177 @@ static char *human_bytes(double b)
     return g_strdup_printf(i ? "%.1f %s" : "%.0f %s", b, u[i]);
 }
 
+/* ------------------------------------------------------------------ monitor */
+
+static void json_str(GString *o, const char *s);
+
+static int monitor_fd = -1;
+static char *monitor_path;
+
+static bool monitor_addr(const char *path, struct sockaddr_un *sa, GError **error)
+{
+    memset(sa, 0, sizeof(*sa));
+    sa->sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof(sa->sun_path)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID, "monitor path '%s' is too long", path);
+        return false;
+    }
+    strcpy(sa->sun_path, path);
+    return true;
+}
+
+static bool monitor_open(const char *role, GError **error)
+{
+    monitor_path = opt.monitor ? g_strdup(opt.monitor)
+                               : g_strdup_printf("/tmp/rdmig-%d.sock", (int)getpid());
+    struct sockaddr_un sa;
+    if (!monitor_addr(monitor_path, &sa, error))
+        return false;
+    unlink(monitor_path);
+    monitor_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (monitor_fd < 0 || bind(monitor_fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+        listen(monitor_fd, 4) < 0) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "monitor socket %s: %s",
+                    monitor_path, g_strerror(errno));
+        return false;
+    }
+    if (!opt.quiet)
+        fprintf(stderr, "rdmig %s: monitor on %s\n", role, monitor_path);
+    return true;
+}
+
+static void monitor_close(void)
+{
+    if (monitor_fd >= 0) {
+        close(monitor_fd);
+        unlink(monitor_path);
+    }
+    monitor_fd = -1;
+    g_clear_pointer(&monitor_path, g_free);
+}
+
+static char *status_json(RdmigSession *s)
+{
+    RdmigStats st;
+    rdmig_session_get_stats(s, &st);
+    GString *o = g_string_new(NULL);
+    g_string_append_printf(o, "{\"state\":\"%s\",\"transport\":\"%s\",\"remaining_bytes\":%"
+                           G_GUINT64_FORMAT ",\"pauses\":%u,\"recover_failures\":%u,"
+                           "\"pages_missing\":%" G_GUINT64_FORMAT ",\"listen\":\"%s\","
+                           "\"pause_reason\":", rdmig_state_str(st.state), st.transport,
+                           st.remaining_bytes, st.pauses, st.recover_failures, st.pages_missing,
+                           rdmig_session_listen_address(s) ? rdmig_session_listen_address(s) : "");
+    json_str(o, st.pause_reason);
+    g_string_append(o, "}");
+    return g_string_free(o, FALSE);
+}
+
+/* One command from one client: "status", "recover ADDR", "cancel", "postcopy". */
+static void monitor_serve(RdmigSession *s)
+{
+    int c = accept4(monitor_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (c < 0)
+        return;
+    char line[512];
+    size_t n = 0;
+    struct pollfd p = { .fd = c, .events = POLLIN };
+    while (n < sizeof(line) - 1 && poll(&p, 1, 1000) > 0) {
+        ssize_t r = read(c, line + n, sizeof(line) - 1 - n);
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+        if (memchr(line, '\n', n))
+            break;
+    }
+    line[n] = 0;
+    g_strstrip(line);
+    g_autofree char *reply = NULL;
+    g_autoptr(GError) err = NULL;
+    if (!strcmp(line, "status")) {
+        reply = status_json(s);
+    } else if (g_str_has_prefix(line, "recover ")) {
+        const char *addr = line + strlen("recover ");
+        if (rdmig_session_recover(s, addr, &err)) {
+            const char *bound = rdmig_session_listen_address(s);
+            reply = g_strdup_printf("ok %s", bound ? bound : addr);
+            fprintf(stderr, "rdmig: recovering via %s\n", bound ? bound : addr);
+        }
+    } else if (!strcmp(line, "cancel")) {
+        rdmig_session_cancel(s);
+        reply = g_strdup("ok");
+    } else if (!strcmp(line, "postcopy")) {
+        if (rdmig_session_start_postcopy(s, &err))
+            reply = g_strdup("ok");
+    } else {
+        reply = g_strdup_printf("error unknown command '%s': status, recover ADDR, cancel, "
+                                "postcopy", line);
+    }
+    if (!reply)
+        reply = g_strdup_printf("error %s", err->message);
+    g_autofree char *out = g_strdup_printf("%s\n", reply);
+    if (write(c, out, strlen(out)) < 0) {
+        /* The client went away: nothing to tell. */
+    }
+    close(c);
+}
+
+/* Client side: sends @cmd to the monitor at @path, returns the reply line. */
+static char *monitor_call(const char *path, const char *cmd, GError **error)
+{
+    struct sockaddr_un sa;
+    if (!monitor_addr(path, &sa, error))
+        return NULL;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CONNECT,
+                    "cannot reach the monitor at %s: %s (is the rdmig process running?)", path,
+                    g_strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    g_autofree char *line = g_strdup_printf("%s\n", cmd);
+    GString *reply = g_string_new(NULL);
+    if (write(fd, line, strlen(line)) == (ssize_t)strlen(line)) {
+        char buf[1024];
+        ssize_t n;
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        while (poll(&p, 1, 10000) > 0 && (n = read(fd, buf, sizeof(buf))) > 0)
+            g_string_append_len(reply, buf, n);
+    }
+    close(fd);
+    g_strchomp(reply->str);
+    if (!reply->len) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER, "no answer from the monitor at %s",
+                    path);
+        g_string_free(reply, TRUE);
+        return NULL;
+    }
+    return g_string_free(reply, FALSE);
+}
+
+static void pause_hint(RdmigSession *s, const RdmigStats *st)
+{
+    if (opt.quiet)
+        return;
+    bool dst = rdmig_session_is_destination(s);
+    fprintf(stderr, "\nrdmig: postcopy paused: %s\n", st->pause_reason);
+    if (dst)
+        fprintf(stderr, "rdmig: the guest runs here; threads touching the %" G_GUINT64_FORMAT
+                " missing pages wait.\n  recover:  rdmig recover --monitor %s --listen ADDR\n"
+                "  give up:  rdmig cancel --monitor %s (those pages are lost)\n",
+                st->pages_missing, monitor_path, monitor_path);
+    else
+        fprintf(stderr, "rdmig: the guest stays stopped here with its memory.\n"
+                "  resume:   rdmig send --resume --monitor %s --to ADDR (after 'rdmig recover' "
+                "on the destination)\n", monitor_path);
+}
+
 static void progress_loop(RdmigSession *s)
 {
     bool tty = isatty(STDERR_FILENO);
     uint64_t last_round = 0;
+    uint32_t last_pauses = 0, last_failures = 0;
     RdmigState last_state = RDMIG_STATE_NONE;
     for (;;) {
         RdmigStats st;
@@ -302,6 +481,11 @@ static void progress_loop(RdmigSession *s)
         }
         if (final)
             break;
+        if (st.state == RDMIG_STATE_POSTCOPY_PAUSED &&
+            (st.pauses != last_pauses || st.recover_failures != last_failures))
+            pause_hint(s, &st);
+        last_pauses = st.pauses;
+        last_failures = st.recover_failures;
         if (postcopy_signalled) {
             postcopy_signalled = 0;
             g_autoptr(GError) err = NULL;
@@ -310,7 +494,9 @@ static void progress_loop(RdmigSession *s)
             else
                 fprintf(stderr, "rdmig: SIGUSR1: %s\n", err->message);
         }
-        g_usleep(200000);
+        struct pollfd p = { .fd = monitor_fd, .events = POLLIN };
+        if (poll(&p, 1, 200) > 0 && p.revents)
+            monitor_serve(s);
     }
     if (!opt.quiet && tty)
         fputc('\n', stderr);
@@ -404,6 +590,13 @@ static char *report_json(const Report *r)
                                i ? "," : "", s->blocktime_per_thread[i].tid,
                                s->blocktime_per_thread[i].us);
     g_string_append(o, "]}");
+    g_string_append_printf(o, ",\"recovery\":{\"pauses\":%u,\"recover_failures\":%u,"
+                           "\"paused_ms\":%" G_GUINT64_FORMAT ",\"last_recovery_ms\":%"
+                           G_GUINT64_FORMAT ",\"pages_missing\":%" G_GUINT64_FORMAT
+                           ",\"pause_reason\":", s->pauses, s->recover_failures, s->paused_ms,
+                           s->last_recovery_ms, s->pages_missing);
+    json_str(o, s->pause_reason);
+    g_string_append(o, "}");
     g_string_append_printf(o, ",\"cpu_user_s\":%.3f,\"cpu_sys_s\":%.3f}", r->cpu_user,
                            r->cpu_sys);
     return g_string_free(o, FALSE);
@@ -538,6 +731,12 @@ static int cmd_recv(void)
         return g_error_matches(err, RDMIG_ERROR, RDMIG_ERROR_INVALID) ? EXIT_USAGE : EXIT_FAILED;
     }
     current_session = s;
+    if (!monitor_open("recv", &err)) {
+        fprintf(stderr, "rdmig recv: %s\n", err->message);
+        rdmig_session_cancel(s);
+        sg_free(g);
+        return EXIT_FAILED;
+    }
     if (opt.print_address) {
         printf("%s\n", rdmig_session_listen_address(s));
         fflush(stdout);
@@ -548,6 +747,7 @@ static int cmd_recv(void)
     Report r = { .role = "destination" };
     r.ok = rdmig_session_wait(s, &err);
     current_session = NULL;
+    monitor_close();
     r.error = err;
     rdmig_session_get_stats(s, &r.st);
     if (!r.ok && r.st.postcopy) {
@@ -598,8 +798,14 @@ static int run_source(const char *address)
     if (rdmig_session_start(s, address, &err)) {
         if (opt.cancel_after_ms > 0)
             timer = g_thread_new("cancel", cancel_timer, s);
+        g_autoptr(GError) merr = NULL;
+        if (!monitor_open("send", &merr)) {
+            fprintf(stderr, "rdmig send: %s; cancelling\n", merr->message);
+            rdmig_session_cancel(s);
+        }
         progress_loop(s);
         r.ok = rdmig_session_wait(s, &err);
+        monitor_close();
     } else {
         fprintf(stderr, "rdmig send: %s\n", err->message);
         if (g_error_matches(err, RDMIG_ERROR, RDMIG_ERROR_INVALID)) {
@@ -621,8 +827,50 @@ static int run_source(const char *address)
     return rc;
 }
 
+/* recover, send --resume, status, cancel: a word to a running send or recv. */
+static int cmd_monitor(const char *what, const char *cmd)
+{
+    if (!opt.monitor) {
+        fprintf(stderr, "rdmig %s: --monitor PATH is required (the running send or recv "
+                "printed it: 'monitor on PATH')\n", what);
+        return EXIT_USAGE;
+    }
+    g_autoptr(GError) err = NULL;
+    g_autofree char *reply = monitor_call(opt.monitor, cmd, &err);
+    if (!reply) {
+        fprintf(stderr, "rdmig %s: %s\n", what, err->message);
+        return EXIT_FAILED;
+    }
+    if (g_str_has_prefix(reply, "error ")) {
+        fprintf(stderr, "rdmig %s: %s\n", what, reply + 6);
+        return EXIT_FAILED;
+    }
+    printf("%s\n", g_str_has_prefix(reply, "ok ") ? reply + 3 : reply);
+    return 0;
+}
+
+static int cmd_recover(void)
+{
+    if (!opt.address) {
+        fprintf(stderr, "rdmig recover: --listen ADDR is required (where the source is to "
+                "reconnect, e.g. --listen 0.0.0.0:4445)\n");
+        return EXIT_USAGE;
+    }
+    g_autofree char *cmd = g_strdup_printf("recover %s", opt.address);
+    return cmd_monitor("recover", cmd);
+}
+
 static int cmd_send(void)
 {
+    if (opt.resume) {
+        if (!opt.address) {
+            fprintf(stderr, "rdmig send --resume: --to ADDR is required (the address 'rdmig "
+                    "recover' printed)\n");
+            return EXIT_USAGE;
+        }
+        g_autofree char *cmd = g_strdup_printf("recover %s", opt.address);
+        return cmd_monitor("send --resume", cmd);
+    }
     if (!opt.address) {
         fprintf(stderr, "rdmig send: --to ADDR is required (the address 'rdmig recv' listens on)\n");
         return EXIT_USAGE;
@@ -696,7 +944,10 @@ int main(int argc, char **argv)
         "Commands:\n"
         "  recv --listen ADDR   destination: receive a guest and run it\n"
         "  send --to ADDR       source: start a synthetic guest and migrate it\n"
-        "  demo                 both ends as local processes over loopback\n\n"
+        "  demo                 both ends as local processes over loopback\n"
+        "  recover --monitor PATH --listen ADDR   paused destination: await the source\n"
+        "  send --resume --monitor PATH --to ADDR paused source: reconnect there\n"
+        "  status --monitor PATH, cancel --monitor PATH\n\n"
         "ADDR is HOST:PORT or [IPV6]:PORT. Exit status: 0 completed, 1 failed,\n"
         "2 bad usage, 3 cancelled.";
     GOptionEntry entries[] = {
@@ -728,6 +979,8 @@ int main(int argc, char **argv)
         { "prealloc", 0, 0, G_OPTION_ARG_NONE, &opt.prealloc, "recv: allocate all guest RAM before listening, like QEMU's -mem-prealloc", NULL },
         { "run-after-ms", 0, 0, G_OPTION_ARG_INT, &opt.run_after_ms, "recv: run the guest this long before checking it (default 300)", "MS" },
         { "cancel-after-ms", 0, 0, G_OPTION_ARG_INT, &opt.cancel_after_ms, "send: cancel after this long", "MS" },
+        { "monitor", 0, 0, G_OPTION_ARG_STRING, &opt.monitor, "send/recv: monitor socket (default /tmp/rdmig-PID.sock); recover/status/cancel/send --resume: the one to talk to", "PATH" },
+        { "resume", 0, 0, G_OPTION_ARG_NONE, &opt.resume, "send: resume a paused postcopy (with --monitor and --to)", NULL },
         { NULL },
     };
     g_autoptr(GOptionContext) ctx = g_option_context_new(usage);
@@ -751,6 +1004,12 @@ int main(int argc, char **argv)
         return cmd_recv();
     if (!strcmp(argv[1], "send"))
         return cmd_send();
+    if (!strcmp(argv[1], "recover"))
+        return cmd_recover();
+    if (!strcmp(argv[1], "status"))
+        return cmd_monitor("status", "status");
+    if (!strcmp(argv[1], "cancel"))
+        return cmd_monitor("cancel", "cancel");
     if (!strcmp(argv[1], "demo")) {
         if (opt.address) {
             fprintf(stderr, "rdmig demo: runs both ends on loopback; --to/--listen do not apply\n");
@@ -758,6 +1017,7 @@ int main(int argc, char **argv)
         }
         return cmd_demo("/proc/self/exe");
     }
-    fprintf(stderr, "rdmig: unknown command '%s': expected recv, send or demo\n", argv[1]);
+    fprintf(stderr, "rdmig: unknown command '%s': expected recv, send, demo, recover, status "
+            "or cancel\n", argv[1]);
     return EXIT_USAGE;
 }

@@ -48,6 +48,11 @@ typedef enum {
     RDMIG_STATE_COMPLETED,  /* destination has everything and runs the guest */
     RDMIG_STATE_FAILED,     /* failed; the source guest runs on (unless postcopy had begun) */
     RDMIG_STATE_POSTCOPY_ACTIVE, /* the guest runs on the destination, which pulls the rest */
+    RDMIG_STATE_POSTCOPY_PAUSED, /* postcopy link lost: both sides keep their half and
+                                  * wait for rdmig_session_recover(); the destination's
+                                  * guest runs on, threads on missing pages wait */
+    RDMIG_STATE_POSTCOPY_RECOVER_SETUP, /* source: connecting to the recovery address */
+    RDMIG_STATE_POSTCOPY_RECOVER,       /* both: same session proven, resyncing */
     RDMIG_STATE__COUNT
 } RdmigState;
 
@@ -180,6 +185,13 @@ typedef struct {
     uint32_t blocktime_threads;   /* entries used in blocktime_per_thread */
     struct { uint32_t tid; uint64_t us; } blocktime_per_thread[RDMIG_BLOCKTIME_THREADS];
     uint64_t postcopy_cpu_us;     /* source: CPU of its threads while the destination pulled */
+    /* Postcopy recovery. */
+    uint32_t pauses;              /* times postcopy paused on a broken link */
+    uint32_t recover_failures;    /* recovery attempts that failed (back to paused) */
+    uint64_t paused_ms;           /* time spent paused or recovering, all pauses */
+    uint64_t last_recovery_ms;    /* last rdmig_session_recover() -> postcopy-active */
+    uint64_t pages_missing;       /* destination: pages still on the source only */
+    char pause_reason[256];       /* why the last pause (or failed recovery) happened */
     char dirty_method[16];        /* tracker in use on the source */
     char error[512];              /* why it failed, "" otherwise */
 } RdmigStats;
@@ -208,21 +220,36 @@ void rdmig_session_set_state_func(RdmigSession *s, RdmigStateFunc func, void *op
  *  in precopy or postcopy was not negotiated. */
 bool rdmig_session_start_postcopy(RdmigSession *s, GError **error);
 
+/** rdmig_session_recover: resumes a migration in postcopy-paused over a new
+ *  link.  Destination: listen on @address (port 0 picks one; see
+ *  rdmig_session_listen_address()) for the same source to come back; call it
+ *  first.  Source: connect to the address the destination listens on.
+ *  Returns at once; the session's thread does the rest (states
+ *  postcopy-recover-setup (source), postcopy-recover, postcopy-active).  A
+ *  failed attempt returns to postcopy-paused (stats.pause_reason says why);
+ *  call again as often as needed.  A source of another session is refused. */
+bool rdmig_session_recover(RdmigSession *s, const char *address, GError **error);
+
 /** rdmig_session_start: source: connect to @address ("host:port") and migrate;
  *  destination: listen on @address (port 0 picks one) and receive.  Returns
  *  once connected (source) or listening (destination); the rest runs on the
  *  session's thread. */
 bool rdmig_session_start(RdmigSession *s, const char *address, GError **error);
 
-/** rdmig_session_listen_address: destination: the bound "host:port". */
+/** rdmig_session_listen_address: destination: the bound "host:port" (after
+ *  rdmig_session_recover(): the recovery listener's). */
 const char *rdmig_session_listen_address(RdmigSession *s);
+bool rdmig_session_is_destination(RdmigSession *s);
 
 /** rdmig_session_wait: waits for the end. True if completed; otherwise
  *  @error says why (RDMIG_ERROR_CANCELLED after a cancel). */
 bool rdmig_session_wait(RdmigSession *s, GError **error);
 
 /** rdmig_session_cancel: asks the session to stop. Any thread, any time; the
- *  source guest keeps (or resumes) running with its memory intact. */
+ *  source guest keeps (or resumes) running with its memory intact.  Refused
+ *  in postcopy-active (the guest runs on the destination); in postcopy-paused
+ *  it gives up recovery: the session fails, the source keeps its guest
+ *  stopped and its memory, and the destination names the pages it lacks. */
 void rdmig_session_cancel(RdmigSession *s);
 
 /** rdmig_session_get_stats: a consistent snapshot. Any thread. */
