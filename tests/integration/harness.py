@@ -64,12 +64,17 @@ MSG_POSTCOPY_START = 15
 MSG_POSTCOPY_RUNNING = 16
 MSG_POSTCOPY_PREPARE = 17
 MSG_POSTCOPY_PREPARED = 18
+MSG_RESUME = 19
+MSG_RECEIVED = 20
+MSG_RECEIVED_END = 21
+MSG_POSTCOPY_RESUME = 22
 
 FEATURE_VERIFY = 1 << 0
 FEATURE_ZERO_PAGES = 1 << 1
 FEATURE_MULTI_CONN = 1 << 2
 FEATURE_KEEPALIVE = 1 << 3
 FEATURE_POSTCOPY = 1 << 4
+FEATURE_RECOVERY = 1 << 5
 
 # rdmig error codes (include/rdmig/error.h), as sent in ERROR frames
 ERROR_CODES = ["connect", "protocol", "version", "unsupported", "peer", "resource",
@@ -213,6 +218,97 @@ class RdmigProc:
         return ("--- %s (pid %d, exit %s): %s\n--- stdout:\n%s\n--- stderr:\n%s" %
                 (self.name, self.pid, self.p.returncode, " ".join(self.args), self.stdout(),
                  self.stderr()[-6000:]))
+
+
+# ----------------------------------------------------------------- two hosts
+
+def _ip(*args, check=True):
+    r = subprocess.run(["ip"] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=10)
+    if check and r.returncode:
+        raise RuntimeError("ip %s: %s" % (" ".join(args), r.stderr.decode().strip()))
+    return r
+
+
+class NetPair:
+    """Two "hosts": this network namespace and a new one, joined by a veth
+    pair (10.80.K.1 here, 10.80.K.2 there).  The link can be cut and restored
+    and its rate from here capped (tbf), to make a migration last.  Removed by
+    close(), whatever state it is in."""
+
+    def __init__(self, rate=None):
+        self.ns = None
+        for k in range(os.getpid() % 200 + 20, 250):
+            name = "rdmig-t%d" % k
+            if _ip("netns", "add", name, check=False).returncode == 0:
+                self.ns, self.k = name, k
+                break
+        if not self.ns:
+            raise RuntimeError("no free network namespace name (rdmig-tNN)")
+        self.here, self.there = "rv%da" % self.k, "rv%db" % self.k
+        self.addr_here, self.addr_there = "10.80.%d.1" % self.k, "10.80.%d.2" % self.k
+        try:
+            _ip("link", "del", self.here, check=False)
+            _ip("link", "add", self.here, "type", "veth", "peer", "name", self.there)
+            _ip("link", "set", self.there, "netns", self.ns)
+            _ip("addr", "add", self.addr_here + "/24", "dev", self.here)
+            _ip("link", "set", self.here, "up")
+            _ip("-n", self.ns, "addr", "add", self.addr_there + "/24", "dev", self.there)
+            _ip("-n", self.ns, "link", "set", self.there, "up")
+            _ip("-n", self.ns, "link", "set", "lo", "up")
+            if rate:
+                subprocess.run(["tc", "qdisc", "add", "dev", self.here, "root", "tbf", "rate", rate,
+                                "burst", "64kbit", "latency", "400ms"], check=True, timeout=10)
+        except Exception:
+            self.close()
+            raise
+
+    @property
+    def wrapper(self):
+        """Prefix that runs a command on the other host."""
+        return ("ip", "netns", "exec", self.ns)
+
+    def down(self):
+        _ip("link", "set", self.here, "down")
+
+    def up(self):
+        _ip("link", "set", self.here, "up")
+
+    def close(self):
+        if self.ns:
+            _ip("link", "del", self.here, check=False)
+            _ip("netns", "del", self.ns, check=False)
+            self.ns = None
+
+
+def monitor(path, cmd, timeout=10):
+    """One command to a running send/recv's monitor socket; its reply line."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+                c.settimeout(timeout)
+                c.connect(path)
+                c.sendall((cmd + "\n").encode())
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = c.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                return data.decode().strip()
+        except (FileNotFoundError, ConnectionRefusedError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def monitor_status(path):
+    """The state of a running send/recv, or None once it has gone."""
+    try:
+        return json.loads(monitor(path, "status", timeout=2))
+    except (OSError, ValueError):
+        return None
 
 
 # ----------------------------------------------------------------- fake peer

@@ -763,6 +763,46 @@ static void test_hashes_truncated(void)
     assert_error(err, RDMIG_ERROR_PROTOCOL, "HASHES");
 }
 
+/* ------------------------------------------------------------ RECEIVED */
+
+static bool dec_received(const uint8_t *p, size_t len, GError **error)
+{
+    RdmigReceivedMsg m;
+    return rdmig_received_decode(p, len, &m, error);
+}
+
+static void test_received_roundtrip(void)
+{
+    uint64_t words[3] = { 0x1, 0xffffffffffffffffull, 0x8000000000000000ull };
+    g_autoptr(GByteArray) b = rdmig_received_encode(2, 128, words, 3);
+    g_assert_cmpuint(b->len, ==, 16 + 24);
+    RdmigReceivedMsg m;
+    g_autoptr(GError) err = NULL;
+    g_assert_true(rdmig_received_decode(b->data, b->len, &m, &err));
+    g_assert_no_error(err);
+    g_assert_cmpuint(m.block, ==, 2);
+    g_assert_cmpuint(m.first, ==, 128);
+    g_assert_cmpuint(m.n_words, ==, 3);
+    for (uint32_t i = 0; i < 3; i++)
+        g_assert_cmphex(rdmig_received_word(&m, i), ==, words[i]);
+}
+
+static void test_received_bad(void)
+{
+    uint64_t words[2] = { 5, 6 };
+    g_autoptr(GByteArray) b = rdmig_received_encode(0, 64, words, 2);
+    check_prefixes_and_trailing(dec_received, b, "RECEIVED");
+    /* A slice must start on a bitmap word. */
+    g_autoptr(GByteArray) odd = rdmig_received_encode(0, 65, words, 2);
+    g_autoptr(GError) err = NULL;
+    g_assert_false(decode_copy(dec_received, odd->data, odd->len, &err));
+    assert_error(err, RDMIG_ERROR_PROTOCOL, "multiple of 64");
+    g_clear_error(&err);
+    put32_at(b, 12, 0x20000001u); /* * 8 wraps to 8 in 32 bits */
+    g_assert_false(decode_copy(dec_received, b->data, b->len, &err));
+    assert_error(err, RDMIG_ERROR_PROTOCOL, "RECEIVED");
+}
+
 /* ------------------------------------------------------------ u64 */
 
 static void test_u64(void)
@@ -875,6 +915,9 @@ static void test_msg_type_str(void)
         { RDMIG_MSG_POSTCOPY_RUNNING, "POSTCOPY_RUNNING" },
         { RDMIG_MSG_POSTCOPY_PREPARE, "POSTCOPY_PREPARE" },
         { RDMIG_MSG_POSTCOPY_PREPARED, "POSTCOPY_PREPARED" },
+        { RDMIG_MSG_RESUME, "RESUME" },       { RDMIG_MSG_RECEIVED, "RECEIVED" },
+        { RDMIG_MSG_RECEIVED_END, "RECEIVED_END" },
+        { RDMIG_MSG_POSTCOPY_RESUME, "POSTCOPY_RESUME" },
     };
     g_assert_cmpuint(G_N_ELEMENTS(known), ==, RDMIG_MSG__MAX - 1);
     for (size_t i = 0; i < G_N_ELEMENTS(known); i++)
@@ -912,6 +955,8 @@ int main(int argc, char **argv)
     g_test_add_func("/wire/hashes/roundtrip", test_hashes_roundtrip);
     g_test_add_func("/wire/hashes/truncated", test_hashes_truncated);
     g_test_add_func("/wire/u64", test_u64);
+    g_test_add_func("/wire/received/roundtrip", test_received_roundtrip);
+    g_test_add_func("/wire/received/bad", test_received_bad);
     g_test_add_func("/wire/features/intersection", test_features_intersection);
     g_test_add_func("/wire/features/unknown-required", test_features_unknown_required);
     g_test_add_func("/wire/features/required-unsupported", test_features_required_unsupported);

@@ -1,0 +1,277 @@
+# SPDX-License-Identifier: MIT
+"""Postcopy recovery and fault injection over TCP between two "hosts" (this
+network namespace and another, joined by a veth pair): the link cut and
+restored, a peer stopped (SIGSTOP) past the peer timeout, repeated pauses in
+one migration, a recovery attempt by another session, the source killed
+during postcopy, the destination killed during precopy.
+
+The link from the source is capped (tbf) so that postcopy lasts a few
+seconds.  The operator's commands (`rdmig recover`, `rdmig send --resume`,
+`rdmig cancel`) drive recovery, as a person would.  Every migration that
+survives is verified page by page on both sides and its guest checked.
+"""
+import os
+import random
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (FEATURE_KEEPALIVE, FEATURE_POSTCOPY, FEATURE_RECOVERY,  # noqa: E402
+                     FEATURE_VERIFY, FEATURE_ZERO_PAGES, MSG_ERROR, MSG_HELLO, MSG_RESUME,
+                     NetPair, RdmigTestCase, FakeControl, hello_payload, main, monitor,
+                     monitor_status, parse_error)
+
+RAM = "96M"
+TIMING = ["--keepalive-ms", "200", "--peer-timeout-ms", "1000", "--connect-timeout-ms", "3000"]
+
+
+class Recovery(RdmigTestCase):
+    """One migration between two hosts with its monitors; helpers to drive it."""
+    rate = "160mbit"
+    dirty = "200"
+
+    def setUp(self):
+        super().setUp()
+        self.net = NetPair(rate=self.rate)
+        self.addCleanup(self.net.close)
+        self.tmp = tempfile.mkdtemp(prefix="rdmig-rec-")
+        self.dmon = os.path.join(self.tmp, "dst.sock")
+        self.smon = os.path.join(self.tmp, "src.sock")
+        self.t0 = time.monotonic()
+        self.log = []
+
+    def note(self, what):
+        self.log.append("%6.2f s  %s" % (time.monotonic() - self.t0, what))
+
+    def start(self, postcopy_after="1", extra_send=()):
+        guest = ["--ram-size", RAM, "--dirty-rate", self.dirty]
+        self.recv = self.spawn("recv", "--listen", self.net.addr_there + ":0", "--print-address",
+                               "--json", "--quiet", "--monitor", self.dmon, *guest, *TIMING,
+                               name="recv", wrapper=self.net.wrapper)
+        addr = self.recv.next_line(timeout=15)
+        self.assertTrue(addr and ":" in addr, "recv did not print its address\n%s" %
+                        self.recv.describe())
+        args = ["--postcopy"] + (["--postcopy-after", postcopy_after] if postcopy_after else [])
+        self.send = self.spawn("send", "--to", addr.strip(), "--json", "--quiet", "--monitor",
+                               self.smon, *guest, *TIMING, *args, *extra_send, name="send")
+
+    def ctx(self):
+        return "\n--- timeline:\n%s\n%s\n%s" % ("\n".join(self.log), self.send.describe(),
+                                                self.recv.describe())
+
+    def wait_state(self, mon, states, timeout, proc=None):
+        """Waits until the monitor at @mon reports one of @states; returns it."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            st = monitor_status(mon)
+            if st:
+                last = st
+                if st["state"] in states:
+                    self.note("%s: %s" % (os.path.basename(mon), st["state"]))
+                    return st
+            elif proc is not None and not proc.alive():
+                break
+            time.sleep(0.05)
+        self.fail("%s never reached %s (last: %s)%s" % (mon, states, last, self.ctx()))
+
+    def cut(self, at_least=0.2):
+        """Cuts the link during postcopy; returns when both sides paused."""
+        self.wait_state(self.dmon, ("postcopy-active",), 60, self.recv)
+        time.sleep(at_least + random.random() * 0.3)
+        t = time.monotonic()
+        self.net.down()
+        self.note("link down")
+        self.wait_state(self.dmon, ("postcopy-paused",), 15, self.recv)
+        self.wait_state(self.smon, ("postcopy-paused",), 15, self.send)
+        return time.monotonic() - t
+
+    def recover(self):
+        """The operator's recovery: a new listener there, the source sent to it."""
+        r = self.spawn("recover", "--monitor", self.dmon, "--listen", self.net.addr_there + ":0",
+                       name="rdmig recover")
+        self.assertEqual(self.finish(r, 15), 0, "rdmig recover failed%s\n%s" %
+                         (self.ctx(), r.describe()))
+        addr = r.stdout().strip()
+        self.assertTrue(addr.startswith(self.net.addr_there + ":"), addr)
+        self.note("recovery listener %s" % addr)
+        s = self.spawn("send", "--resume", "--monitor", self.smon, "--to", addr,
+                       name="rdmig send --resume")
+        self.assertEqual(self.finish(s, 15), 0, "rdmig send --resume failed%s\n%s" %
+                         (self.ctx(), s.describe()))
+        return addr
+
+    def finish_both(self, timeout=90):
+        src_rc = self.finish(self.send, timeout)
+        dst_rc = self.finish(self.recv, 30)
+        src, dst = self.send.report(), self.recv.report()
+        self.assertEqual((src_rc, dst_rc), (0, 0), "exit statuses" + self.ctx())
+        self.assert_verified(src, dst, self.ctx())
+        self.assertTrue(src["postcopy"]["active"] and dst["postcopy"]["active"], self.ctx())
+        self.assertEqual(dst["recovery"]["pages_missing"], 0, self.ctx())
+        return src, dst
+
+
+class LinkDown(Recovery):
+    def test_link_down_in_postcopy(self):
+        """The link goes down mid-postcopy and comes back: both pause, the
+        destination guest keeps running, recovery on a new port completes."""
+        self.start()
+        detect = self.cut()
+        st = monitor_status(self.dmon)
+        self.assertGreater(st["pages_missing"], 0, "nothing left to pull when the link went "
+                           "down: the test did not cut postcopy" + self.ctx())
+        self.assertIn("silent", st["pause_reason"], self.ctx())
+        self.assertLess(detect, 5, "pause took %.1f s to detect (peer timeout 1 s)" % detect)
+        time.sleep(0.5)  # the guest runs paused; threads on missing pages wait
+        self.net.up()
+        self.recover()
+        src, dst = self.finish_both()
+        for r in (src, dst):
+            self.assertEqual(r["recovery"]["pauses"], 1, self.ctx())
+            self.assertGreater(r["recovery"]["paused_ms"], 0, self.ctx())
+        self.assertGreater(dst["postcopy"]["faults"], 0, "the guest never faulted" + self.ctx())
+
+    def test_repeated_pauses(self):
+        """Three cuts in one migration, each recovered."""
+        self.start()
+        for i in range(3):
+            self.cut(at_least=0.1)
+            self.net.up()
+            self.recover()
+            self.wait_state(self.dmon, ("postcopy-active", "completed"), 15, self.recv)
+            if i < 2 and monitor_status(self.dmon) is None:
+                break
+        src, dst = self.finish_both()
+        self.assertGreaterEqual(dst["recovery"]["pauses"], 2, self.ctx())
+        self.assertEqual(src["recovery"]["pauses"], dst["recovery"]["pauses"], self.ctx())
+
+    def test_recover_while_link_still_down(self):
+        """A recovery attempt while the link is still down fails and leaves
+        both paused; the next one, once the link is back, completes."""
+        self.start()
+        self.cut()
+        r = self.spawn("recover", "--monitor", self.dmon, "--listen", self.net.addr_there + ":0")
+        self.assertEqual(self.finish(r, 15), 0, r.describe())
+        addr = r.stdout().strip()
+        s = self.spawn("send", "--resume", "--monitor", self.smon, "--to", addr)
+        self.assertEqual(self.finish(s, 15), 0, s.describe())
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            st = monitor_status(self.smon)
+            if st and st["state"] == "postcopy-paused" and st["recover_failures"] >= 1:
+                break
+            time.sleep(0.1)
+        self.assertEqual(st["state"], "postcopy-paused", self.ctx())
+        self.assertGreaterEqual(st["recover_failures"], 1, self.ctx())
+        self.assertTrue(st["pause_reason"], self.ctx())
+        self.net.up()
+        self.recover()
+        src, dst = self.finish_both()
+        self.assertGreaterEqual(src["recovery"]["recover_failures"], 1, self.ctx())
+
+
+class Stall(Recovery):
+    def _stall(self, which):
+        self.start()
+        self.wait_state(self.dmon, ("postcopy-active",), 60, self.recv)
+        time.sleep(0.3)
+        victim, other_mon = (self.send, self.dmon) if which == "source" else (self.recv, self.smon)
+        victim.signal(signal.SIGSTOP)
+        self.note("%s stopped" % which)
+        self.wait_state(other_mon, ("postcopy-paused",), 15)
+        victim.signal(signal.SIGCONT)
+        self.note("%s continued" % which)
+        mine = self.smon if which == "source" else self.dmon
+        self.wait_state(mine, ("postcopy-paused",), 15)
+        self.recover()
+        src, dst = self.finish_both()
+        self.assertEqual(dst["recovery"]["pauses"], 1, self.ctx())
+
+    def test_source_stopped(self):
+        self._stall("source")
+
+    def test_destination_stopped(self):
+        self._stall("destination")
+
+
+class Unrecoverable(Recovery):
+    def test_other_session_refused(self):
+        """While paused, a source of another session is refused with a clear
+        error; the real one then recovers."""
+        self.start()
+        self.cut()
+        self.net.up()
+        reply = monitor(self.dmon, "recover %s:0" % self.net.addr_there)
+        self.assertTrue(reply.startswith("ok "), reply)
+        addr = reply[3:]
+        host, port = addr.rsplit(":", 1)
+        feats = FEATURE_VERIFY | FEATURE_ZERO_PAGES | FEATURE_KEEPALIVE | FEATURE_POSTCOPY | \
+            FEATURE_RECOVERY
+        blocks = [("pc.ram", 96 << 20, 4096)]
+        fake = FakeControl(addr)
+        fake.send(MSG_HELLO, hello_payload(blocks, supported=feats, required=feats,
+                                           session_id=os.urandom(16)))
+        fake.send(MSG_RESUME, struct.pack(">Q", 1))
+        code, msg = fake.recv_error()
+        fake.close()
+        self.assertEqual(code, "auth", msg)
+        self.assertIn("another session", msg)
+        st = self.wait_state(self.dmon, ("postcopy-paused",), 5)
+        self.assertIn("another session", st["pause_reason"])
+        s = self.spawn("send", "--resume", "--monitor", self.smon, "--to", addr)
+        self.assertEqual(self.finish(s, 15), 0, s.describe())
+        self.finish_both()
+
+    def test_source_killed_in_postcopy(self):
+        """The source dies in postcopy: the destination pauses; giving up
+        names the pages that are lost, and nothing reads garbage."""
+        self.start()
+        self.wait_state(self.dmon, ("postcopy-active",), 60, self.recv)
+        time.sleep(0.3)
+        self.send.kill()
+        self.note("source killed")
+        st = self.wait_state(self.dmon, ("postcopy-paused",), 15)
+        self.assertGreater(st["pages_missing"], 0, self.ctx())
+        c = self.spawn("cancel", "--monitor", self.dmon)
+        self.assertEqual(self.finish(c, 10), 0, c.describe())
+        rc = self.finish(self.recv, 20)
+        self.assertEqual(rc, 1, self.ctx())
+        dst = self.recv.report()
+        self.assertEqual(dst["result"], "failed", self.ctx())
+        self.assertIn("lost", dst["error"])
+        self.assertRegex(dst["error"], r"pc\.ram:\d+-\d+")
+        self.assertGreater(dst["recovery"]["pages_missing"], 0, self.ctx())
+        self.assertEqual(dst["verify_mismatches"], 0, self.ctx())
+
+    def test_destination_killed_in_precopy(self):
+        """The destination dies during precopy: the source fails cleanly and
+        its guest runs on, intact."""
+        self.start(postcopy_after=None)
+        self.wait_state(self.smon, ("active",), 30, self.send)
+        time.sleep(0.5)
+        self.recv.kill()
+        self.note("destination killed")
+        rc = self.finish(self.send, 30)
+        src = self.send.report()
+        self.assertEqual(rc, 1, self.ctx())
+        self.assertEqual(src["result"], "failed", self.ctx())
+        self.assert_source_guest_safe(src, self.ctx())
+
+    def test_recover_refused_outside_pause(self):
+        """rdmig recover on a migration that is not paused says so."""
+        self.start(postcopy_after=None)
+        self.wait_state(self.dmon, ("active",), 30, self.recv)
+        r = self.spawn("recover", "--monitor", self.dmon, "--listen", self.net.addr_there + ":0")
+        self.assertEqual(self.finish(r, 10), 1, r.describe())
+        self.assertIn("postcopy-paused", r.stderr())
+        monitor(self.smon, "cancel")
+        self.finish(self.send, 30)
+
+
+if __name__ == "__main__":
+    main()
