@@ -222,11 +222,30 @@ static bool handshake(RdmigSession *s, RdmigHello *hello, bool recovering, GErro
                                  .connect_timeout_ms = s->params.connect_timeout_ms,
                                  .max_io_bytes = RDMIG_IO_PAGES_MAX * 65536u,
                                  .conn_token = token };
-    s->transport = s->tp->create(&cfg, error);
-    if (!s->transport)
-        return false;
     g_autofree char *want = data_listen_address(s);
-    s->data_listener = s->tp->listen(s->transport, want, error);
+    s->transport = s->tp->create(&cfg, error);
+    if (s->transport)
+        s->data_listener = s->tp->listen(s->transport, want, error);
+    if (!s->data_listener && recovering) {
+        /* The device the link had may not be back: any other transport we
+         * share keeps the guest's pages coming. */
+        for (uint32_t i = 0; i < nmine && !s->data_listener; i++) {
+            bool offered = false;
+            for (uint32_t j = 0; j < hello->n_transports; j++)
+                offered |= !strcmp(mine[i]->name, hello->transports[j]);
+            if (!offered || mine[i] == s->tp)
+                continue;
+            g_warning("recovery: data transport %s cannot listen on %s (%s); trying %s",
+                      s->tp->name, want, (*error)->message, mine[i]->name);
+            g_clear_error(error);
+            if (s->transport)
+                s->tp->destroy(s->transport);
+            s->tp = mine[i];
+            s->transport = s->tp->create(&cfg, error);
+            if (s->transport)
+                s->data_listener = s->tp->listen(s->transport, want, error);
+        }
+    }
     if (!s->data_listener)
         return false;
 

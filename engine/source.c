@@ -1058,7 +1058,9 @@ static bool resume_link(RdmigSession *s, const char *address, const RdmigTranspo
         return false;
     }
     if (!open_data(s, &ack, error)) {
-        *failed = s->tp;
+        const RdmigTransportOps *all[RDMIG_MAX_TRANSPORTS];
+        if (rdmig_session_transports(s, all, RDMIG_MAX_TRANSPORTS, NULL) > 1)
+            *failed = s->tp; /* there is another to try */
         return false;
     }
     uint64_t received;

@@ -832,6 +832,22 @@ class RdmigTestCase(unittest.TestCase):
         self.assertEqual(g["pages_bad"], 0, ctx)
         self.assertTrue(g["running"], "source guest not running after the failure" + ctx)
 
+    def wait_monitor(self, mon, states, timeout, proc=None, ctx=""):
+        """Waits until the monitor socket @mon reports one of @states; returns
+        the status.  Fails if @proc exits first or the time runs out."""
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            st = monitor_status(mon)
+            if st:
+                last = st
+                if st["state"] in states:
+                    return st
+            elif proc is not None and not proc.alive():
+                break
+            time.sleep(0.05)
+        self.fail("%s never reached %s (last: %s)%s" % (mon, states, last, ctx))
+
     def wait_for_stderr(self, proc, text, timeout):
         """Waits until @text appears in @proc's stderr (e.g. a progress line)."""
         deadline = time.monotonic() + timeout

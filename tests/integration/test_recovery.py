@@ -13,7 +13,6 @@ survives is verified page by page on both sides and its guest checked.
 import os
 import random
 import signal
-import socket
 import struct
 import sys
 import tempfile
@@ -64,20 +63,9 @@ class Recovery(RdmigTestCase):
                                                 self.recv.describe())
 
     def wait_state(self, mon, states, timeout, proc=None):
-        """Waits until the monitor at @mon reports one of @states; returns it."""
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            st = monitor_status(mon)
-            if st:
-                last = st
-                if st["state"] in states:
-                    self.note("%s: %s" % (os.path.basename(mon), st["state"]))
-                    return st
-            elif proc is not None and not proc.alive():
-                break
-            time.sleep(0.05)
-        self.fail("%s never reached %s (last: %s)%s" % (mon, states, last, self.ctx()))
+        st = self.wait_monitor(mon, states, timeout, proc, self.ctx())
+        self.note("%s: %s" % (os.path.basename(mon), st["state"]))
+        return st
 
     def cut(self, at_least=0.2):
         """Cuts the link during postcopy; returns when both sides paused."""
