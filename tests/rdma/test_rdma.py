@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
@@ -28,6 +29,17 @@ class RdmaCase(harness.RdmigTestCase):
         super().setUp()
         self.host = os.environ.get("RXE_B_IP")
         self.b_netdev = os.environ.get("RXE_B_NETDEV", "rxe-b")
+
+    def link_down(self):
+        subprocess.run(["ip", "link", "set", self.b_netdev, "down"], check=True)
+        self.addCleanup(self.link_up)
+
+    def link_up(self):
+        """Link up, and the VM's policy routes back: taking a netdev down
+        deleted the ones through it, and without them rdma_cm's replies
+        take the loopback, where no rxe device listens."""
+        subprocess.run(["ip", "link", "set", self.b_netdev, "up"], check=True)
+        subprocess.run(["sh", "-c", os.environ["RXE_RESTORE_ROUTES"]], check=True)
 
     def start_recv(self, *args, guest=(), name="recv"):
         p = self.spawn("recv", "--listen", "%s:0" % self.host, "--print-address", "--json",
@@ -197,13 +209,10 @@ class Failures(RdmaCase):
                                "--peer-timeout-ms", "3000", guest=guest, quiet=False)
         self.wait_for_stderr(send, "active", 60)
         time.sleep(1)
-        subprocess.run(["ip", "link", "set", self.b_netdev, "down"], check=True)
-        try:
-            t0 = time.monotonic()
-            rc = self.finish(send, 90)
-            took = time.monotonic() - t0
-        finally:
-            subprocess.run(["ip", "link", "set", self.b_netdev, "up"], check=False)
+        self.link_down()
+        t0 = time.monotonic()
+        rc = self.finish(send, 90)
+        took = time.monotonic() - t0
         src = send.report()
         self.assertEqual(rc, 1, send.describe())
         self.assertEqual(src["result"], "failed")
@@ -211,6 +220,119 @@ class Failures(RdmaCase):
         self.assert_source_guest_safe(src, send.describe())
         self.finish(recv, 90)
         self.assertEqual(recv.report().get("result"), "failed", recv.describe())
+
+
+class Recovery(RdmaCase):
+    """Postcopy over RDMA survives a cut link, and RDMA that does not come
+    back (it goes on over TCP).  Recovery is driven by the
+    operator's commands; the end is verified page by page."""
+    TIMING = ("--keepalive-ms", "300", "--peer-timeout-ms", "2000", "--connect-timeout-ms",
+              "10000")
+
+    def start(self, transport):
+        tmp = tempfile.mkdtemp(prefix="rdmig-rr-")
+        self.dmon, self.smon = os.path.join(tmp, "d.sock"), os.path.join(tmp, "s.sock")
+        guest = ("--ram-size", "96M", "--dirty-rate", "30")
+        self.recv = self.spawn("recv", "--listen", "%s:0" % self.host, "--print-address",
+                               "--json", "--quiet", "--transport", transport, "--monitor",
+                               self.dmon, *guest, *self.TIMING, name="recv")
+        addr = self.recv.next_line(timeout=30)
+        self.assertTrue(addr and ":" in addr, self.recv.describe())
+        self.send = self.spawn("send", "--to", addr.strip(), "--json", "--quiet", "--transport",
+                               transport, "--monitor", self.smon, "--postcopy",
+                               "--postcopy-after", "1", "--max-bandwidth", "8",
+                               "--downtime-ms", "10", *guest, *self.TIMING, name="send")
+
+    def ctx(self):
+        for p in (self.send, self.recv):
+            p.wait(3)  # a failed one prints its report on the way out
+        return "\n%s\n%s" % (self.send.describe(), self.recv.describe())
+
+    def cut(self):
+        """Every packet between the two hosts dropped (netem), the link kept
+        up: rxe 6.1's GSI queue pair stops sending for good when a
+        transmission fails on a downed netdev, so no new rdma_cm connection
+        could be made after `ip link set down` (seen: its send PSN stuck,
+        fresh processes unable to connect either)."""
+        a = os.environ.get("RXE_A_NETDEV", "rxe-a")
+        for dev in (a, self.b_netdev):
+            subprocess.run(["tc", "qdisc", "add", "dev", dev, "root", "netem", "loss", "100%"],
+                           check=True)
+            self.addCleanup(subprocess.run, ["tc", "qdisc", "del", "dev", dev, "root"],
+                            check=False)
+        self.cut_devs = (a, self.b_netdev)
+
+    def restore(self, roce=True):
+        """The link back; with @roce False only TCP comes back (RoCE's UDP
+        port 4791 stays dropped), as when the RDMA NIC does not."""
+        for dev in self.cut_devs:
+            subprocess.run(["tc", "qdisc", "del", "dev", dev, "root"], check=True)
+            if roce:
+                continue
+            subprocess.run(["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "prio"],
+                           check=True)
+            subprocess.run(["tc", "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip",
+                            "u32", "match", "ip", "dport", "4791", "0xffff", "action", "drop"],
+                           check=True)
+
+    def cut_in_postcopy(self):
+        st = self.wait_monitor(self.dmon, ("postcopy-active",), 120, self.recv, self.ctx())
+        self.assertEqual(st["transport"], "rdma", self.ctx())
+        self.cut()
+        st = self.wait_monitor(self.dmon, ("postcopy-paused",), 30, self.recv, self.ctx())
+        self.assertGreater(st["pages_missing"], 0, "postcopy ended before the cut" + self.ctx())
+        self.wait_monitor(self.smon, ("postcopy-paused",), 30, self.send, self.ctx())
+
+    def recover(self):
+        """As an operator would: a new listener there, the source sent to it,
+        and again if an attempt fails while the link settles."""
+        r = self.spawn("recover", "--monitor", self.dmon, "--listen", "%s:0" % self.host)
+        self.assertEqual(self.finish(r, 30), 0, r.describe())
+        addr = r.stdout().strip()
+        for attempt in range(4):
+            failures = harness.monitor_status(self.smon)["recover_failures"]
+            s = self.spawn("send", "--resume", "--monitor", self.smon, "--to", addr)
+            self.assertEqual(self.finish(s, 30), 0, s.describe())
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                st = harness.monitor_status(self.smon)
+                if st is None or st["state"] in ("postcopy-active", "completed"):
+                    return
+                if st["state"] == "postcopy-paused" and st["recover_failures"] > failures:
+                    break
+                time.sleep(0.1)
+            time.sleep(1)
+        self.fail("recovery did not succeed in 4 attempts" + self.ctx())
+
+    def finish_both(self):
+        src_rc, dst_rc = self.finish(self.send, 240), self.finish(self.recv, 60)
+        src, dst = self.send.report(), self.recv.report()
+        self.assertEqual((src_rc, dst_rc), (0, 0), self.ctx())
+        self.assert_verified(src, dst, self.ctx())
+        for r in (src, dst):
+            self.assertEqual(r["recovery"]["pauses"], 1, self.ctx())
+        self.assertGreater(dst["postcopy"]["faults"], 0, self.ctx())
+        return src, dst
+
+    def test_link_down_in_postcopy(self):
+        self.start("rdma")
+        self.cut_in_postcopy()
+        self.restore()
+        self.recover()
+        src, dst = self.finish_both()
+        for r in (src, dst):
+            self.assertEqual(r["transport"], "rdma", "%s resumed over %s" % (r["role"],
+                                                                             r["transport"]))
+
+    def test_rdma_gone_goes_on_over_tcp(self):
+        self.start("auto")
+        self.cut_in_postcopy()
+        self.restore(roce=False)
+        self.recover()
+        src, dst = self.finish_both()
+        for r in (src, dst):
+            self.assertEqual(r["transport"], "tcp", "%s resumed over %s" % (r["role"],
+                                                                            r["transport"]))
 
 
 if __name__ == "__main__":

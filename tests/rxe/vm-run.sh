@@ -92,6 +92,9 @@ cd "$(cat $C/cwd)" || cd /
 	export RXE_VM=1 RXE_DEVS="rxe0 rxe1"
 	export RXE_A_DEV=rxe0 RXE_A_NETDEV=rxe-a RXE_A_IP='$NET'.1
 	export RXE_B_DEV=rxe1 RXE_B_NETDEV=rxe-b RXE_B_IP='$NET'.2
+	# Taking a netdev down deletes its routes, and up does not bring the
+	# policy routes above back: a test that cuts the link runs this after.
+	export RXE_RESTORE_ROUTES="ip route replace '$NET'.2 dev rxe-a src '$NET'.1 table 102; ip route replace '$NET'.1 dev rxe-b src '$NET'.2 table 101"
 	. /run/rxe/cmd' < /dev/null > "$OUT" 2> "$ERR"
 rc=$?
 echo "rxe-vm: command exited $rc at $(up)"
