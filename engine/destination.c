@@ -152,6 +152,9 @@ static char *data_listen_address(RdmigSession *s)
  * features; the data transport is chosen again (RDMA may not be back). */
 static bool handshake(RdmigSession *s, RdmigHello *hello, bool recovering, GError **error)
 {
+    /* Precopy resumes with its RAM registered again; postcopy pulls into
+     * the pager's staging buffer instead. */
+    bool precopy_resume = recovering && rdmig_session_state(s) == RDMIG_STATE_PRECOPY_PAUSED;
     if (!recovering)
         memcpy(s->session_id, hello->session_id, sizeof(s->session_id));
     if (!rdmig_layout_check(s->blocks, hello, error))
@@ -260,13 +263,13 @@ static bool handshake(RdmigSession *s, RdmigHello *hello, bool recovering, GErro
     if (!rdmig_session_send(s, RDMIG_MSG_HELLO_ACK, rdmig_hello_ack_encode(&ack), error))
         return false;
     rdmig_session_start_keepalive(s);
-    if (recovering && !rdmig_session_set_state(s, RDMIG_STATE_POSTCOPY_PAUSED,
-                                               RDMIG_STATE_POSTCOPY_RECOVER)) {
+    if (recovering && !precopy_resume &&
+        !rdmig_session_set_state(s, RDMIG_STATE_POSTCOPY_PAUSED, RDMIG_STATE_POSTCOPY_RECOVER)) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
         return false;
     }
 
-    if (!recovering) {
+    if (!recovering || precopy_resume) {
         /* Postcopy pulls into a staging buffer of its own; guest RAM is the
          * peer's to write only during precopy. */
         g_autofree RdmigRegions *regions = g_new0(RdmigRegions, 1);
@@ -279,7 +282,7 @@ static bool handshake(RdmigSession *s, RdmigHello *hello, bool recovering, GErro
         for (guint i = 0; i < s->blocks->len; i++) {
             RdmigRamBlock *b = s->blocks->pdata[i];
             s->tp->region_key(b->region, &regions->keys[i]);
-            if (enabled & RDMIG_FEATURE_VERIFY) {
+            if ((enabled & RDMIG_FEATURE_VERIFY) && !b->hashes) {
                 b->hashes = g_new0(uint64_t, b->npages);
                 b->hash_known = rdmig_bitmap_new(b->npages);
             }
@@ -322,7 +325,7 @@ static bool handshake(RdmigSession *s, RdmigHello *hello, bool recovering, GErro
     }
     s->tp->listener_close(s->data_listener);
     s->data_listener = NULL;
-    if (recovering) {
+    if (recovering && !precopy_resume) {
         RDMIG_STATS_UPDATE(s, {
             g_strlcpy(s->stats.transport, s->tp->name, sizeof(s->stats.transport));
             s->stats.data_connections = s->nconns;
@@ -330,6 +333,10 @@ static bool handshake(RdmigSession *s, RdmigHello *hello, bool recovering, GErro
         return true; /* the pager polls the connections itself */
     }
     g_atomic_int_set(&s->stop_threads, 0);
+    uint64_t stale;
+    if (read(s->stop_fd, &stale, sizeof(stale)) < 0) {
+        /* Nothing to drain: no pollers were stopped before. */
+    }
     for (uint32_t i = 0; i < s->nconns; i++) {
         DataPoller *dp = g_new(DataPoller, 1);
         *dp = (DataPoller){ s, i };
@@ -338,7 +345,7 @@ static bool handshake(RdmigSession *s, RdmigHello *hello, bool recovering, GErro
     RDMIG_STATS_UPDATE(s, {
         g_strlcpy(s->stats.transport, s->tp->name, sizeof(s->stats.transport));
         s->stats.data_connections = s->nconns;
-        for (guint i = 0; i < s->blocks->len; i++)
+        for (guint i = 0; i < s->blocks->len && !recovering; i++)
             s->stats.pages_total += ((RdmigRamBlock *)s->blocks->pdata[i])->npages;
     });
     return true;
@@ -759,7 +766,10 @@ static bool receive(RdmigSession *s, GError **error)
             break;
         case RDMIG_MSG_ROUND_END: {
             uint64_t round;
-            ok = rdmig_u64_decode(f.payload, f.hdr.length, &round, "ROUND_END", error) &&
+            ok = rdmig_u64_decode(f.payload, f.hdr.length, &round, "ROUND_END", error);
+            if (ok)
+                s->round_applied = round;
+            ok = ok &&
                  rdmig_session_send(s, RDMIG_MSG_ROUND_ACK, rdmig_u64_encode(round), error);
             RDMIG_STATS_UPDATE(s, s->stats.rounds = round);
             break;
@@ -853,9 +863,12 @@ bool rdmig_destination_recover_link(RdmigSession *s, int listen_fd, GError **err
                     "to the paused migration");
         goto out;
     }
-    if (!(hello.features_required & RDMIG_FEATURE_RECOVERY)) {
+    uint64_t want = rdmig_session_state(s) == RDMIG_STATE_PRECOPY_PAUSED
+                        ? RDMIG_FEATURE_PRECOPY_RESUME : RDMIG_FEATURE_RECOVERY;
+    if (!(hello.features_required & want)) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
-                    "the paused migration's source came back without asking to recover");
+                    "the paused migration's source came back without asking to %s",
+                    want == RDMIG_FEATURE_RECOVERY ? "recover postcopy" : "resume precopy");
         goto out;
     }
     r = rdmig_session_recv(s, &f, (int)s->params.peer_timeout_ms, error);
@@ -887,6 +900,79 @@ out:
     if (!ok)
         rdmig_session_send_error(s, *error);
     return ok;
+}
+
+/* Precopy paused (precopy_resume negotiated): waits for a listener from
+ * rdmig_session_recover() and for this session's source on it. */
+static bool wait_precopy_resume(RdmigSession *s, GError **error)
+{
+    int lfd = -1;
+    bool ok = false;
+    for (;;) {
+        g_mutex_lock(&s->lock);
+        if (s->recover_fd_new >= 0) {
+            if (lfd >= 0)
+                close(lfd);
+            lfd = s->recover_fd_new;
+            s->recover_fd_new = -1;
+        }
+        g_mutex_unlock(&s->lock);
+        struct pollfd p[2] = { { .fd = s->wake_fd, .events = POLLIN },
+                               { .fd = lfd, .events = POLLIN } };
+        if (poll(p, 2, 1000) < 0 && errno != EINTR) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s", g_strerror(errno));
+            break;
+        }
+        if (p[0].revents) {
+            uint64_t v;
+            if (read(s->wake_fd, &v, sizeof(v)) < 0) {
+                /* Drained already. */
+            }
+            if (rdmig_session_cancelled(s)) {
+                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED,
+                            "migration cancelled while precopy was paused");
+                break;
+            }
+        }
+        if (lfd < 0 || !p[1].revents)
+            continue;
+        GError *err = NULL;
+        if (rdmig_destination_recover_link(s, lfd, &err) &&
+            rdmig_session_send(s, RDMIG_MSG_RECEIVED_END, rdmig_u64_encode(s->round_applied),
+                               &err) &&
+            rdmig_session_resumed(s)) {
+            ok = true;
+            break;
+        }
+        if (!err)
+            g_set_error(&err, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
+        rdmig_destination_drop_link(s);
+        rdmig_session_pause(s, err, true);
+        g_error_free(err);
+    }
+    if (lfd >= 0)
+        close(lfd);
+    return ok;
+}
+
+/* receive(), pausing on a broken precopy link when both sides asked for it. */
+static bool receive_resumable(RdmigSession *s, GError **error)
+{
+    for (;;) {
+        GError *err = NULL;
+        if (receive(s, &err))
+            return true;
+        if (rdmig_session_state(s) != RDMIG_STATE_ACTIVE || s->postcopy_prepared ||
+            !rdmig_session_link_lost(s, err, RDMIG_FEATURE_PRECOPY_RESUME)) {
+            g_propagate_error(error, err);
+            return false;
+        }
+        rdmig_session_pause(s, err, false);
+        g_error_free(err);
+        rdmig_destination_drop_link(s);
+        if (!wait_precopy_resume(s, error))
+            return false;
+    }
 }
 
 static void teardown(RdmigSession *s)
@@ -921,7 +1007,7 @@ gpointer rdmig_destination_thread(gpointer data)
             g_set_error(&err, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
     }
     if (ok)
-        ok = receive(s, &err);
+        ok = receive_resumable(s, &err);
     if (ok) {
         rdmig_session_set_state(s, rdmig_session_state(s), RDMIG_STATE_COMPLETED);
     } else {

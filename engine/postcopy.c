@@ -862,7 +862,7 @@ bool rdmig_postcopy_pull(RdmigSession *s, bool (*resume)(RdmigSession *, GError 
         GError *lost = NULL;
         if (pull_loop(pg, &lost))
             break;
-        if (!rdmig_session_link_lost(s, lost)) {
+        if (!rdmig_session_link_lost(s, lost, RDMIG_FEATURE_RECOVERY)) {
             g_propagate_error(error, lost);
             ok = false;
             break;

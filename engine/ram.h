@@ -29,6 +29,7 @@ typedef struct {
     uint64_t *unrequested;    /* needed pages with no read posted yet */
     uint64_t *received;       /* needed pages placed */
     uint64_t *unverified;     /* placed before their hash came: arrival hash in hashes[] */
+    uint64_t *sent_unacked;   /* source, precopy resume: sent since the last ROUND_ACK */
 } RdmigRamBlock;
 
 static inline size_t rdmig_bitmap_words(uint64_t nbits) { return (nbits + 63) / 64; }

@@ -132,6 +132,7 @@ static void block_free(RdmigRamBlock *b)
     g_free(b->unrequested);
     g_free(b->received);
     g_free(b->unverified);
+    g_free(b->sent_unacked);
     g_free(b);
 }
 
@@ -310,12 +311,12 @@ bool rdmig_session_recover(RdmigSession *s, const char *address, GError **error)
         return false;
     }
     g_mutex_lock(&s->lock);
-    if (s->state != RDMIG_STATE_POSTCOPY_PAUSED) {
+    if (s->state != RDMIG_STATE_POSTCOPY_PAUSED && s->state != RDMIG_STATE_PRECOPY_PAUSED) {
         RdmigState st = s->state;
         g_mutex_unlock(&s->lock);
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
-                    "recovery is for a migration in postcopy-paused; this one is %s",
-                    rdmig_state_str(st));
+                    "recovery is for a migration in postcopy-paused or precopy-paused; this "
+                    "one is %s", rdmig_state_str(st));
         return false;
     }
     if (s->role == RDMIG_ROLE_DESTINATION) {
@@ -344,22 +345,27 @@ bool rdmig_session_recover(RdmigSession *s, const char *address, GError **error)
     return true;
 }
 
-bool rdmig_session_link_lost(RdmigSession *s, const GError *err)
+bool rdmig_session_link_lost(RdmigSession *s, const GError *err, uint64_t feature)
 {
-    if (!(s->features & RDMIG_FEATURE_RECOVERY) || g_atomic_int_get(&s->peer_reported))
+    if (!(s->features & feature) || g_atomic_int_get(&s->peer_reported) ||
+        err->domain != RDMIG_ERROR)
         return false;
     /* A peer that vanished or stalled, a connection that broke or could not
-     * be made: the network's fault, not the migration's. */
-    return err->domain == RDMIG_ERROR &&
-           (err->code == RDMIG_ERROR_PEER || err->code == RDMIG_ERROR_CONNECT);
+     * be made: the network's fault, not the migration's.  (The destination's
+     * data pollers report a broken connection as "data connection N: ...".) */
+    return err->code == RDMIG_ERROR_PEER || err->code == RDMIG_ERROR_CONNECT ||
+           (err->code == RDMIG_ERROR_PROTOCOL && g_str_has_prefix(err->message, "data connection"));
 }
 
 void rdmig_session_pause(RdmigSession *s, const GError *why, bool attempt)
 {
     RdmigState st = rdmig_session_state(s);
-    g_warning("postcopy %s: %s", attempt ? "recovery attempt failed" : "paused", why->message);
-    if (st != RDMIG_STATE_POSTCOPY_PAUSED)
-        rdmig_session_set_state(s, st, RDMIG_STATE_POSTCOPY_PAUSED);
+    bool precopy = st == RDMIG_STATE_ACTIVE || st == RDMIG_STATE_PRECOPY_PAUSED;
+    RdmigState to = precopy ? RDMIG_STATE_PRECOPY_PAUSED : RDMIG_STATE_POSTCOPY_PAUSED;
+    g_warning("%s %s: %s", precopy ? "precopy" : "postcopy",
+              attempt ? "recovery attempt failed" : "paused", why->message);
+    if (st != to)
+        rdmig_session_set_state(s, st, to);
     RDMIG_STATS_UPDATE(s, {
         if (attempt) {
             s->stats.recover_failures++;
@@ -379,14 +385,17 @@ void rdmig_session_pause(RdmigSession *s, const GError *why, bool attempt)
 
 bool rdmig_session_resumed(RdmigSession *s)
 {
-    if (!rdmig_session_set_state(s, RDMIG_STATE_POSTCOPY_RECOVER, RDMIG_STATE_POSTCOPY_ACTIVE))
+    bool precopy = rdmig_session_state(s) == RDMIG_STATE_PRECOPY_PAUSED;
+    if (!(precopy ? rdmig_session_set_state(s, RDMIG_STATE_PRECOPY_PAUSED, RDMIG_STATE_ACTIVE)
+                  : rdmig_session_set_state(s, RDMIG_STATE_POSTCOPY_RECOVER,
+                                            RDMIG_STATE_POSTCOPY_ACTIVE)))
         return false;
     gint64 now = g_get_monotonic_time();
     RDMIG_STATS_UPDATE(s, {
         s->stats.paused_ms += (uint64_t)(now - s->t_pause) / 1000;
         s->stats.last_recovery_ms = (uint64_t)(now - s->t_recover) / 1000;
     });
-    g_message("postcopy resumed after %" G_GINT64_FORMAT " ms paused",
+    g_message("%s resumed after %" G_GINT64_FORMAT " ms paused", precopy ? "precopy" : "postcopy",
               (now - s->t_pause) / 1000);
     return true;
 }

@@ -111,6 +111,7 @@ struct RdmigSession {
     gint64 t_pause, t_recover;  /* when the last pause / recover request began */
     bool recovery_hashes_sent;  /* source: the final hashes went out on the current link */
     bool final_hashes_done;     /* source: hashes of the discarded pages are final */
+    uint64_t round_applied;     /* destination: last ROUND_END applied */
 };
 
 /** Changes state if @from is current and the edge is allowed; calls the
@@ -166,11 +167,12 @@ bool rdmig_session_register_blocks(RdmigSession *s, uint32_t access, GError **er
 
 /** Postcopy recovery: whether @err (a failure of the link during postcopy)
  *  may pause the migration rather than end it. */
-bool rdmig_session_link_lost(RdmigSession *s, const GError *err);
+bool rdmig_session_link_lost(RdmigSession *s, const GError *err, uint64_t feature);
 /** Enters postcopy-paused from the current state, noting @why: a new pause,
  *  or (@attempt) a recovery attempt that failed. */
 void rdmig_session_pause(RdmigSession *s, const GError *why, bool attempt);
-/** Leaves recovery for postcopy-active; notes how long it took. */
+/** Leaves recovery for postcopy-active (precopy-paused: for active); notes
+ *  how long it took. */
 bool rdmig_session_resumed(RdmigSession *s);
 /** The control channel's bytes into the stats, then closes it. */
 void rdmig_session_close_control(RdmigSession *s);

@@ -65,7 +65,10 @@ static bool exchange_hello(RdmigSession *s, bool recovering, const RdmigTranspor
                      .features_supported = RDMIG_FEATURES_KNOWN,
                      .features_required = (s->params.verify ? RDMIG_FEATURE_VERIFY : 0) |
                                           (s->params.postcopy ? RDMIG_FEATURE_POSTCOPY : 0) |
-                                          (recovering ? RDMIG_FEATURE_RECOVERY : 0),
+                                          (recovering ? (s->postcopy_started
+                                                             ? RDMIG_FEATURE_RECOVERY
+                                                             : RDMIG_FEATURE_PRECOPY_RESUME)
+                                                      : 0),
                      .data_connections = want_conns,
                      .n_transports = nmine,
                      .n_blocks = s->blocks->len };
@@ -73,6 +76,8 @@ static bool exchange_hello(RdmigSession *s, bool recovering, const RdmigTranspor
         h.features_supported &= ~RDMIG_FEATURE_VERIFY;
     if (!s->params.postcopy)
         h.features_supported &= ~(RDMIG_FEATURE_POSTCOPY | RDMIG_FEATURE_RECOVERY);
+    if (!s->params.precopy_resume)
+        h.features_supported &= ~RDMIG_FEATURE_PRECOPY_RESUME;
     memcpy(h.session_id, s->session_id, sizeof(h.session_id));
     for (uint32_t i = 0; i < nmine; i++)
         g_strlcpy(h.transports[i], mine[i]->name, sizeof(h.transports[i]));
@@ -480,6 +485,8 @@ static bool send_dirty(RdmigSession *s, GError **error)
             uint8_t *page = b->host + i * b->page_size;
             if (zero_runs && rdmig_page_is_zero(page, b->page_size)) {
                 rdmig_bitmap_clear(b->dirty, i);
+                if (b->sent_unacked)
+                    rdmig_bitmap_set(b->sent_unacked, i);
                 if (verify)
                     b->hashes[i] = b->zero_hash;
                 if (zcount && zfirst + zcount == i) {
@@ -511,6 +518,8 @@ static bool send_dirty(RdmigSession *s, GError **error)
                      rdmig_bitmap_test(b->dirty, i + n));
             if (verify)
                 rdmig_hasher_push(s->hasher, page, b->hashes + i, n, b->page_size);
+            if (b->sent_unacked)
+                rdmig_bitmap_set_range(b->sent_unacked, i, n);
             if (!submit_run(s, b, i, n, error)) {
                 if (zm)
                     g_byte_array_unref(zm);
@@ -565,6 +574,12 @@ static bool end_round(RdmigSession *s, uint64_t round, GError **error)
                     "destination acknowledged round %" G_GUINT64_FORMAT " during round %"
                     G_GUINT64_FORMAT, s->round_ack, round);
         return false;
+    }
+    /* Everything sent so far is placed and applied there. */
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        if (b->sent_unacked)
+            memset(b->sent_unacked, 0, rdmig_bitmap_words(b->npages) * 8);
     }
     return true;
 }
@@ -634,6 +649,10 @@ static bool setup_memory(RdmigSession *s, GError **error)
     }
     s->nreqs = s->nconns * RDMIG_REQS_PER_CONN;
     s->reqs = g_new0(RdmigPageReq, s->nreqs);
+    for (guint i = 0; (s->features & RDMIG_FEATURE_PRECOPY_RESUME) && i < s->blocks->len; i++) {
+        RdmigRamBlock *b = s->blocks->pdata[i];
+        b->sent_unacked = rdmig_bitmap_new(b->npages);
+    }
     RDMIG_STATS_UPDATE(s, {
         s->stats.pages_total = total;
         s->stats.pages_untouched = untouched;
@@ -772,6 +791,9 @@ static bool postcopy_serve(RdmigSession *s, GError **error, bool broken);
 static bool postcopy_link(RdmigSession *s, GError **error);
 static void source_pause(RdmigSession *s, const GError *why);
 static bool wait_resume(RdmigSession *s, GError **error);
+static bool resume_precopy_link(RdmigSession *s, const char *address,
+                                const RdmigTransportOps *skip, const RdmigTransportOps **failed,
+                                GError **error);
 
 static bool wait_flag(RdmigSession *s, const bool *flag, GError **error)
 {
@@ -873,7 +895,7 @@ static bool postcopy_serve(RdmigSession *s, GError **error, bool broken)
         if (!err)
             err = g_error_copy(*error);
         g_clear_error(error);
-        if (!rdmig_session_link_lost(s, err)) {
+        if (!rdmig_session_link_lost(s, err, RDMIG_FEATURE_RECOVERY)) {
             g_propagate_error(error, err);
             return false;
         }
@@ -1107,8 +1129,10 @@ static bool wait_resume(RdmigSession *s, GError **error)
             }
         }
         if (rdmig_session_cancelled(s)) {
-            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED,
-                        "postcopy given up while paused");
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "%s",
+                        rdmig_session_state(s) == RDMIG_STATE_PRECOPY_PAUSED
+                            ? "migration cancelled while precopy was paused"
+                            : "postcopy given up while paused");
             return false;
         }
         g_mutex_lock(&s->lock);
@@ -1121,7 +1145,9 @@ static bool wait_resume(RdmigSession *s, GError **error)
             GError *err = NULL;
             const RdmigTransportOps *skip = failed;
             failed = NULL;
-            if (resume_link(s, address, skip, &failed, &err)) {
+            bool precopy = rdmig_session_state(s) == RDMIG_STATE_PRECOPY_PAUSED;
+            if (precopy ? resume_precopy_link(s, address, skip, &failed, &err)
+                        : resume_link(s, address, skip, &failed, &err)) {
                 g_free(address);
                 return true;
             }
@@ -1152,7 +1178,8 @@ static bool postcopy_due(RdmigSession *s, uint64_t round, gint64 elapsed_ms)
 static bool precopy(RdmigSession *s, GError **error)
 {
     uint64_t bandwidth = 0;
-    for (uint64_t round = 1;; round++) {
+    /* After a resume, on from the last round the destination applied. */
+    for (uint64_t round = s->round_ack + 1;; round++) {
         gint64 t0 = now_us();
         s->round_bytes = 0;
         RDMIG_STATS_UPDATE(s, s->stats.rounds = round);
@@ -1215,6 +1242,129 @@ static bool precopy(RdmigSession *s, GError **error)
     }
 }
 
+/* ---------------------------------------------------------------- precopy resume */
+
+/* The link broke in precopy (precopy_resume negotiated): the guest runs on
+ * here; whatever was sent since the last acknowledged round goes again. */
+static void precopy_pause(RdmigSession *s, const GError *why)
+{
+    rdmig_session_pause(s, why, false);
+    for (uint32_t i = 0; i < s->nreqs; i++)
+        s->reqs[i].busy = false;
+    s->inflight = 0;
+    drop_link(s);
+    if (s->hasher)
+        rdmig_hasher_drain(s->hasher);
+}
+
+/* One attempt to continue precopy toward @address: the destination hands
+ * out new keys for its RAM and says which round it applied last. */
+static bool resume_precopy_link(RdmigSession *s, const char *address,
+                                const RdmigTransportOps *skip, const RdmigTransportOps **failed,
+                                GError **error)
+{
+    s->epoch++;
+    int fd = rdmig_socket_connect(address, (int)s->params.connect_timeout_ms, s->wake_fd, error);
+    if (fd < 0)
+        return false;
+    s->ctl = rdmig_control_new(fd, (int)s->params.peer_timeout_ms);
+    g_atomic_pointer_set(&s->last_rx_us, now_us());
+    RdmigHelloAck ack;
+    if (!exchange_hello(s, true, skip, &ack, error))
+        return false;
+    RdmigFrame f;
+    int r = rdmig_session_recv(s, &f, -1, error);
+    if (r <= 0)
+        return false;
+    g_autofree RdmigRegions *regions = g_new0(RdmigRegions, 1);
+    if (f.hdr.type != RDMIG_MSG_REGIONS) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "expected REGIONS from the resumed destination, got %s",
+                    rdmig_msg_type_str(f.hdr.type));
+        return false;
+    }
+    if (!rdmig_regions_decode(f.payload, f.hdr.length, regions, error))
+        return false;
+    if (regions->n_blocks != s->blocks->len) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "destination sent keys for %u RAM blocks, we have %u", regions->n_blocks,
+                    s->blocks->len);
+        return false;
+    }
+    for (guint i = 0; i < s->blocks->len; i++)
+        ((RdmigRamBlock *)s->blocks->pdata[i])->rkey = regions->keys[i];
+    if (!open_data(s, &ack, error)) {
+        const RdmigTransportOps *all[RDMIG_MAX_TRANSPORTS];
+        if (rdmig_session_transports(s, all, RDMIG_MAX_TRANSPORTS, NULL) > 1)
+            *failed = s->tp;
+        return false;
+    }
+    bool postcopy = s->features & RDMIG_FEATURE_POSTCOPY;
+    if (!rdmig_session_register_blocks(s, postcopy ? RDMIG_ACCESS_REMOTE_READ : 0, error) ||
+        (postcopy && !send_source_keys(s, error)))
+        return false;
+    r = rdmig_session_recv(s, &f, -1, error);
+    if (r <= 0)
+        return false;
+    uint64_t applied;
+    if (f.hdr.type != RDMIG_MSG_RECEIVED_END) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "expected RECEIVED_END from the resumed destination, got %s",
+                    rdmig_msg_type_str(f.hdr.type));
+        return false;
+    }
+    if (!rdmig_u64_decode(f.payload, f.hdr.length, &applied, "RECEIVED_END", error))
+        return false;
+    uint64_t current = s->round_ack + 1;
+    if (applied > current || applied < s->round_ack) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "the resumed destination applied round %" G_GUINT64_FORMAT ", but the "
+                    "last one acknowledged is %" G_GUINT64_FORMAT, applied, s->round_ack);
+        return false;
+    }
+    /* The round that broke: held there only if its end was applied (its
+     * acknowledgement got lost); else send it again. */
+    uint64_t again = 0;
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        for (size_t w = 0; applied < current && w < rdmig_bitmap_words(b->npages); w++) {
+            again += (uint64_t)__builtin_popcountll(b->sent_unacked[w] & ~b->dirty[w]);
+            b->dirty[w] |= b->sent_unacked[w];
+        }
+        memset(b->sent_unacked, 0, rdmig_bitmap_words(b->npages) * 8);
+    }
+    s->round_ack = applied;
+    g_message("precopy resumed over %s: the destination applied round %" G_GUINT64_FORMAT
+              "; %" G_GUINT64_FORMAT " pages of the broken round go again", s->tp->name,
+              applied, again);
+    if (!rdmig_session_resumed(s)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
+        return false;
+    }
+    return true;
+}
+
+/* Precopy that pauses on a broken link and goes on after
+ * rdmig_session_recover(), when both sides asked for it. */
+static bool precopy_resumable(RdmigSession *s, GError **error)
+{
+    for (;;) {
+        GError *err = NULL;
+        if (precopy(s, &err))
+            return true;
+        if (s->guest_stopped || s->postcopy_started ||
+            rdmig_session_state(s) != RDMIG_STATE_ACTIVE ||
+            !rdmig_session_link_lost(s, err, RDMIG_FEATURE_PRECOPY_RESUME)) {
+            g_propagate_error(error, err);
+            return false;
+        }
+        precopy_pause(s, err);
+        g_error_free(err);
+        if (!wait_resume(s, error))
+            return false;
+    }
+}
+
 static void teardown(RdmigSession *s)
 {
     if (s->hasher) {
@@ -1245,7 +1395,7 @@ gpointer rdmig_source_thread(gpointer data)
             g_set_error(&err, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
     }
     if (ok)
-        ok = precopy(s, &err);
+        ok = precopy_resumable(s, &err);
     if (ok) {
         rdmig_session_set_state(s, rdmig_session_state(s), RDMIG_STATE_COMPLETED);
     } else if (s->postcopy_started) {

@@ -16,6 +16,7 @@ static const char *const state_names[RDMIG_STATE__COUNT] = {
     [RDMIG_STATE_POSTCOPY_PAUSED] = "postcopy-paused",
     [RDMIG_STATE_POSTCOPY_RECOVER_SETUP] = "postcopy-recover-setup",
     [RDMIG_STATE_POSTCOPY_RECOVER] = "postcopy-recover",
+    [RDMIG_STATE_PRECOPY_PAUSED] = "precopy-paused",
 };
 
 const char *rdmig_state_str(RdmigState state)
@@ -45,6 +46,9 @@ static const bool allowed[RDMIG_STATE__COUNT][RDMIG_STATE__COUNT] = {
     T(POSTCOPY_RECOVER_SETUP, FAILED),
     T(POSTCOPY_RECOVER, POSTCOPY_ACTIVE), T(POSTCOPY_RECOVER, POSTCOPY_PAUSED),
     T(POSTCOPY_RECOVER, FAILED),
+    /* Precopy resume (rdmig's own): the source guest runs throughout. */
+    T(ACTIVE, PRECOPY_PAUSED), T(PRECOPY_PAUSED, ACTIVE), T(PRECOPY_PAUSED, FAILED),
+    T(PRECOPY_PAUSED, CANCELLING),
     T(DEVICE, COMPLETED),  T(DEVICE, FAILED),     T(DEVICE, CANCELLING),
     T(CANCELLING, CANCELLED), T(CANCELLING, FAILED),
 };

@@ -34,9 +34,11 @@
 #define RDMIG_FEATURE_KEEPALIVE   (1ull << 3) /* PING frames on an idle channel */
 #define RDMIG_FEATURE_POSTCOPY    (1ull << 4) /* the destination may pull pages after switchover */
 #define RDMIG_FEATURE_RECOVERY    (1ull << 5) /* a broken postcopy pauses and resumes on a new link */
+#define RDMIG_FEATURE_PRECOPY_RESUME (1ull << 6) /* a broken precopy pauses and resumes */
 #define RDMIG_FEATURES_KNOWN (RDMIG_FEATURE_VERIFY | RDMIG_FEATURE_ZERO_PAGES | \
                               RDMIG_FEATURE_MULTI_CONN | RDMIG_FEATURE_KEEPALIVE | \
-                              RDMIG_FEATURE_POSTCOPY | RDMIG_FEATURE_RECOVERY)
+                              RDMIG_FEATURE_POSTCOPY | RDMIG_FEATURE_RECOVERY | \
+                              RDMIG_FEATURE_PRECOPY_RESUME)
 
 typedef enum {
     RDMIG_MSG_HELLO = 1,     /* src -> dst: version, features, session, layout */
@@ -59,7 +61,8 @@ typedef enum {
     RDMIG_MSG_POSTCOPY_PREPARED,/* dst -> src: done; the switchover can begin */
     RDMIG_MSG_RESUME,        /* src -> dst after HELLO on a recovery link: epoch (recovery) */
     RDMIG_MSG_RECEIVED,      /* dst -> src: a slice of the received-pages bitmap (recovery) */
-    RDMIG_MSG_RECEIVED_END,  /* dst -> src: the bitmap is complete; pages received in all */
+    RDMIG_MSG_RECEIVED_END,  /* dst -> src: the bitmap is complete; pages received in all
+                              * (precopy resume: the last round applied, no bitmap) */
     RDMIG_MSG_POSTCOPY_RESUME, /* src -> dst: keys and hashes resent; pull again (recovery) */
     RDMIG_MSG__MAX
 } RdmigMsgType;

@@ -70,6 +70,7 @@ typedef struct {
     int stop_after_failure_ms;
     char *monitor;
     gboolean resume;
+    gboolean precopy_resume;
 } Options;
 
 static Options opt = {
@@ -162,6 +163,7 @@ static bool build_params(RdmigParams *p, GError **error)
             return false;
         }
     }
+    p->precopy_resume = opt.precopy_resume;
     /* Any postcopy trigger implies postcopy. */
     p->postcopy = opt.postcopy || opt.postcopy_after ||
                   p->on_no_converge == RDMIG_NO_CONVERGE_POSTCOPY;
@@ -444,6 +446,17 @@ static void pause_hint(RdmigSession *s, const RdmigStats *st)
     if (opt.quiet)
         return;
     bool dst = rdmig_session_is_destination(s);
+    if (st->state == RDMIG_STATE_PRECOPY_PAUSED) {
+        fprintf(stderr, "\nrdmig: precopy paused: %s\n", st->pause_reason);
+        if (dst)
+            fprintf(stderr, "rdmig: waiting for the source to resume.\n"
+                    "  recover:  rdmig recover --monitor %s --listen ADDR\n", monitor_path);
+        else
+            fprintf(stderr, "rdmig: the guest runs on here.\n"
+                    "  resume:   rdmig send --resume --monitor %s --to ADDR\n", monitor_path);
+        fprintf(stderr, "  give up:  rdmig cancel --monitor %s\n", monitor_path);
+        return;
+    }
     fprintf(stderr, "\nrdmig: postcopy paused: %s\n", st->pause_reason);
     if (dst)
         fprintf(stderr, "rdmig: the guest runs here; threads touching the %" G_GUINT64_FORMAT
@@ -481,7 +494,7 @@ static void progress_loop(RdmigSession *s)
         }
         if (final)
             break;
-        if (st.state == RDMIG_STATE_POSTCOPY_PAUSED &&
+        if ((st.state == RDMIG_STATE_POSTCOPY_PAUSED || st.state == RDMIG_STATE_PRECOPY_PAUSED) &&
             (st.pauses != last_pauses || st.recover_failures != last_failures))
             pause_hint(s, &st);
         last_pauses = st.pauses;
@@ -980,7 +993,8 @@ int main(int argc, char **argv)
         { "run-after-ms", 0, 0, G_OPTION_ARG_INT, &opt.run_after_ms, "recv: run the guest this long before checking it (default 300)", "MS" },
         { "cancel-after-ms", 0, 0, G_OPTION_ARG_INT, &opt.cancel_after_ms, "send: cancel after this long", "MS" },
         { "monitor", 0, 0, G_OPTION_ARG_STRING, &opt.monitor, "send/recv: monitor socket (default /tmp/rdmig-PID.sock); recover/status/cancel/send --resume: the one to talk to", "PATH" },
-        { "resume", 0, 0, G_OPTION_ARG_NONE, &opt.resume, "send: resume a paused postcopy (with --monitor and --to)", NULL },
+        { "resume", 0, 0, G_OPTION_ARG_NONE, &opt.resume, "send: resume a paused migration (with --monitor and --to)", NULL },
+        { "precopy-resume", 0, 0, G_OPTION_ARG_NONE, &opt.precopy_resume, "send, recv: a broken precopy link pauses and can be resumed, rather than failing (both sides)", NULL },
         { NULL },
     };
     g_autoptr(GOptionContext) ctx = g_option_context_new(usage);

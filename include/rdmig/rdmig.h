@@ -53,6 +53,9 @@ typedef enum {
                                   * guest runs on, threads on missing pages wait */
     RDMIG_STATE_POSTCOPY_RECOVER_SETUP, /* source: connecting to the recovery address */
     RDMIG_STATE_POSTCOPY_RECOVER,       /* both: same session proven, resyncing */
+    RDMIG_STATE_PRECOPY_PAUSED,  /* (not QEMU's) precopy link lost with precopy_resume set:
+                                  * the source guest runs on; rdmig_session_recover()
+                                  * continues where the migration stopped */
     RDMIG_STATE__COUNT
 } RdmigState;
 
@@ -94,6 +97,9 @@ typedef struct {
                                    * the guest stops; default false */
     uint32_t postcopy_after_rounds; /* start postcopy after this many rounds, 0 = not by rounds */
     uint32_t postcopy_after_ms;   /* ... or after this much precopy time, 0 = not by time */
+    bool precopy_resume;          /* a broken precopy link pauses (precopy-paused) and
+                                   * rdmig_session_recover() continues it, rather than
+                                   * failing; both sides must set it; default false */
 } RdmigParams;
 
 /** rdmig_params_init: fills @params with the defaults above. */
@@ -220,8 +226,8 @@ void rdmig_session_set_state_func(RdmigSession *s, RdmigStateFunc func, void *op
  *  in precopy or postcopy was not negotiated. */
 bool rdmig_session_start_postcopy(RdmigSession *s, GError **error);
 
-/** rdmig_session_recover: resumes a migration in postcopy-paused over a new
- *  link.  Destination: listen on @address (port 0 picks one; see
+/** rdmig_session_recover: resumes a migration in postcopy-paused (or
+ *  precopy-paused) over a new link.  Destination: listen on @address (port 0 picks one; see
  *  rdmig_session_listen_address()) for the same source to come back; call it
  *  first.  Source: connect to the address the destination listens on.
  *  Returns at once; the session's thread does the rest (states

@@ -46,15 +46,15 @@ class Recovery(RdmigTestCase):
     def note(self, what):
         self.log.append("%6.2f s  %s" % (time.monotonic() - self.t0, what))
 
-    def start(self, postcopy_after="1", extra_send=()):
-        guest = ["--ram-size", RAM, "--dirty-rate", self.dirty]
+    def start(self, postcopy_after="1", extra_send=(), extra_both=()):
+        guest = ["--ram-size", RAM, "--dirty-rate", self.dirty, *extra_both]
         self.recv = self.spawn("recv", "--listen", self.net.addr_there + ":0", "--print-address",
                                "--json", "--quiet", "--monitor", self.dmon, *guest, *TIMING,
                                name="recv", wrapper=self.net.wrapper)
         addr = self.recv.next_line(timeout=15)
         self.assertTrue(addr and ":" in addr, "recv did not print its address\n%s" %
                         self.recv.describe())
-        args = ["--postcopy"] + (["--postcopy-after", postcopy_after] if postcopy_after else [])
+        args = ["--postcopy", "--postcopy-after", postcopy_after] if postcopy_after else []
         self.send = self.spawn("send", "--to", addr.strip(), "--json", "--quiet", "--monitor",
                                self.smon, *guest, *TIMING, *args, *extra_send, name="send")
 
@@ -161,6 +161,50 @@ class LinkDown(Recovery):
         self.recover()
         src, dst = self.finish_both()
         self.assertGreaterEqual(src["recovery"]["recover_failures"], 1, self.ctx())
+
+
+class PrecopyResume(Recovery):
+    """--precopy-resume on both sides: a precopy whose link breaks pauses,
+    the source guest running on, and continues after recovery instead of
+    starting over."""
+    dirty = "4"  # below the capped link rate: precopy converges
+
+    def test_link_down_in_precopy(self):
+        self.start(postcopy_after=None, extra_both=["--precopy-resume"])
+        self.wait_state(self.smon, ("active",), 30, self.send)
+        time.sleep(0.5 + random.random())
+        self.net.down()
+        self.note("link down")
+        st = self.wait_state(self.smon, ("precopy-paused",), 15, self.send)
+        self.assertTrue(st["pause_reason"], self.ctx())
+        self.wait_state(self.dmon, ("precopy-paused",), 15, self.recv)
+        time.sleep(0.5)  # the source guest runs on, dirtying pages
+        self.net.up()
+        self.recover()
+        src_rc, dst_rc = self.finish(self.send, 120), self.finish(self.recv, 30)
+        src, dst = self.send.report(), self.recv.report()
+        self.assertEqual((src_rc, dst_rc), (0, 0), self.ctx())
+        self.assert_verified(src, dst, self.ctx())
+        for r in (src, dst):
+            self.assertEqual(r["recovery"]["pauses"], 1, self.ctx())
+        self.assertFalse(src["postcopy"]["active"], self.ctx())
+        # Continued, not started over: fewer pages went than twice the guest.
+        self.assertLess(src["pages_sent"] + src["pages_zero"], 2 * src["pages_total"], self.ctx())
+
+    def test_give_up(self):
+        """Cancel while precopy is paused: the source guest runs on intact."""
+        self.start(postcopy_after=None, extra_both=["--precopy-resume"])
+        self.wait_state(self.smon, ("active",), 30, self.send)
+        time.sleep(0.5)
+        self.net.down()
+        self.wait_state(self.smon, ("precopy-paused",), 15, self.send)
+        c = self.spawn("cancel", "--monitor", self.smon)
+        self.assertEqual(self.finish(c, 10), 0, c.describe())
+        rc = self.finish(self.send, 30)
+        src = self.send.report()
+        self.assertEqual(rc, 3, self.ctx())
+        self.assertEqual(src["result"], "cancelled", self.ctx())
+        self.assert_source_guest_safe(src, self.ctx())
 
 
 class Stall(Recovery):

@@ -232,7 +232,9 @@ class Recovery(RdmaCase):
     def start(self, transport):
         tmp = tempfile.mkdtemp(prefix="rdmig-rr-")
         self.dmon, self.smon = os.path.join(tmp, "d.sock"), os.path.join(tmp, "s.sock")
-        guest = ("--ram-size", "96M", "--dirty-rate", "30")
+        # Big enough that the pull lasts seconds after postcopy begins, so the
+        # cut lands in it.
+        guest = ("--ram-size", "160M", "--dirty-rate", "40")
         self.recv = self.spawn("recv", "--listen", "%s:0" % self.host, "--print-address",
                                "--json", "--quiet", "--transport", transport, "--monitor",
                                self.dmon, *guest, *self.TIMING, name="recv")
@@ -240,8 +242,8 @@ class Recovery(RdmaCase):
         self.assertTrue(addr and ":" in addr, self.recv.describe())
         self.send = self.spawn("send", "--to", addr.strip(), "--json", "--quiet", "--transport",
                                transport, "--monitor", self.smon, "--postcopy",
-                               "--postcopy-after", "1", "--max-bandwidth", "8",
-                               "--downtime-ms", "10", *guest, *self.TIMING, name="send")
+                               "--postcopy-after", "1", "--downtime-ms", "10", *guest,
+                               *self.TIMING, name="send")
 
     def ctx(self):
         for p in (self.send, self.recv):
