@@ -7,7 +7,8 @@ capped with tbf so that a migration lasts a few seconds).
     sudo tests/bench/soak-recovery.py build/tools/rdmig [--runs 50] [--seed N]
 
 Scenarios: the link cut during postcopy (recovered), cut several times,
-cut during precopy (the source must go on), either peer stopped past the
+cut during precopy (the source must go on), cut during precopy with
+--precopy-resume (continued after recovery), either peer stopped past the
 peer timeout (SIGSTOP, recovered), a source of another session knocking
 during the pause (refused, then the real one recovers), the source killed
 in postcopy (the destination must name the pages lost), the destination
@@ -34,7 +35,8 @@ from harness import NetPair, RdmigProc, monitor, monitor_status  # noqa: E402
 
 RAM = "64M"
 TIMING = ["--keepalive-ms", "200", "--peer-timeout-ms", "1000", "--connect-timeout-ms", "3000"]
-SCENARIOS = ["link-down-postcopy", "link-down-repeated", "link-down-precopy", "stall-source",
+SCENARIOS = ["link-down-postcopy", "link-down-repeated", "link-down-precopy", "precopy-resume",
+             "stall-source",
              "stall-destination", "other-session", "source-killed-postcopy",
              "destination-killed-precopy"]
 
@@ -73,8 +75,11 @@ class Run:
         self.procs.append(p)
         return p
 
-    def start(self, postcopy=True):
-        guest = ["--ram-size", RAM, "--dirty-rate", str(self.rng.choice([50, 100, 200]))]
+    def start(self, postcopy=True, precopy_resume=False):
+        rate = self.rng.choice([50, 100, 200]) if postcopy else self.rng.choice([2, 5, 10])
+        guest = ["--ram-size", RAM, "--dirty-rate", str(rate)]
+        if precopy_resume:
+            guest.append("--precopy-resume")
         self.recv = self.spawn("recv", "--listen", self.net.addr_there + ":0", "--print-address",
                                "--json", "--quiet", "--monitor", self.dmon, *guest, *TIMING,
                                wrapper=self.net.wrapper)
@@ -102,7 +107,7 @@ class Run:
         reply = monitor(self.smon, "recover " + reply[3:])
         if not reply.startswith("ok"):
             raise Broken("resume: " + reply)
-        wait_state(self.smon, ("postcopy-active", "completed"), 30, self.send)
+        wait_state(self.smon, ("postcopy-active", "active", "completed"), 30, self.send)
         self.recover_s.append(time.monotonic() - t)
 
     def cut(self):
@@ -176,6 +181,19 @@ class Run:
             wait_state(self.smon, ("failed", "cancelled"), 20, self.send)
             self.detect.append(time.monotonic() - t0)
             return self.expect_source_safe()
+        if s == "precopy-resume":
+            self.start(postcopy=False, precopy_resume=True)
+            wait_state(self.smon, ("active",), 30, self.send)
+            time.sleep(self.rng.uniform(0.2, 1.5))
+            t0 = time.monotonic()
+            self.net.down()
+            wait_state(self.smon, ("precopy-paused",), 15, self.send)
+            wait_state(self.dmon, ("precopy-paused",), 15, self.recv)
+            self.detect.append(time.monotonic() - t0)
+            time.sleep(self.rng.uniform(0.2, 2.0))
+            self.net.up()
+            self.recover()
+            return self.expect_completed()
         if s in ("stall-source", "stall-destination"):
             self.start()
             self.in_postcopy()

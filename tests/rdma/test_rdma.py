@@ -229,21 +229,24 @@ class Recovery(RdmaCase):
     TIMING = ("--keepalive-ms", "300", "--peer-timeout-ms", "2000", "--connect-timeout-ms",
               "10000")
 
-    def start(self, transport):
+    def start(self, transport, precopy_resume=False):
         tmp = tempfile.mkdtemp(prefix="rdmig-rr-")
         self.dmon, self.smon = os.path.join(tmp, "d.sock"), os.path.join(tmp, "s.sock")
         # Big enough that the pull lasts seconds after postcopy begins, so the
         # cut lands in it.
         guest = ("--ram-size", "160M", "--dirty-rate", "40")
+        if precopy_resume:
+            guest = ("--ram-size", "64M", "--dirty-rate", "2", "--precopy-resume")
         self.recv = self.spawn("recv", "--listen", "%s:0" % self.host, "--print-address",
                                "--json", "--quiet", "--transport", transport, "--monitor",
                                self.dmon, *guest, *self.TIMING, name="recv")
         addr = self.recv.next_line(timeout=30)
         self.assertTrue(addr and ":" in addr, self.recv.describe())
         self.send = self.spawn("send", "--to", addr.strip(), "--json", "--quiet", "--transport",
-                               transport, "--monitor", self.smon, "--postcopy",
-                               "--postcopy-after", "1", "--downtime-ms", "10", *guest,
-                               *self.TIMING, name="send")
+                               transport, "--monitor", self.smon,
+                               *(("--max-bandwidth", "8") if precopy_resume else
+                                 ("--postcopy", "--postcopy-after", "1", "--downtime-ms", "10")),
+                               *guest, *self.TIMING, name="send")
 
     def ctx(self):
         for p in (self.send, self.recv):
@@ -298,7 +301,7 @@ class Recovery(RdmaCase):
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 st = harness.monitor_status(self.smon)
-                if st is None or st["state"] in ("postcopy-active", "completed"):
+                if st is None or st["state"] in ("postcopy-active", "active", "completed"):
                     return
                 if st["state"] == "postcopy-paused" and st["recover_failures"] > failures:
                     break
@@ -325,6 +328,25 @@ class Recovery(RdmaCase):
         for r in (src, dst):
             self.assertEqual(r["transport"], "rdma", "%s resumed over %s" % (r["role"],
                                                                              r["transport"]))
+
+    def test_precopy_resume(self):
+        """--precopy-resume: the link cut mid-precopy; the source guest runs
+        on, and the migration continues over RDMA after recovery."""
+        self.start("rdma", precopy_resume=True)
+        self.wait_monitor(self.smon, ("active",), 120, self.send, self.ctx())
+        time.sleep(2)
+        self.cut()
+        self.wait_monitor(self.smon, ("precopy-paused",), 30, self.send, self.ctx())
+        self.wait_monitor(self.dmon, ("precopy-paused",), 30, self.recv, self.ctx())
+        self.restore()
+        self.recover()
+        src_rc, dst_rc = self.finish(self.send, 240), self.finish(self.recv, 60)
+        src, dst = self.send.report(), self.recv.report()
+        self.assertEqual((src_rc, dst_rc), (0, 0), self.ctx())
+        self.assert_verified(src, dst, self.ctx())
+        for r in (src, dst):
+            self.assertEqual(r["recovery"]["pauses"], 1, self.ctx())
+            self.assertEqual(r["transport"], "rdma", self.ctx())
 
     def test_packet_loss(self):
         """Postcopy over TCP on a link that drops 2% of packets both ways
