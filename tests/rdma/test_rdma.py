@@ -329,6 +329,23 @@ class Recovery(RdmaCase):
             self.assertEqual(r["transport"], "rdma", "%s resumed over %s" % (r["role"],
                                                                              r["transport"]))
 
+    def test_source_stalled(self):
+        """The source stopped (SIGSTOP) past the peer timeout in postcopy:
+        RDMA READs need no source CPU, but its silence on the control
+        channel pauses the destination; recovered over RDMA once it runs."""
+        self.start("rdma")
+        self.wait_monitor(self.dmon, ("postcopy-active",), 120, self.recv, self.ctx())
+        self.send.signal(signal.SIGSTOP)
+        self.addCleanup(self.send.signal, signal.SIGCONT)
+        try:
+            self.wait_monitor(self.dmon, ("postcopy-paused",), 30, self.recv, self.ctx())
+        finally:
+            self.send.signal(signal.SIGCONT)
+        self.wait_monitor(self.smon, ("postcopy-paused",), 30, self.send, self.ctx())
+        self.recover()
+        src, dst = self.finish_both()
+        self.assertEqual(dst["transport"], "rdma", self.ctx())
+
     def test_precopy_resume(self):
         """--precopy-resume: the link cut mid-precopy; the source guest runs
         on, and the migration continues over RDMA after recovery."""
