@@ -835,6 +835,19 @@ void rdmig_destination_drop_link(RdmigSession *s)
     rdmig_session_close_control(s);
 }
 
+int rdmig_destination_recover_listener(RdmigSession *s, int current)
+{
+    g_mutex_lock(&s->lock);
+    if (s->recover_fd_new >= 0) {
+        if (current >= 0)
+            close(current);
+        current = s->recover_fd_new;
+        s->recover_fd_new = -1;
+    }
+    g_mutex_unlock(&s->lock);
+    return current;
+}
+
 bool rdmig_destination_recover_link(RdmigSession *s, int listen_fd, GError **error)
 {
     int fd = rdmig_socket_accept(listen_fd, (int)s->params.connect_timeout_ms, s->wake_fd, error);
@@ -909,14 +922,7 @@ static bool wait_precopy_resume(RdmigSession *s, GError **error)
     int lfd = -1;
     bool ok = false;
     for (;;) {
-        g_mutex_lock(&s->lock);
-        if (s->recover_fd_new >= 0) {
-            if (lfd >= 0)
-                close(lfd);
-            lfd = s->recover_fd_new;
-            s->recover_fd_new = -1;
-        }
-        g_mutex_unlock(&s->lock);
+        lfd = rdmig_destination_recover_listener(s, lfd);
         struct pollfd p[2] = { { .fd = s->wake_fd, .events = POLLIN },
                                { .fd = lfd, .events = POLLIN } };
         if (poll(p, 2, 1000) < 0 && errno != EINTR) {

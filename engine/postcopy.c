@@ -805,14 +805,7 @@ static bool wait_recovery(Pager *pg, GError **error)
     int lfd = -1;
     bool ok = false;
     for (;;) {
-        g_mutex_lock(&s->lock);
-        if (s->recover_fd_new >= 0) {
-            if (lfd >= 0)
-                close(lfd);
-            lfd = s->recover_fd_new;
-            s->recover_fd_new = -1;
-        }
-        g_mutex_unlock(&s->lock);
+        lfd = rdmig_destination_recover_listener(s, lfd);
         struct pollfd p[3] = { { .fd = pg->uffd, .events = POLLIN },
                                { .fd = s->wake_fd, .events = POLLIN },
                                { .fd = lfd, .events = POLLIN } };

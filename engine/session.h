@@ -145,9 +145,12 @@ bool rdmig_destination_store_hashes(RdmigSession *s, const RdmigFrame *f, guint 
 
 /** Destination: stores the source's keys (SOURCE_REGIONS). */
 bool rdmig_destination_store_source_keys(RdmigSession *s, const RdmigFrame *f, GError **error);
-/** Destination, postcopy paused: takes a source on @listen_fd and, if it is
+/** Destination, paused: the recovery listener to poll: a new one handed in
+ *  by rdmig_session_recover() replaces (and closes) @current. */
+int rdmig_destination_recover_listener(RdmigSession *s, int current);
+/** Destination, paused (postcopy or precopy): takes a source on @listen_fd and, if it is
  *  this session's coming back, renegotiates the data transport and opens
- *  its connections (state postcopy-recover).  On failure the peer is told
+ *  its connections (postcopy: state postcopy-recover).  On failure the peer is told
  *  why; the caller drops the link. */
 bool rdmig_destination_recover_link(RdmigSession *s, int listen_fd, GError **error);
 /** Destination: closes the control channel, data connections and transport. */

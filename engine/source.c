@@ -171,11 +171,9 @@ static bool open_data(RdmigSession *s, const RdmigHelloAck *ack, GError **error)
     return true;
 }
 
-static bool handshake(RdmigSession *s, GError **error)
+/* REGIONS: the keys of the destination's RAM, one per block. */
+static bool take_regions(RdmigSession *s, GError **error)
 {
-    RdmigHelloAck ack;
-    if (!exchange_hello(s, false, NULL, &ack, error))
-        return false;
     RdmigFrame f;
     int r = rdmig_session_recv(s, &f, -1, error);
     if (r <= 0)
@@ -197,7 +195,14 @@ static bool handshake(RdmigSession *s, GError **error)
     }
     for (guint i = 0; i < s->blocks->len; i++)
         ((RdmigRamBlock *)s->blocks->pdata[i])->rkey = regions->keys[i];
-    return open_data(s, &ack, error);
+    return true;
+}
+
+static bool handshake(RdmigSession *s, GError **error)
+{
+    RdmigHelloAck ack;
+    return exchange_hello(s, false, NULL, &ack, error) && take_regions(s, error) &&
+           open_data(s, &ack, error);
 }
 
 /* ---------------------------------------------------------------- dirty log */
@@ -1055,6 +1060,33 @@ static bool take_received(RdmigSession *s, uint64_t *received, GError **error)
     }
 }
 
+/* The start of every recovery attempt: a new epoch, the control channel to
+ * @address, HELLO + RESUME and the destination's HELLO_ACK. */
+static bool connect_recovery(RdmigSession *s, const char *address,
+                             const RdmigTransportOps *skip, RdmigHelloAck *ack, GError **error)
+{
+    s->epoch++;
+    int fd = rdmig_socket_connect(address, (int)s->params.connect_timeout_ms, s->wake_fd, error);
+    if (fd < 0)
+        return false;
+    s->ctl = rdmig_control_new(fd, (int)s->params.peer_timeout_ms);
+    g_atomic_pointer_set(&s->last_rx_us, now_us());
+    return exchange_hello(s, true, skip, ack, error);
+}
+
+/* open_data() on a recovery link; when it fails and another transport may
+ * be used, @failed names the one that could not connect. */
+static bool reopen_data(RdmigSession *s, const RdmigHelloAck *ack,
+                        const RdmigTransportOps **failed, GError **error)
+{
+    if (open_data(s, ack, error))
+        return true;
+    const RdmigTransportOps *all[RDMIG_MAX_TRANSPORTS];
+    if (rdmig_session_transports(s, all, RDMIG_MAX_TRANSPORTS, NULL) > 1)
+        *failed = s->tp;
+    return false;
+}
+
 /* One recovery attempt toward @address.  On a failure to open the data
  * connections, @failed names the transport that could not. */
 static bool resume_link(RdmigSession *s, const char *address, const RdmigTransportOps *skip,
@@ -1065,26 +1097,16 @@ static bool resume_link(RdmigSession *s, const char *address, const RdmigTranspo
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
         return false;
     }
-    s->epoch++;
-    int fd = rdmig_socket_connect(address, (int)s->params.connect_timeout_ms, s->wake_fd, error);
-    if (fd < 0)
-        return false;
-    s->ctl = rdmig_control_new(fd, (int)s->params.peer_timeout_ms);
-    g_atomic_pointer_set(&s->last_rx_us, now_us());
     RdmigHelloAck ack;
-    if (!exchange_hello(s, true, skip, &ack, error))
+    if (!connect_recovery(s, address, skip, &ack, error))
         return false;
     if (!rdmig_session_set_state(s, RDMIG_STATE_POSTCOPY_RECOVER_SETUP,
                                  RDMIG_STATE_POSTCOPY_RECOVER)) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "migration cancelled");
         return false;
     }
-    if (!open_data(s, &ack, error)) {
-        const RdmigTransportOps *all[RDMIG_MAX_TRANSPORTS];
-        if (rdmig_session_transports(s, all, RDMIG_MAX_TRANSPORTS, NULL) > 1)
-            *failed = s->tp; /* there is another to try */
+    if (!reopen_data(s, &ack, failed, error))
         return false;
-    }
     uint64_t received;
     if (!rdmig_session_register_blocks(s, RDMIG_ACCESS_REMOTE_READ, error) ||
         !take_received(s, &received, error) || !send_source_keys(s, error))
@@ -1263,42 +1285,12 @@ static bool resume_precopy_link(RdmigSession *s, const char *address,
                                 const RdmigTransportOps *skip, const RdmigTransportOps **failed,
                                 GError **error)
 {
-    s->epoch++;
-    int fd = rdmig_socket_connect(address, (int)s->params.connect_timeout_ms, s->wake_fd, error);
-    if (fd < 0)
-        return false;
-    s->ctl = rdmig_control_new(fd, (int)s->params.peer_timeout_ms);
-    g_atomic_pointer_set(&s->last_rx_us, now_us());
     RdmigHelloAck ack;
-    if (!exchange_hello(s, true, skip, &ack, error))
+    if (!connect_recovery(s, address, skip, &ack, error) || !take_regions(s, error) ||
+        !reopen_data(s, &ack, failed, error))
         return false;
     RdmigFrame f;
-    int r = rdmig_session_recv(s, &f, -1, error);
-    if (r <= 0)
-        return false;
-    g_autofree RdmigRegions *regions = g_new0(RdmigRegions, 1);
-    if (f.hdr.type != RDMIG_MSG_REGIONS) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
-                    "expected REGIONS from the resumed destination, got %s",
-                    rdmig_msg_type_str(f.hdr.type));
-        return false;
-    }
-    if (!rdmig_regions_decode(f.payload, f.hdr.length, regions, error))
-        return false;
-    if (regions->n_blocks != s->blocks->len) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
-                    "destination sent keys for %u RAM blocks, we have %u", regions->n_blocks,
-                    s->blocks->len);
-        return false;
-    }
-    for (guint i = 0; i < s->blocks->len; i++)
-        ((RdmigRamBlock *)s->blocks->pdata[i])->rkey = regions->keys[i];
-    if (!open_data(s, &ack, error)) {
-        const RdmigTransportOps *all[RDMIG_MAX_TRANSPORTS];
-        if (rdmig_session_transports(s, all, RDMIG_MAX_TRANSPORTS, NULL) > 1)
-            *failed = s->tp;
-        return false;
-    }
+    int r;
     bool postcopy = s->features & RDMIG_FEATURE_POSTCOPY;
     if (!rdmig_session_register_blocks(s, postcopy ? RDMIG_ACCESS_REMOTE_READ : 0, error) ||
         (postcopy && !send_source_keys(s, error)))
