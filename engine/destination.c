@@ -816,22 +816,7 @@ void rdmig_destination_drop_link(RdmigSession *s)
     if (s->data_listener)
         s->tp->listener_close(s->data_listener);
     s->data_listener = NULL;
-    for (uint32_t i = 0; i < s->nconns; i++) {
-        if (!s->conns[i])
-            continue;
-        s->tp->disconnect(s->conns[i]);
-        s->tp->conn_close(s->conns[i]);
-        s->conns[i] = NULL;
-    }
-    for (guint i = 0; i < s->blocks->len; i++) {
-        RdmigRamBlock *b = s->blocks->pdata[i];
-        if (b->region)
-            s->tp->deregister_region(b->region);
-        b->region = NULL;
-    }
-    if (s->transport)
-        s->tp->destroy(s->transport);
-    s->transport = NULL;
+    rdmig_session_close_data(s, true);
     rdmig_session_close_control(s);
 }
 

@@ -721,7 +721,8 @@ static void pager_pause(Pager *pg, const GError *why)
     }
     pg->bg_block = 0;
     pg->bg_cursor = 0;
-    /* What the old connections still complete is dropped by the epoch. */
+    /* What the old connections still complete is dropped by the epoch;
+     * reaped before the staging buffer they read into is deregistered. */
     for (uint32_t i = 0; i < s->nconns; i++) {
         if (!s->conns[i])
             continue;

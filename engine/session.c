@@ -400,6 +400,29 @@ bool rdmig_session_resumed(RdmigSession *s)
     return true;
 }
 
+void rdmig_session_close_data(RdmigSession *s, bool drain)
+{
+    for (uint32_t i = 0; i < s->nconns; i++) {
+        if (!s->conns[i])
+            continue;
+        s->tp->disconnect(s->conns[i]);
+        RdmigIoReq *done[32];
+        while (drain && s->tp->poll(s->conns[i], done, G_N_ELEMENTS(done)) > 0)
+            ;
+        s->tp->conn_close(s->conns[i]);
+        s->conns[i] = NULL;
+    }
+    for (guint i = 0; i < s->blocks->len; i++) {
+        RdmigRamBlock *b = s->blocks->pdata[i];
+        if (b->region)
+            s->tp->deregister_region(b->region);
+        b->region = NULL;
+    }
+    if (s->transport)
+        s->tp->destroy(s->transport);
+    s->transport = NULL;
+}
+
 void rdmig_session_close_control(RdmigSession *s)
 {
     if (!s->ctl)

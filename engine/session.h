@@ -177,6 +177,9 @@ void rdmig_session_pause(RdmigSession *s, const GError *why, bool attempt);
 /** Leaves recovery for postcopy-active (precopy-paused: for active); notes
  *  how long it took. */
 bool rdmig_session_resumed(RdmigSession *s);
+/** Closes the data connections (@drain: reaping what they still complete),
+ *  deregisters the RAM blocks and destroys the transport. */
+void rdmig_session_close_data(RdmigSession *s, bool drain);
 /** The control channel's bytes into the stats, then closes it. */
 void rdmig_session_close_control(RdmigSession *s);
 

@@ -796,6 +796,21 @@ static bool postcopy_serve(RdmigSession *s, GError **error, bool broken);
 static bool postcopy_link(RdmigSession *s, GError **error);
 static void source_pause(RdmigSession *s, const GError *why);
 static bool wait_resume(RdmigSession *s, GError **error);
+
+/* Takes @err, the failure of a link.  If it @may_pause, pauses (@pause) and
+ * waits until a recovery succeeds (true) or the operator gives up (false);
+ * else hands @err up (false). */
+static bool pause_until_resumed(RdmigSession *s, GError *err, bool may_pause,
+                                void (*pause)(RdmigSession *, const GError *), GError **error)
+{
+    if (!may_pause) {
+        g_propagate_error(error, err);
+        return false;
+    }
+    pause(s, err);
+    g_error_free(err);
+    return wait_resume(s, error);
+}
 static bool resume_precopy_link(RdmigSession *s, const char *address,
                                 const RdmigTransportOps *skip, const RdmigTransportOps **failed,
                                 GError **error);
@@ -900,13 +915,8 @@ static bool postcopy_serve(RdmigSession *s, GError **error, bool broken)
         if (!err)
             err = g_error_copy(*error);
         g_clear_error(error);
-        if (!rdmig_session_link_lost(s, err, RDMIG_FEATURE_RECOVERY)) {
-            g_propagate_error(error, err);
-            return false;
-        }
-        source_pause(s, err);
-        g_error_free(err);
-        if (!wait_resume(s, error))
+        if (!pause_until_resumed(s, err, rdmig_session_link_lost(s, err, RDMIG_FEATURE_RECOVERY),
+                                 source_pause, error))
             return false;
     }
 }
@@ -973,25 +983,7 @@ static bool postcopy_link(RdmigSession *s, GError **error)
 static void drop_link(RdmigSession *s)
 {
     rdmig_session_stop_keepalive(s);
-    for (uint32_t i = 0; i < s->nconns; i++) {
-        if (!s->conns[i])
-            continue;
-        s->tp->disconnect(s->conns[i]);
-        RdmigIoReq *done[32];
-        while (s->tp->poll(s->conns[i], done, G_N_ELEMENTS(done)) > 0)
-            ;
-        s->tp->conn_close(s->conns[i]);
-        s->conns[i] = NULL;
-    }
-    for (guint i = 0; i < s->blocks->len; i++) {
-        RdmigRamBlock *b = s->blocks->pdata[i];
-        if (b->region)
-            s->tp->deregister_region(b->region);
-        b->region = NULL;
-    }
-    if (s->transport)
-        s->tp->destroy(s->transport);
-    s->transport = NULL;
+    rdmig_session_close_data(s, true);
     rdmig_session_close_control(s);
 }
 
@@ -1344,15 +1336,10 @@ static bool precopy_resumable(RdmigSession *s, GError **error)
         GError *err = NULL;
         if (precopy(s, &err))
             return true;
-        if (s->guest_stopped || s->postcopy_started ||
-            rdmig_session_state(s) != RDMIG_STATE_ACTIVE ||
-            !rdmig_session_link_lost(s, err, RDMIG_FEATURE_PRECOPY_RESUME)) {
-            g_propagate_error(error, err);
-            return false;
-        }
-        precopy_pause(s, err);
-        g_error_free(err);
-        if (!wait_resume(s, error))
+        bool may_pause = !s->guest_stopped && !s->postcopy_started &&
+                         rdmig_session_state(s) == RDMIG_STATE_ACTIVE &&
+                         rdmig_session_link_lost(s, err, RDMIG_FEATURE_PRECOPY_RESUME);
+        if (!pause_until_resumed(s, err, may_pause, precopy_pause, error))
             return false;
     }
 }
