@@ -253,7 +253,14 @@ class Unrecoverable(Recovery):
         fake.close()
         self.assertEqual(code, "auth", msg)
         self.assertIn("another session", msg)
-        st = self.wait_state(self.dmon, ("postcopy-paused",), 5)
+        # The refusal is sent before the attempt is counted: wait for the count.
+        deadline = time.monotonic() + 10
+        st = monitor_status(self.dmon)
+        while st and st["recover_failures"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            st = monitor_status(self.dmon)
+        self.assertEqual(st["state"], "postcopy-paused", self.ctx())
+        self.assertEqual(st["recover_failures"], 1, self.ctx())
         self.assertIn("another session", st["pause_reason"])
         s = self.spawn("send", "--resume", "--monitor", self.smon, "--to", addr)
         self.assertEqual(self.finish(s, 15), 0, s.describe())
