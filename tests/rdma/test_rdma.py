@@ -229,7 +229,11 @@ class Recovery(RdmaCase):
     TIMING = ("--keepalive-ms", "300", "--peer-timeout-ms", "2000", "--connect-timeout-ms",
               "10000")
 
+    def note(self, what):
+        self.log.append("%6.2f s  %s" % (time.monotonic() - self.t0, what))
+
     def start(self, transport, precopy_resume=False):
+        self.log, self.t0 = [], time.monotonic()
         tmp = tempfile.mkdtemp(prefix="rdmig-rr-")
         self.dmon, self.smon = os.path.join(tmp, "d.sock"), os.path.join(tmp, "s.sock")
         # Big enough that the pull lasts seconds after postcopy begins, so the
@@ -249,9 +253,10 @@ class Recovery(RdmaCase):
                                *guest, *self.TIMING, name="send")
 
     def ctx(self):
-        for p in (self.send, self.recv):
-            p.wait(3)  # a failed one prints its report on the way out
-        return "\n%s\n%s" % (self.send.describe(), self.recv.describe())
+        # No waiting here: this string is built for every assertion, passed
+        # or not, and the migration must not stall behind it.
+        return "\n--- timeline:\n%s\n%s\n%s" % ("\n".join(self.log), self.send.describe(),
+                                                self.recv.describe())
 
     def cut(self):
         """Every packet between the two hosts dropped (netem), the link kept
@@ -261,17 +266,24 @@ class Recovery(RdmaCase):
         fresh processes unable to connect either)."""
         a = os.environ.get("RXE_A_NETDEV", "rxe-a")
         for dev in (a, self.b_netdev):
-            subprocess.run(["tc", "qdisc", "add", "dev", dev, "root", "netem", "loss", "100%"],
+            subprocess.run(["tc", "qdisc", "replace", "dev", dev, "root", "netem", "loss", "100%"],
                            check=True)
             self.addCleanup(subprocess.run, ["tc", "qdisc", "del", "dev", dev, "root"],
-                            check=False)
+                            check=False, stderr=subprocess.DEVNULL)
         self.cut_devs = (a, self.b_netdev)
+        self.note("link cut")
 
-    def restore(self, roce=True):
+    def restore(self, roce=True, rate=None):
         """The link back; with @roce False only TCP comes back (RoCE's UDP
-        port 4791 stays dropped), as when the RDMA NIC does not."""
+        port 4791 stays dropped), as when the RDMA NIC does not; with @rate
+        (e.g. "40mbit") it comes back that slow, with a queue deep enough
+        that RC never loses a packet to it."""
+        self.note("link back")
         for dev in self.cut_devs:
             subprocess.run(["tc", "qdisc", "del", "dev", dev, "root"], check=True)
+            if rate:
+                subprocess.run(["tc", "qdisc", "add", "dev", dev, "root", "netem", "rate", rate,
+                                "limit", "20000"], check=True)
             if roce:
                 continue
             subprocess.run(["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "prio"],
@@ -285,8 +297,10 @@ class Recovery(RdmaCase):
         self.assertEqual(st["transport"], "rdma", self.ctx())
         self.cut()
         st = self.wait_monitor(self.dmon, ("postcopy-paused",), 30, self.recv, self.ctx())
+        self.note("destination paused, %d pages missing" % st["pages_missing"])
         self.assertGreater(st["pages_missing"], 0, "postcopy ended before the cut" + self.ctx())
         self.wait_monitor(self.smon, ("postcopy-paused",), 30, self.send, self.ctx())
+        self.note("source paused")
 
     def recover(self):
         """As an operator would: a new listener there, the source sent to it,
@@ -294,14 +308,17 @@ class Recovery(RdmaCase):
         r = self.spawn("recover", "--monitor", self.dmon, "--listen", "%s:0" % self.host)
         self.assertEqual(self.finish(r, 30), 0, r.describe())
         addr = r.stdout().strip()
+        self.note("destination listens on %s" % addr)
         for attempt in range(4):
             failures = harness.monitor_status(self.smon)["recover_failures"]
             s = self.spawn("send", "--resume", "--monitor", self.smon, "--to", addr)
             self.assertEqual(self.finish(s, 30), 0, s.describe())
+            self.note("source asked to resume")
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 st = harness.monitor_status(self.smon)
                 if st is None or st["state"] in ("postcopy-active", "active", "completed"):
+                    self.note("source %s" % (st["state"] if st else "finished"))
                     return
                 if st["state"] == "postcopy-paused" and st["recover_failures"] > failures:
                     break
@@ -309,13 +326,14 @@ class Recovery(RdmaCase):
             time.sleep(1)
         self.fail("recovery did not succeed in 4 attempts" + self.ctx())
 
-    def finish_both(self):
+    def finish_both(self, pauses=1):
         src_rc, dst_rc = self.finish(self.send, 240), self.finish(self.recv, 60)
         src, dst = self.send.report(), self.recv.report()
         self.assertEqual((src_rc, dst_rc), (0, 0), self.ctx())
         self.assert_verified(src, dst, self.ctx())
         for r in (src, dst):
-            self.assertEqual(r["recovery"]["pauses"], 1, self.ctx())
+            self.assertEqual(r["recovery"]["pauses"], pauses, self.ctx())
+            self.assertEqual(r["recovery"]["pages_missing"], 0, self.ctx())
         self.assertGreater(dst["postcopy"]["faults"], 0, self.ctx())
         return src, dst
 
@@ -328,6 +346,41 @@ class Recovery(RdmaCase):
         for r in (src, dst):
             self.assertEqual(r["transport"], "rdma", "%s resumed over %s" % (r["role"],
                                                                              r["transport"]))
+
+    def test_repeated_pauses(self):
+        """Three cuts in one postcopy, each recovered over RDMA: every
+        recovery starts a new epoch and new queue pairs, and the pull goes
+        on from what the destination holds."""
+        self.start("rdma")
+        for _ in range(3):
+            self.cut_in_postcopy()
+            self.restore(rate="40mbit")  # the pull must outlast three cuts
+            self.recover()
+        src, dst = self.finish_both(pauses=3)
+        for r in (src, dst):
+            self.assertEqual(r["transport"], "rdma", self.ctx())
+
+    def test_source_killed(self):
+        """The source dies in postcopy over RDMA: the destination pauses
+        (its reads on the dead queue pair never complete: rxe retries them
+        for ever); giving up names the lost pages, and no guest thread
+        reads one."""
+        self.start("rdma")
+        st = self.wait_monitor(self.dmon, ("postcopy-active",), 120, self.recv, self.ctx())
+        self.assertEqual(st["transport"], "rdma", self.ctx())
+        time.sleep(0.3)
+        self.send.kill()
+        st = self.wait_monitor(self.dmon, ("postcopy-paused",), 30, self.recv, self.ctx())
+        self.assertGreater(st["pages_missing"], 0, "postcopy ended before the kill" + self.ctx())
+        c = self.spawn("cancel", "--monitor", self.dmon)
+        self.assertEqual(self.finish(c, 30), 0, c.describe())
+        self.assertEqual(self.finish(self.recv, 60), 1, self.ctx())
+        dst = self.recv.report()
+        self.assertEqual(dst["result"], "failed", self.ctx())
+        self.assertIn("lost", dst["error"], self.ctx())
+        self.assertRegex(dst["error"], r"pc\.ram:\d+-\d+", self.ctx())
+        self.assertGreater(dst["recovery"]["pages_missing"], 0, self.ctx())
+        self.assertEqual(dst["verify_mismatches"], 0, self.ctx())
 
     def test_source_stalled(self):
         """The source stopped (SIGSTOP) past the peer timeout in postcopy:
