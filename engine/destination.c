@@ -224,6 +224,7 @@ static bool handshake(RdmigSession *s, RdmigHello *hello, bool recovering, GErro
     RdmigTransportConfig cfg = { .queue_depth = RDMIG_REQS_PER_CONN,
                                  .connect_timeout_ms = s->params.connect_timeout_ms,
                                  .max_io_bytes = RDMIG_IO_PAGES_MAX * 65536u,
+                                 .ack_timeout = s->params.rdma_ack_timeout,
                                  .conn_token = token };
     g_autofree char *want = data_listen_address(s);
     s->transport = s->tp->create(&cfg, error);

@@ -151,6 +151,7 @@ static bool open_data(RdmigSession *s, const RdmigHelloAck *ack, GError **error)
     RdmigTransportConfig cfg = { .queue_depth = RDMIG_REQS_PER_CONN,
                                  .connect_timeout_ms = s->params.connect_timeout_ms,
                                  .max_io_bytes = RDMIG_IO_PAGES_MAX * 65536u,
+                                 .ack_timeout = s->params.rdma_ack_timeout,
                                  .conn_token = ack->conn_token };
     s->transport = s->tp->create(&cfg, error);
     if (!s->transport)

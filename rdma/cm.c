@@ -68,6 +68,17 @@ bool rdmig_rdma_wait_event(struct rdma_event_channel *ch, enum rdma_cm_event_typ
     return true;
 }
 
+bool rdmig_rdma_set_ack_timeout(struct rdma_cm_id *id, uint8_t exponent, GError **error)
+{
+    uint8_t v = exponent;
+    if (v && rdma_set_option(id, RDMA_OPTION_ID, RDMA_OPTION_ID_ACK_TIMEOUT, &v, sizeof(v))) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
+                    "setting the RDMA ack timeout (exponent %u): %s", v, g_strerror(errno));
+        return false;
+    }
+    return true;
+}
+
 bool rdmig_rdma_endpoint_create_qp(RdmigRdmaEndpoint *ep, struct ibv_pd *pd, uint32_t depth,
                                    uint32_t max_sge, GError **error)
 {

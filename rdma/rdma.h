@@ -28,6 +28,10 @@ typedef struct {
     struct ibv_cq *cq;
 } RdmigRdmaEndpoint;
 
+/** Sets the ack timeout exponent of @id's queue pair (0: rdma_cm's choice
+ *  stands); call before rdma_connect() or rdma_accept(), which apply it. */
+bool rdmig_rdma_set_ack_timeout(struct rdma_cm_id *id, uint8_t exponent, GError **error);
+
 /** rdmig_rdma_probe: true if some RDMA device is present and opens. */
 bool rdmig_rdma_probe(GError **error);
 

@@ -59,6 +59,7 @@ typedef struct {
     int keepalive_ms;
     int peer_timeout_ms;
     int connect_timeout_ms;
+    int rdma_ack_timeout;
     /* command */
     char *address;
     gboolean json;
@@ -76,7 +77,7 @@ typedef struct {
 static Options opt = {
     .pattern_str = NULL, .vcpus = 2, .blocks = 1, .seed = 1, .downtime_ms = 300,
     .max_rounds = 30, .connections = 1, .keepalive_ms = 1000, .peer_timeout_ms = 10000,
-    .connect_timeout_ms = 10000, .run_after_ms = 300, .stop_after_failure_ms = 200,
+    .connect_timeout_ms = 10000, .rdma_ack_timeout = -1, .run_after_ms = 300, .stop_after_failure_ms = 200,
 };
 
 static RdmigSession *volatile current_session;
@@ -149,6 +150,14 @@ static bool build_params(RdmigParams *p, GError **error)
     p->keepalive_ms = (uint32_t)opt.keepalive_ms;
     p->peer_timeout_ms = (uint32_t)opt.peer_timeout_ms;
     p->connect_timeout_ms = (uint32_t)opt.connect_timeout_ms;
+    if (opt.rdma_ack_timeout < -1 || opt.rdma_ack_timeout > 31) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "--rdma-ack-timeout is an exponent (4.096 us x 2^N), 0..31, not %d",
+                    opt.rdma_ack_timeout);
+        return false;
+    }
+    if (opt.rdma_ack_timeout >= 0)
+        p->rdma_ack_timeout = (uint8_t)opt.rdma_ack_timeout;
     if (opt.on_no_converge) {
         if (!strcmp(opt.on_no_converge, "fail"))
             p->on_no_converge = RDMIG_NO_CONVERGE_FAIL;
@@ -986,6 +995,7 @@ int main(int argc, char **argv)
         { "keepalive-ms", 0, 0, G_OPTION_ARG_INT, &opt.keepalive_ms, "keepalive period (default 1000)", "MS" },
         { "peer-timeout-ms", 0, 0, G_OPTION_ARG_INT, &opt.peer_timeout_ms, "peer silence limit (default 10000)", "MS" },
         { "connect-timeout-ms", 0, 0, G_OPTION_ARG_INT, &opt.connect_timeout_ms, "connect timeout (default 10000)", "MS" },
+        { "rdma-ack-timeout", 0, 0, G_OPTION_ARG_INT, &opt.rdma_ack_timeout, "RDMA: resend an unacked packet after 4.096 us x 2^N (default 14: 67 ms; 0: rdma_cm's choice)", "N" },
         { "json", 0, 0, G_OPTION_ARG_NONE, &opt.json, "final report as JSON", NULL },
         { "quiet", 'q', 0, G_OPTION_ARG_NONE, &opt.quiet, "no progress line", NULL },
         { "print-address", 0, 0, G_OPTION_ARG_NONE, &opt.print_address, "recv: print the bound address on stdout first", NULL },

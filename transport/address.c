@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <net/if.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -89,7 +90,11 @@ char *rdmig_address_format(const struct sockaddr *sa)
     if (sa->sa_family == AF_INET6) {
         const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
         inet_ntop(AF_INET6, &s6->sin6_addr, buf, sizeof(buf));
-        return g_strdup_printf("[%s]:%u", buf, ntohs(s6->sin6_port));
+        /* A link-local address means nothing without its interface. */
+        char ifname[IF_NAMESIZE + 1] = "%";
+        if (!s6->sin6_scope_id || !if_indextoname(s6->sin6_scope_id, ifname + 1))
+            ifname[0] = 0;
+        return g_strdup_printf("[%s%s]:%u", buf, ifname, ntohs(s6->sin6_port));
     }
     const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
     inet_ntop(AF_INET, &s4->sin_addr, buf, sizeof(buf));

@@ -12,7 +12,8 @@
 bool rdmig_address_parse(const char *address, bool allow_port0, struct sockaddr_storage *ss,
                          socklen_t *len, GError **error);
 
-/** rdmig_address_format: "host:port" / "[v6]:port" of @sa, newly allocated. */
+/** rdmig_address_format: "host:port" / "[v6]:port" / "[fe80::..%if]:port" of @sa,
+ *  newly allocated. */
 char *rdmig_address_format(const struct sockaddr *sa);
 
 /** rdmig_socket_listen: bound, listening, non-blocking TCP socket on @address. */

@@ -255,7 +255,8 @@ static RdmigConn *rdma_tp_accept(RdmigListener *l, int timeout_ms, GError **erro
     RdmigConn *c = conn_new(t);
     c->ep.id = id;
     if (!bind_device(t, id->verbs, error) ||
-        !rdmig_rdma_endpoint_create_qp(&c->ep, t->pd, c->depth, RDMIG_IO_MAX_IOV, error)) {
+        !rdmig_rdma_endpoint_create_qp(&c->ep, t->pd, c->depth, RDMIG_IO_MAX_IOV, error) ||
+        !rdmig_rdma_set_ack_timeout(id, t->cfg.ack_timeout, error)) {
         rdma_reject(id, NULL, 0);
         rdma_tp_conn_close(c);
         return NULL;
@@ -307,7 +308,8 @@ static RdmigConn *rdma_tp_connect(RdmigTransport *t, const char *address, GError
                                RDMIG_RDMA_RESOLVE_MS + 1000, NULL, NULL, 0, error))
         goto fail_addr;
     if (!bind_device(t, c->ep.id->verbs, error) ||
-        !rdmig_rdma_endpoint_create_qp(&c->ep, t->pd, c->depth, RDMIG_IO_MAX_IOV, error))
+        !rdmig_rdma_endpoint_create_qp(&c->ep, t->pd, c->depth, RDMIG_IO_MAX_IOV, error) ||
+        !rdmig_rdma_set_ack_timeout(c->ep.id, t->cfg.ack_timeout, error))
         goto fail;
     struct rdma_conn_param p;
     uint8_t pd[12];

@@ -100,6 +100,10 @@ typedef struct {
     bool precopy_resume;          /* a broken precopy link pauses (precopy-paused) and
                                    * rdmig_session_recover() continues it, rather than
                                    * failing; both sides must set it; default false */
+    uint8_t rdma_ack_timeout;     /* RDMA queue pairs resend an unacknowledged packet after
+                                   * 4.096 us x 2^this, 1..31; default 14 (67 ms, as
+                                   * perftest); 0 leaves it to rdma_cm, whose RoCE choice
+                                   * (~0.5 s) stalls a queue pair that long per lost packet */
 } RdmigParams;
 
 /** rdmig_params_init: fills @params with the defaults above. */

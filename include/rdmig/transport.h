@@ -97,6 +97,7 @@ typedef struct {
     uint32_t max_io_bytes;    /* largest request the caller will post */
     uint64_t conn_token;      /* connect() presents it, accept() requires it:
                                * keeps strays off a session's data port */
+    uint8_t ack_timeout;      /* RDMA: resend after 4.096 us x 2^this (1..31) */
 } RdmigTransportConfig;
 
 /*

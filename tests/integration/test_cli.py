@@ -151,6 +151,10 @@ class Usage(CliCase):
         self.run_cli(["send", "--to", "127.0.0.1:1", "--max-bandwidth", "-1", *SMALL], 2,
                      "--max-bandwidth")
 
+    def test_rdma_ack_timeout_out_of_range(self):
+        self.run_cli(["send", "--to", "127.0.0.1:1", "--rdma-ack-timeout", "40", *SMALL], 2,
+                     "--rdma-ack-timeout")
+
 
 if __name__ == "__main__":
     harness.main()

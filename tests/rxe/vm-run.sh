@@ -38,6 +38,7 @@ port() {
 OUT=$(port stdout) ERR=$(port stderr)
 
 NET=10.77.0
+NET6=fd77::
 setup_rxe() {
 	modprobe -a rdma_rxe ib_uverbs rdma_ucm veth || return
 	echo "rxe-vm: modules loaded $(up)" > /dev/console
@@ -73,6 +74,26 @@ setup_rxe() {
 	for i in rxe-a rxe-b; do
 		sysctl -qw net.ipv4.conf.$i.accept_local=1 net.ipv4.conf.$i.rp_filter=0 || return
 	done
+	# The same for IPv6, with one difference: rdma_cm checks an incoming
+	# request by a route lookup that names no input interface, so the rules
+	# to the other address cannot say "iif lo"; packets that arrive on the
+	# veth are delivered locally by the rules before them.  Addresses stay
+	# when a link goes down (a test cuts it) and need no DAD.
+	sysctl -qw net.ipv6.conf.all.keep_addr_on_down=1 || return
+	ip -6 -batch - <<-EOF || return
+		addr add ${NET6}1/64 dev rxe-a nodad
+		addr add ${NET6}2/64 dev rxe-b nodad
+		rule add pref 1000 lookup local
+		rule del pref 0
+		rule add pref 80 iif rxe-a lookup local
+		rule add pref 81 iif rxe-b lookup local
+		rule add pref 90 from ${NET6}1 to ${NET6}1 lookup local
+		rule add pref 91 from ${NET6}2 to ${NET6}2 lookup local
+		rule add pref 100 to ${NET6}2 lookup 102
+		rule add pref 101 to ${NET6}1 lookup 101
+		route add ${NET6}2 dev rxe-a src ${NET6}1 table 102
+		route add ${NET6}1 dev rxe-b src ${NET6}2 table 101
+	EOF
 	rdma link add rxe0 type rxe netdev rxe-a &&
 	rdma link add rxe1 type rxe netdev rxe-b
 }
@@ -92,9 +113,10 @@ cd "$(cat $C/cwd)" || cd /
 	export RXE_VM=1 RXE_DEVS="rxe0 rxe1"
 	export RXE_A_DEV=rxe0 RXE_A_NETDEV=rxe-a RXE_A_IP='$NET'.1
 	export RXE_B_DEV=rxe1 RXE_B_NETDEV=rxe-b RXE_B_IP='$NET'.2
+	export RXE_A_IP6='$NET6'1 RXE_B_IP6='$NET6'2
 	# Taking a netdev down deletes its routes, and up does not bring the
 	# policy routes above back: a test that cuts the link runs this after.
-	export RXE_RESTORE_ROUTES="ip route replace '$NET'.2 dev rxe-a src '$NET'.1 table 102; ip route replace '$NET'.1 dev rxe-b src '$NET'.2 table 101"
+	export RXE_RESTORE_ROUTES="ip route replace '$NET'.2 dev rxe-a src '$NET'.1 table 102; ip route replace '$NET'.1 dev rxe-b src '$NET'.2 table 101; ip -6 route replace '$NET6'2 dev rxe-a src '$NET6'1 table 102; ip -6 route replace '$NET6'1 dev rxe-b src '$NET6'2 table 101"
 	. /run/rxe/cmd' < /dev/null > "$OUT" 2> "$ERR"
 rc=$?
 echo "rxe-vm: command exited $rc at $(up)"

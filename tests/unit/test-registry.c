@@ -382,6 +382,18 @@ static void test_session_params(void)
     assert_error(err, RDMIG_ERROR_INVALID, "peer_timeout_ms");
     g_clear_error(&err);
 
+    /* An ack timeout that is no exponent of 4.096 us a queue pair can take. */
+    rdmig_params_init(&p);
+    p.rdma_ack_timeout = 32;
+    g_assert_null(rdmig_session_new(RDMIG_ROLE_SOURCE, &p, &err));
+    assert_error(err, RDMIG_ERROR_INVALID, "rdma_ack_timeout");
+    g_assert_nonnull(strstr(err->message, "32"));
+    g_clear_error(&err);
+    p.rdma_ack_timeout = 31;
+    RdmigSession *slow = rdmig_session_new(RDMIG_ROLE_SOURCE, &p, &err);
+    g_assert_no_error(err);
+    rdmig_session_free(slow);
+
     /* NULL params: the defaults. */
     RdmigSession *s = rdmig_session_new(RDMIG_ROLE_SOURCE, NULL, &err);
     g_assert_no_error(err);
