@@ -51,7 +51,8 @@ static inline gint64 now_us(void) { return g_get_monotonic_time(); }
 /* ------------------------------------------------------------ userfaultfd */
 
 static const uint64_t wanted_features =
-    UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MISSING_HUGETLBFS;
+    UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MISSING_HUGETLBFS |
+    UFFD_FEATURE_MINOR_SHMEM;
 
 /* A userfaultfd with the features we want that the kernel has (asking for an
  * unknown one would fail the handshake). */
@@ -61,6 +62,16 @@ static int uffd_open_missing(GError **error)
     if (!rdmig_uffd_features(&have, error))
         return -1;
     return rdmig_uffd_open_api(have & wanted_features, error);
+}
+
+void rdmig_postcopy_choose_placement(RdmigSession *s)
+{
+    uint64_t have = 0;
+    bool minor = rdmig_uffd_features(&have, NULL) && (have & UFFD_FEATURE_MINOR_SHMEM);
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        b->zero_copy = s->params.postcopy_zero_copy && minor && b->fd >= 0;
+    }
 }
 
 bool rdmig_postcopy_probe(GError **error)
@@ -83,7 +94,8 @@ typedef struct {
     int conn;
     uint64_t epoch; /* the link it was posted on */
     bool busy, fault;
-    uint64_t unhashed; /* bit i: page first + i placed from buf, not yet verified */
+    uint64_t unhashed; /* bit i: page first + i arrived, not yet verified (and, with
+                        * zero copy, not yet mapped into the guest) */
 } PullReq;
 
 /* One bit per page of a read in PullReq.unhashed. */
@@ -114,7 +126,7 @@ typedef struct {
     uint32_t nsamples;
     uint64_t verified, mismatches;
     uint64_t unverified;         /* placed pages whose final hash has not come yet */
-    uint64_t hash_backlog;       /* placed from bulk reads, not yet hashed (unhashed bits) */
+    uint64_t hash_backlog;       /* arrived by bulk reads, not yet settled (unhashed bits) */
     GString *bad;
     bool cancel_seen;
     uint64_t epoch;              /* links lost so far: fences their completions */
@@ -129,14 +141,47 @@ bool rdmig_postcopy_drop(RdmigRamBlock *b, uint64_t first, uint64_t n, GError **
     void *at = b->host + first * b->page_size;
     size_t len = n * b->page_size;
     /* Shared memory (memfd, hugetlbfs) needs its pages punched out of the
-     * file; private anonymous memory is dropped by DONTNEED. */
-    if (madvise(at, len, MADV_REMOVE) < 0 && madvise(at, len, MADV_DONTNEED) < 0) {
+     * file; private anonymous memory is dropped by DONTNEED.  Zero copy keeps
+     * them in the file (the pull overwrites them there) and only unmaps them
+     * from the guest, whose next touch is then a minor fault. */
+    if (b->zero_copy ? madvise(at, len, MADV_DONTNEED) < 0
+                     : madvise(at, len, MADV_REMOVE) < 0 && madvise(at, len, MADV_DONTNEED) < 0) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
                     "dropping stale pages %" G_GUINT64_FORMAT "..%" G_GUINT64_FORMAT
                     " of block '%s': %s", first, first + n - 1, b->name, g_strerror(errno));
         return false;
     }
     return true;
+}
+
+/* Zero copy: the second mappings are where reads land, so the transport
+ * must know them (for RDMA this also pins the file's pages). */
+static bool register_aliases(Pager *pg, GError **error)
+{
+    RdmigSession *s = pg->s;
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        if (!b->alias)
+            continue;
+        b->alias_region = s->tp->register_region(s->transport, b->alias, b->length,
+                                                 RDMIG_ACCESS_LOCAL_WRITE, error);
+        if (!b->alias_region) {
+            g_prefix_error(error, "registering RAM block '%s' for zero-copy pulls: ", b->name);
+            return false;
+        }
+    }
+    return true;
+}
+
+static void deregister_aliases(Pager *pg)
+{
+    RdmigSession *s = pg->s;
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        if (b->alias_region)
+            s->tp->deregister_region(b->alias_region);
+        b->alias_region = NULL;
+    }
 }
 
 static bool pager_init(Pager *pg, RdmigSession *s, GError **error)
@@ -181,14 +226,34 @@ static bool pager_init(Pager *pg, RdmigSession *s, GError **error)
     pg->bulk_conns = s->nconns > 1 ? s->nconns - 1 : 1;
     pg->samples = g_new(uint32_t, MAX_SAMPLES);
 
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        if (!b->zero_copy)
+            continue;
+        b->alias = mmap(NULL, b->length, PROT_READ | PROT_WRITE, MAP_SHARED, b->fd,
+                        (off_t)b->fd_offset);
+        if (b->alias == MAP_FAILED) {
+            b->alias = NULL;
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
+                        "mapping the memory file of RAM block '%s' a second time: %s", b->name,
+                        g_strerror(errno));
+            return false;
+        }
+    }
+    if (!register_aliases(pg, error))
+        return false;
+
     pg->uffd = uffd_open_missing(error);
     if (pg->uffd < 0)
         return false;
     for (guint bi = 0; bi < s->blocks->len; bi++) {
         RdmigRamBlock *b = s->blocks->pdata[bi];
+        /* Zero copy: a dropped page is still in the file (a minor fault);
+         * one never written is not (a missing fault, zero-filled). */
         struct uffdio_register reg = {
             .range = { .start = (uintptr_t)b->host, .len = b->length },
-            .mode = UFFDIO_REGISTER_MODE_MISSING,
+            .mode = UFFDIO_REGISTER_MODE_MISSING |
+                    (b->zero_copy ? UFFDIO_REGISTER_MODE_MINOR : 0),
         };
         if (ioctl(pg->uffd, UFFDIO_REGISTER, &reg) < 0) {
             g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
@@ -196,11 +261,13 @@ static bool pager_init(Pager *pg, RdmigSession *s, GError **error)
                         g_strerror(errno));
             return false;
         }
-        uint64_t need = (1ull << _UFFDIO_COPY) | (1ull << _UFFDIO_ZEROPAGE);
+        uint64_t need = (1ull << _UFFDIO_COPY) | (1ull << _UFFDIO_ZEROPAGE) |
+                        (b->zero_copy ? 1ull << _UFFDIO_CONTINUE : 0);
         if ((reg.ioctls & need) != need) {
             g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
-                        "userfaultfd cannot place pages in RAM block '%s' (no UFFDIO_COPY or "
-                        "UFFDIO_ZEROPAGE for this memory type)", b->name);
+                        "userfaultfd cannot place pages in RAM block '%s' (no UFFDIO_COPY, "
+                        "UFFDIO_ZEROPAGE or, for zero copy, UFFDIO_CONTINUE for this memory "
+                        "type)", b->name);
             return false;
         }
     }
@@ -229,6 +296,13 @@ static void pager_fini(Pager *pg, bool ok)
         s->tp->deregister_region(pg->staging_region);
     if (pg->staging)
         munmap(pg->staging, pg->staging_len);
+    deregister_aliases(pg);
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        if (b->alias)
+            munmap(b->alias, b->length);
+        b->alias = NULL;
+    }
     g_free(pg->samples);
     g_string_free(pg->bad, TRUE);
 }
@@ -366,33 +440,116 @@ static bool late_hashes(Pager *pg, const RdmigFrame *f, GError **error)
     return true;
 }
 
-/* Verifies up to @budget of @r's placed pages; the slot (its read done) is
- * free once all are. */
-static uint32_t hash_some(Pager *pg, PullReq *r, uint32_t budget)
+/* Maps @n pulled pages, already in the memory file, into the guest. */
+static bool map_pulled(Pager *pg, RdmigRamBlock *b, uint64_t first, uint64_t n, GError **error)
 {
-    uint32_t done = 0;
-    while (done < budget && r->unhashed) {
-        int i = __builtin_ctzll(r->unhashed);
-        r->unhashed &= r->unhashed - 1;
-        verify_pulled(pg, r->block, r->first + (uint64_t)i, 1,
-                      r->buf + (size_t)i * blk(pg, r->block)->page_size);
-        done++;
+    uint64_t start = (uintptr_t)b->host + first * b->page_size, len = n * b->page_size;
+    uint64_t done = 0;
+    while (done < len) {
+        struct uffdio_continue c = { .range = { .start = start + done, .len = len - done } };
+        if (ioctl(pg->uffd, UFFDIO_CONTINUE, &c) == 0) {
+            done = len;
+        } else if (errno == EAGAIN) {
+            done += c.mapped > 0 ? (uint64_t)c.mapped : 0;
+        } else if (errno == EEXIST) {
+            /* Mapped already: cannot happen for a page pulled once, but must
+             * not stall the rest. */
+            done += (c.mapped > 0 ? (uint64_t)c.mapped : 0);
+            wake_range(pg, start + done, b->page_size);
+            done += b->page_size;
+        } else {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
+                        "UFFDIO_CONTINUE of %" G_GUINT64_FORMAT " pages at page %"
+                        G_GUINT64_FORMAT " of '%s': %s", n, first, b->name, g_strerror(errno));
+            return false;
+        }
     }
-    if (!r->unhashed)
-        r->busy = false;
-    return done;
+    return true;
 }
 
-/* A slice of the bulk reads' verification, between looks at the faults. */
-static void hash_backlog(Pager *pg, uint32_t budget)
+/* @n pages at @first of block @bi are in the guest now: count them, and
+ * the threads that waited for them stop waiting. */
+static void now_placed(Pager *pg, guint bi, uint64_t first, uint64_t n)
 {
-    for (int k = 0; k < BULK_SLOTS && budget && pg->hash_backlog; k++) {
-        if (!pg->bulk[k].unhashed)
-            continue; /* free, or its read still in flight */
-        uint32_t done = hash_some(pg, &pg->bulk[k], budget);
-        pg->hash_backlog -= done;
-        budget -= done;
+    RdmigSession *s = pg->s;
+    RdmigRamBlock *b = blk(pg, bi);
+    rdmig_bitmap_set_range(b->received, first, n);
+    pg->received += n;
+    RDMIG_STATS_UPDATE(s, {
+        s->stats.remaining_bytes = (pg->needed - pg->received) * b->page_size;
+        s->stats.pages_missing = pg->needed - pg->received;
+        if (b->zero_copy)
+            s->stats.pages_zero_copy += n;
+    });
+    gint64 now = now_us();
+    for (uint32_t i = 0; i < pg->nwaiters;) {
+        Waiter *w = &pg->waiters[i];
+        if (w->block == bi && w->page >= first && w->page < first + n) {
+            record_latency(pg, w->tid, (uint64_t)(now - w->t_us));
+            *w = pg->waiters[--pg->nwaiters];
+        } else {
+            i++;
+        }
     }
+}
+
+/* Pages @i..@i+@n-1 of @r have arrived and (copying) are placed: verify
+ * them.  Zero copy maps them into the guest only now, once their hash is
+ * taken: after that the guest may change them. */
+static bool settle_run(Pager *pg, PullReq *r, uint32_t i, uint32_t n, GError **error)
+{
+    RdmigRamBlock *b = blk(pg, r->block);
+    uint64_t first = r->first + i;
+    const uint8_t *at = b->zero_copy ? b->alias + first * b->page_size
+                                     : r->buf + (size_t)i * b->page_size;
+    verify_pulled(pg, r->block, first, n, at);
+    r->unhashed &= ~((n >= 64 ? ~0ull : (1ull << n) - 1) << i);
+    if (!r->fault)
+        pg->hash_backlog -= n;
+    if (b->zero_copy) {
+        if (!map_pulled(pg, b, first, n, error))
+            return false;
+        now_placed(pg, r->block, first, n);
+    }
+    if (!r->unhashed)
+        r->busy = false; /* its buffer may take the next read */
+    return true;
+}
+
+/* Settles up to @budget of @r's arrived pages, in runs. */
+static bool settle(Pager *pg, PullReq *r, uint32_t *budget, GError **error)
+{
+    while (*budget && r->unhashed) {
+        uint32_t i = (uint32_t)__builtin_ctzll(r->unhashed), n = 0;
+        while (i + n < 64 && n < *budget && (r->unhashed >> (i + n) & 1))
+            n++;
+        if (!settle_run(pg, r, i, n, error))
+            return false;
+        *budget -= n;
+    }
+    return true;
+}
+
+/* A slice of the bulk reads' settling, between looks at the faults. */
+static bool settle_backlog(Pager *pg, uint32_t budget, GError **error)
+{
+    for (int k = 0; k < BULK_SLOTS && budget && pg->hash_backlog; k++)
+        if (pg->bulk[k].unhashed && !settle(pg, &pg->bulk[k], &budget, error))
+            return false;
+    return true;
+}
+
+/* Zero copy: the read that brought @page of block @bi, if it is in and not
+ * settled yet. */
+static PullReq *arrived_unsettled(Pager *pg, guint bi, uint64_t page)
+{
+    for (int k = 0; k < BULK_SLOTS; k++) {
+        PullReq *r = &pg->bulk[k];
+        if (r->unhashed && r->block == bi && page >= r->first && page < r->first + r->n &&
+            (r->unhashed >> (page - r->first) & 1))
+            return r;
+    }
+    return NULL;
 }
 
 static bool completed(Pager *pg, PullReq *r, GError **error)
@@ -401,7 +558,7 @@ static bool completed(Pager *pg, PullReq *r, GError **error)
     RdmigRamBlock *b = blk(pg, r->block);
     /* Placed once: a page that came already (asked again after a pause)
      * keeps its first copy, which was verified then. */
-    uint64_t fresh = 0, placed = 0;
+    uint64_t fresh = 0;
     for (uint64_t p = r->first; p < r->first + r->n;) {
         if (rdmig_bitmap_test(b->received, p)) {
             pg->duplicates++;
@@ -411,45 +568,34 @@ static bool completed(Pager *pg, PullReq *r, GError **error)
         uint64_t end = p;
         while (end < r->first + r->n && !rdmig_bitmap_test(b->received, end))
             end++;
-        const uint8_t *src = r->buf + (size_t)(p - r->first) * b->page_size;
-        if (!place(pg, r->block, p, (uint32_t)(end - p), src, error))
-            return false;
-        rdmig_bitmap_set_range(b->received, p, end - p);
+        if (!b->zero_copy) {
+            const uint8_t *src = r->buf + (size_t)(p - r->first) * b->page_size;
+            if (!place(pg, r->block, p, (uint32_t)(end - p), src, error))
+                return false;
+            now_placed(pg, r->block, p, end - p);
+        }
         for (uint64_t q = p; q < end; q++)
-            placed |= 1ull << (q - r->first);
-        fresh += end - p;
+            fresh |= 1ull << (q - r->first);
         p = end;
     }
-    pg->received += fresh;
     RDMIG_STATS_UPDATE(s, {
         if (r->fault)
             s->stats.pages_on_demand += r->n;
         else
             s->stats.pages_background += r->n;
-        s->stats.remaining_bytes = (pg->needed - pg->received) * b->page_size;
-        s->stats.pages_missing = pg->needed - pg->received;
     });
-    /* The threads woke when their page was placed: that ends their wait,
-     * not the hashing after it. */
-    gint64 now = now_us();
-    for (uint32_t i = 0; i < pg->nwaiters;) {
-        Waiter *w = &pg->waiters[i];
-        if (w->block == r->block && w->page >= r->first && w->page < r->first + r->n) {
-            record_latency(pg, w->tid, (uint64_t)(now - w->t_us));
-            *w = pg->waiters[--pg->nwaiters];
-        } else {
-            i++;
-        }
+    r->unhashed = fresh;
+    if (!fresh) {
+        r->busy = false;
+        return true;
     }
-    r->unhashed = placed;
     if (r->fault) {
-        hash_some(pg, r, UINT32_MAX); /* one page */
-    } else {
-        /* Later, in slices: the buffer stays ours until then. */
-        pg->hash_backlog += (uint64_t)__builtin_popcountll(placed);
-        if (!placed)
-            r->busy = false;
+        uint32_t all = UINT32_MAX; /* one page */
+        return settle(pg, r, &all, error);
     }
+    /* Later, in slices, unless a thread faults on one of them first: the
+     * buffer stays this read's until then. */
+    pg->hash_backlog += (uint64_t)__builtin_popcountll(fresh);
     return true;
 }
 
@@ -494,7 +640,8 @@ static int pull(Pager *pg, PullReq *r, uint32_t ci, guint bi, uint64_t first, ui
     RdmigRamBlock *b = blk(pg, bi);
     r->io = (RdmigIoReq){ .op = RDMIG_IO_READ, .iovcnt = 1, .rkey = &b->src_key,
                           .remote_offset = first * b->page_size, .user = r };
-    r->io.iov[0] = (struct iovec){ r->buf, (size_t)n * b->page_size };
+    uint8_t *land = b->zero_copy ? b->alias + first * b->page_size : r->buf;
+    r->io.iov[0] = (struct iovec){ land, (size_t)n * b->page_size };
     int rc = s->tp->submit(s->conns[ci], &r->io);
     if (rc == -EAGAIN)
         return 0;
@@ -592,6 +739,15 @@ static bool handle_fault(Pager *pg, const struct uffd_msg *m, GError **error)
         record_latency(pg, tid, 0);
         return true;
     }
+    bool minor = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR;
+    if (!rdmig_bitmap_test(b->needed, page) && minor) {
+        /* Zero copy: in the file and right there (zero, or held since
+         * precopy), only not mapped. */
+        if (!map_pulled(pg, b, page, 1, error))
+            return false;
+        RDMIG_STATS_UPDATE(s, s->stats.faults_zero++);
+        return true;
+    }
     if (!rdmig_bitmap_test(b->needed, page)) {
         /* Zero on the source, or never touched there: nothing to pull. */
         struct uffdio_zeropage z = { .range = { .start = start, .len = b->page_size } };
@@ -609,6 +765,9 @@ static bool handle_fault(Pager *pg, const struct uffd_msg *m, GError **error)
     }
     if (pg->nwaiters < MAX_WAITERS)
         pg->waiters[pg->nwaiters++] = (Waiter){ bi, page, tid, now_us() };
+    PullReq *r = b->zero_copy ? arrived_unsettled(pg, bi, page) : NULL;
+    if (r) /* here, waiting in the background's queue: this one first */
+        return settle_run(pg, r, (uint32_t)(page - r->first), 1, error);
     return pull_faulted(pg, error);
 }
 
@@ -700,7 +859,8 @@ static bool pull_loop(Pager *pg, GError **error)
                 return false;
             }
         }
-        hash_backlog(pg, HASH_SLICE_PAGES);
+        if (!settle_backlog(pg, HASH_SLICE_PAGES, error))
+            return false;
         if (p[s->nconns + 2].revents && rdmig_session_cancelled(s) && !pg->cancel_seen) {
             /* The guest runs here and part of its memory is still there. */
             g_warning("cancel ignored: postcopy cannot be cancelled once the guest runs here");
@@ -754,7 +914,12 @@ static void pager_pause(Pager *pg, const GError *why)
     rdmig_session_pause(s, why, false);
     pg->epoch++;
     pg->pulling = false;
-    hash_backlog(pg, UINT32_MAX); /* placed already: their buffers must not be reused unchecked */
+    /* Arrived whole: settled now, before their buffers can be reused. */
+    GError *err = NULL;
+    if (!settle_backlog(pg, UINT32_MAX, &err)) {
+        g_warning("settling pulled pages at the pause: %s", err->message);
+        g_error_free(err);
+    }
     PullReq *all[FAULT_SLOTS + BULK_SLOTS];
     for (int i = 0; i < FAULT_SLOTS; i++)
         all[i] = &pg->faults[i];
@@ -785,6 +950,7 @@ static void pager_pause(Pager *pg, const GError *why)
     if (pg->staging_region)
         s->tp->deregister_region(pg->staging_region);
     pg->staging_region = NULL;
+    deregister_aliases(pg);
     rdmig_destination_drop_link(s);
     update_missing(pg);
 }
@@ -802,6 +968,8 @@ static bool link_ready(Pager *pg, GError **error)
         g_prefix_error(error, "registering the postcopy staging buffer: ");
         return false;
     }
+    if (!register_aliases(pg, error))
+        return false;
     for (guint bi = 0; bi < s->blocks->len; bi++) {
         RdmigRamBlock *b = blk(pg, bi);
         size_t words = rdmig_bitmap_words(b->npages);

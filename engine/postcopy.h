@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "ram.h"
+#include "rdmig/rdmig.h"
 #include "wire.h"
 
 struct RdmigSession;
@@ -30,6 +31,11 @@ int rdmig_uffd_open_api(uint64_t features, GError **error);
 /** Can this process catch missing-page faults on its RAM blocks?  The error
  *  says why not (checked at the handshake, before the source stops its guest). */
 bool rdmig_postcopy_probe(GError **error);
+
+/** Destination: decides per block between zero copy (its memory file was
+ *  given, params allow it, the kernel has shmem minor faults) and the
+ *  staging copy.  Before the first drop: the two drop differently. */
+void rdmig_postcopy_choose_placement(RdmigSession *s);
 
 /** Destination: drops the stale copies of @n pages at @first of @b, so that
  *  the guest faults on them once it runs here. */

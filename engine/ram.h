@@ -30,6 +30,13 @@ typedef struct {
     uint64_t *received;       /* needed pages placed */
     uint64_t *unverified;     /* placed before their hash came: arrival hash in hashes[] */
     uint64_t *sent_unacked;   /* source, precopy resume: sent since the last ROUND_ACK */
+    /* destination, zero-copy postcopy: reads land in the block's memory file
+     * through a second mapping, and UFFDIO_CONTINUE maps them into the guest */
+    int fd;                   /* the file behind @host, -1 when not given */
+    uint64_t fd_offset;
+    bool zero_copy;           /* chosen at the handshake */
+    uint8_t *alias;           /* the second mapping, while the pager runs */
+    RdmigRegion *alias_region;
 } RdmigRamBlock;
 
 static inline size_t rdmig_bitmap_words(uint64_t nbits) { return (nbits + 63) / 64; }

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "state.h"
@@ -50,6 +51,7 @@ void rdmig_params_init(RdmigParams *p)
     /* On soft-RoCE at 0.5% loss a 64 MiB postcopy pull took 12 s with this
      * and did not end in 150 s with rdma_cm's own (docs/BENCHMARKS.md). */
     p->rdma_ack_timeout = 14;
+    p->postcopy_zero_copy = true;
 }
 
 static bool params_check(const RdmigParams *p, GError **error)
@@ -231,7 +233,40 @@ bool rdmig_session_add_ram_block(RdmigSession *s, const char *name, void *host, 
     b->length = length;
     b->page_size = page_size;
     b->npages = length / page_size;
+    b->fd = -1;
     g_ptr_array_add(s->blocks, b);
+    return true;
+}
+
+bool rdmig_session_set_ram_block_fd(RdmigSession *s, const char *name, int fd, uint64_t offset,
+                                    GError **error)
+{
+    if (s->started) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "memory file of RAM block '%s' given after the session started",
+                    name ? name : "");
+        return false;
+    }
+    RdmigRamBlock *b = NULL;
+    for (guint i = 0; i < s->blocks->len && !b; i++)
+        if (name && !strcmp(((RdmigRamBlock *)s->blocks->pdata[i])->name, name))
+            b = s->blocks->pdata[i];
+    if (!b) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "no RAM block '%s' to give a memory file to", name ? name : "");
+        return false;
+    }
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || offset % b->page_size ||
+        (uint64_t)st.st_size < offset || (uint64_t)st.st_size - offset < b->length) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "RAM block '%s': fd %d at offset %" G_GUINT64_FORMAT " is not a memory "
+                    "file (memfd or tmpfs) holding its %" G_GUINT64_FORMAT " bytes at a page "
+                    "boundary", name, fd, offset, b->length);
+        return false;
+    }
+    b->fd = fd;
+    b->fd_offset = offset;
     return true;
 }
 

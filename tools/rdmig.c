@@ -56,6 +56,7 @@ typedef struct {
     char *transport;
     char *dirty_method;
     gboolean no_verify;
+    char *postcopy_placement;
     int keepalive_ms;
     int peer_timeout_ms;
     int connect_timeout_ms;
@@ -147,6 +148,14 @@ static bool build_params(RdmigParams *p, GError **error)
     p->max_precopy_ms = (uint32_t)opt.max_time_ms;
     p->data_connections = (uint32_t)opt.connections;
     p->verify = !opt.no_verify;
+    if (opt.postcopy_placement && strcmp(opt.postcopy_placement, "continue") &&
+        strcmp(opt.postcopy_placement, "copy")) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "--postcopy-placement is 'continue' (zero copy) or 'copy', not '%s'",
+                    opt.postcopy_placement);
+        return false;
+    }
+    p->postcopy_zero_copy = !opt.postcopy_placement || !strcmp(opt.postcopy_placement, "continue");
     p->keepalive_ms = (uint32_t)opt.keepalive_ms;
     p->peer_timeout_ms = (uint32_t)opt.peer_timeout_ms;
     p->connect_timeout_ms = (uint32_t)opt.connect_timeout_ms;
@@ -254,6 +263,10 @@ static bool add_blocks(RdmigSession *s, SyntheticGuest *g, GError **error)
         g_autofree char *name = opt.blocks == 1 ? g_strdup("pc.ram") : g_strdup_printf("ram%d", i);
         if (!rdmig_session_add_ram_block(s, name, (uint8_t *)sg_ram(g) + per * (uint64_t)i, per,
                                          sg_page_size(g), error))
+            return false;
+        /* The guest's RAM is a memfd: postcopy can pull into it directly. */
+        if (rdmig_session_is_destination(s) &&
+            !rdmig_session_set_ram_block_fd(s, name, sg_memfd(g), per * (uint64_t)i, error))
             return false;
     }
     return true;
@@ -598,10 +611,11 @@ static char *report_json(const Report *r)
     g_string_append_printf(o,
         ",\"postcopy\":{\"active\":%s,\"pages_discarded\":%" G_GUINT64_FORMAT
         ",\"pages_on_demand\":%" G_GUINT64_FORMAT ",\"pages_background\":%" G_GUINT64_FORMAT
+        ",\"pages_zero_copy\":%" G_GUINT64_FORMAT
         ",\"faults\":%" G_GUINT64_FORMAT ",\"faults_zero\":%" G_GUINT64_FORMAT ",\"blocktime_ms\":%.3f,\"fault_median_us\":%"
         G_GUINT64_FORMAT ",\"fault_p99_us\":%" G_GUINT64_FORMAT ",\"source_cpu_s\":%.3f"
         ",\"fault_hist\":[", s->postcopy ? "true" : "false", s->pages_discarded,
-        s->pages_on_demand, s->pages_background, s->faults, s->faults_zero,
+        s->pages_on_demand, s->pages_background, s->pages_zero_copy, s->faults, s->faults_zero,
         s->blocktime_us / 1e3,
         s->fault_median_us, s->fault_p99_us, s->postcopy_cpu_us / 1e6);
     for (int i = 0; i < RDMIG_FAULT_HIST_BUCKETS; i++)
@@ -992,6 +1006,7 @@ int main(int argc, char **argv)
         { "transport", 0, 0, G_OPTION_ARG_STRING, &opt.transport, "auto (default), tcp or rdma", "T" },
         { "dirty-method", 0, 0, G_OPTION_ARG_STRING, &opt.dirty_method, "auto, uffd-wp or soft-dirty", "M" },
         { "no-verify", 0, 0, G_OPTION_ARG_NONE, &opt.no_verify, "skip the per-page hash check", NULL },
+        { "postcopy-placement", 0, 0, G_OPTION_ARG_STRING, &opt.postcopy_placement, "recv: place pulled pages by 'continue' (zero copy, default where the kernel can) or 'copy' (from a staging buffer)", "HOW" },
         { "keepalive-ms", 0, 0, G_OPTION_ARG_INT, &opt.keepalive_ms, "keepalive period (default 1000)", "MS" },
         { "peer-timeout-ms", 0, 0, G_OPTION_ARG_INT, &opt.peer_timeout_ms, "peer silence limit (default 10000)", "MS" },
         { "connect-timeout-ms", 0, 0, G_OPTION_ARG_INT, &opt.connect_timeout_ms, "connect timeout (default 10000)", "MS" },

@@ -100,6 +100,10 @@ typedef struct {
     bool precopy_resume;          /* a broken precopy link pauses (precopy-paused) and
                                    * rdmig_session_recover() continues it, rather than
                                    * failing; both sides must set it; default false */
+    bool postcopy_zero_copy;      /* destination: place pulled pages with UFFDIO_CONTINUE
+                                   * where a block's memory file was given and the kernel
+                                   * has minor faults for it; else copy them in from a
+                                   * staging buffer (UFFDIO_COPY); default true */
     uint8_t rdma_ack_timeout;     /* RDMA queue pairs resend an unacknowledged packet after
                                    * 4.096 us x 2^this, 1..31; default 14 (67 ms, as
                                    * perftest); 0 leaves it to rdma_cm, whose RoCE choice
@@ -185,6 +189,7 @@ typedef struct {
     uint64_t pages_discarded;     /* sent in precopy, dirtied since: pulled again */
     uint64_t pages_on_demand;     /* pulled because the guest faulted on them */
     uint64_t pages_background;    /* pulled by the background sweep */
+    uint64_t pages_zero_copy;     /* of the pulled pages, placed with UFFDIO_CONTINUE (no copy) */
     uint64_t faults;              /* guest faults on missing pages (destination) */
     uint64_t faults_zero;         /* of them, on pages zero at the source: filled here */
     uint64_t blocktime_us;        /* total time guest threads waited for pulled pages */
@@ -219,6 +224,15 @@ void rdmig_session_free(RdmigSession *s);
  *  destination must declare the same blocks in the same order. */
 bool rdmig_session_add_ram_block(RdmigSession *s, const char *name, void *host,
                                  uint64_t length, uint32_t page_size, GError **error);
+
+/** rdmig_session_set_ram_block_fd: destination, optional: block @name's
+ *  memory is the file @fd (a memfd or tmpfs file) from @offset.  Postcopy
+ *  then places pulled pages without copying them: a read lands in the page
+ *  cache through a second mapping of the file and UFFDIO_CONTINUE maps it
+ *  into the guest (see params.postcopy_zero_copy).  @fd must stay open
+ *  until the session is freed. */
+bool rdmig_session_set_ram_block_fd(RdmigSession *s, const char *name, int fd, uint64_t offset,
+                                    GError **error);
 
 void rdmig_session_set_guest_ops(RdmigSession *s, const RdmigGuestOps *ops, void *opaque);
 void rdmig_session_set_dirty_ops(RdmigSession *s, const RdmigDirtyOps *ops, void *opaque);

@@ -11,10 +11,13 @@
 # Postcopy starts after one precopy round (--postcopy-after 1, and a 1 ms
 # downtime limit so that precopy never ends first).  Precopy runs
 # with --on-no-converge switchover and --max-rounds 10, so that it ends too.
+# PLACEMENT=copy places pulled pages from a staging buffer (UFFDIO_COPY)
+# instead of the default zero copy (UFFDIO_CONTINUE).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RDMIG=${RDMIG:-build/tools/rdmig}
 MODE=${1:-tcp}
+PLACEMENT=${PLACEMENT:-continue} # or copy: how pulled pages get into the guest
 tmp=$(mktemp -d)
 trap 'pkill -f "rdmig recv --listen" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 PORT=7600
@@ -37,7 +40,8 @@ fi
 migrate() { # $1 size, $2 rate, $3 mode (postcopy|precopy) -> appends two JSON lines
 	PORT=$((PORT + 1))
 	$RDMIG recv --listen "$HOST:$PORT" --ram-size "$1" --dirty-rate "$2" --transport $TRANSPORT \
-		--prealloc --json --quiet --run-after-ms 0 > "$tmp/recv.json" 2>"$tmp/recv.err" &
+		--prealloc --json --quiet --run-after-ms 0 --postcopy-placement "$PLACEMENT" \
+		> "$tmp/recv.json" 2>"$tmp/recv.err" &
 	local rpid=$!
 	for _ in $(seq 300); do
 		ss -ltn "sport = :$PORT" | grep -q LISTEN && break
@@ -94,6 +98,7 @@ for r in runs:
         res += " (forced switchover)"
     pc = d.get("postcopy", {})
     if mode == "postcopy":
+        mode += " (%s)" % ("continue" if pc.get("pages_zero_copy") else "copy")
         pulled = "%d / %d" % (pc.get("pages_on_demand", 0), pc.get("pages_background", 0))
         faults = "%d (%d)" % (pc.get("faults", 0), pc.get("faults_zero", 0))
         cols = (pulled, faults, "%d" % pc.get("fault_median_us", 0), "%d" % pc.get("fault_p99_us", 0),

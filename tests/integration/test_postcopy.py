@@ -28,7 +28,7 @@ class PostcopyCase(harness.RdmigTestCase):
         self.assert_postcopy(src, dst)
         return src, dst
 
-    def assert_postcopy(self, src, dst, ctx=""):
+    def assert_postcopy(self, src, dst, ctx="", zero_copy=True):
         self.assert_verified(src, dst, ctx)
         for r in (src, dst):
             self.assertTrue(r["postcopy"]["active"], "%s did not switch to postcopy%s" %
@@ -41,6 +41,10 @@ class PostcopyCase(harness.RdmigTestCase):
         self.assertEqual(pc["pages_on_demand"] + pc["pages_background"], pc["pages_discarded"],
                          "pulled pages do not add up to the discarded ones" + ctx)
         self.assertEqual(dst["remaining_bytes"], 0, ctx)
+        # The synthetic guest's RAM is a memfd: every pulled page is mapped
+        # with UFFDIO_CONTINUE, none copied, unless copying was asked for.
+        self.assertEqual(pc["pages_zero_copy"], pc["pages_discarded"] if zero_copy else 0,
+                         "pages placed without a copy" + ctx)
         self.assertEqual(sum(pc["fault_hist"]), pc["faults"] - pc["faults_zero"],
                          "the latency histogram misses faults" + ctx)
         self.assertLess(dst["downtime_ms"], 5000, ctx)
@@ -100,6 +104,15 @@ class Guests(PostcopyCase):
     def test_blocks(self):
         self.postcopy_migrate(guest=("--ram-size", "96M", "--blocks", "3", "--dirty-rate", "40"),
                               send_args=("--postcopy-after", "1"))
+
+    def test_copy_placement(self):
+        """--postcopy-placement copy: pulled pages go through the staging
+        buffer and UFFDIO_COPY, as for memory rdmig has no file of."""
+        src, dst = self.migrate(guest=("--ram-size", "128M", "--dirty-rate", "100"),
+                                send_args=LIMITS + ("--postcopy-after", "1"),
+                                recv_args=("--postcopy-placement", "copy"), timeout=120)
+        self.assert_postcopy(src, dst, zero_copy=False)
+        self.assertGreater(dst["postcopy"]["faults"], 0, "the guest never faulted")
 
 
 class Refused(harness.RdmigTestCase):

@@ -151,12 +151,15 @@ class Postcopy(RdmaCase):
     """The destination pulls missing pages with RDMA READ from the source's
     registered RAM while the guest runs there."""
 
-    def check(self, src, dst):
+    def check(self, src, dst, zero_copy=True):
         for r in (src, dst):
             self.assertTrue(r["postcopy"]["active"], "%s did not switch to postcopy" % r["role"])
         pc = dst["postcopy"]
         self.assertGreater(pc["pages_discarded"], 0)
         self.assertEqual(pc["pages_on_demand"] + pc["pages_background"], pc["pages_discarded"])
+        # RDMA READs land in the guest's memfd through a second registered
+        # mapping, and UFFDIO_CONTINUE maps them: no copy (unless asked).
+        self.assertEqual(pc["pages_zero_copy"], pc["pages_discarded"] if zero_copy else 0)
         self.assertGreater(dst["guest"]["pages_written"], 0, "the guest did not run there")
 
     def test_after_rounds(self):
@@ -173,6 +176,14 @@ class Postcopy(RdmaCase):
                                                 "10"))
         self.check(src, dst)
         self.assertGreater(dst["postcopy"]["faults"], 0)
+
+    def test_copy_placement(self):
+        """Pulled pages through the staging buffer and UFFDIO_COPY."""
+        src, dst = self.rdma_migrate(("--ram-size", "32M", "--dirty-rate", "30"),
+                                     send_args=("--postcopy-after", "1", "--max-bandwidth", "8",
+                                                "--downtime-ms", "10"),
+                                     recv_args=("--postcopy-placement", "copy"))
+        self.check(src, dst, zero_copy=False)
 
 
 class Failures(RdmaCase):
