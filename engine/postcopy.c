@@ -127,6 +127,7 @@ typedef struct {
     uint64_t verified, mismatches;
     uint64_t unverified;         /* placed pages whose final hash has not come yet */
     uint64_t hash_backlog;       /* arrived by bulk reads, not yet settled (unhashed bits) */
+    uint8_t *snapshot;           /* zero copy: a page a thread waits for, hashed after it runs */
     GString *bad;
     bool cancel_seen;
     uint64_t epoch;              /* links lost so far: fences their completions */
@@ -154,34 +155,34 @@ bool rdmig_postcopy_drop(RdmigRamBlock *b, uint64_t first, uint64_t n, GError **
     return true;
 }
 
-/* Zero copy: the second mappings are where reads land, so the transport
- * must know them (for RDMA this also pins the file's pages). */
-static bool register_aliases(Pager *pg, GError **error)
+bool rdmig_postcopy_map_aliases(RdmigSession *s, GError **error)
 {
-    RdmigSession *s = pg->s;
     for (guint bi = 0; bi < s->blocks->len; bi++) {
         RdmigRamBlock *b = s->blocks->pdata[bi];
-        if (!b->alias)
+        if (!b->zero_copy)
             continue;
-        b->alias_region = s->tp->register_region(s->transport, b->alias, b->length,
-                                                 RDMIG_ACCESS_LOCAL_WRITE, error);
+        if (!b->alias) {
+            void *m = mmap(NULL, b->length, PROT_READ | PROT_WRITE, MAP_SHARED, b->fd,
+                           (off_t)b->fd_offset);
+            if (m == MAP_FAILED) {
+                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
+                            "mapping the memory file of RAM block '%s' a second time: %s",
+                            b->name, g_strerror(errno));
+                return false;
+            }
+            b->alias = m;
+        }
         if (!b->alias_region) {
-            g_prefix_error(error, "registering RAM block '%s' for zero-copy pulls: ", b->name);
-            return false;
+            b->alias_region = s->tp->register_region(s->transport, b->alias, b->length,
+                                                     RDMIG_ACCESS_LOCAL_WRITE, error);
+            if (!b->alias_region) {
+                g_prefix_error(error, "registering RAM block '%s' for zero-copy pulls: ",
+                               b->name);
+                return false;
+            }
         }
     }
     return true;
-}
-
-static void deregister_aliases(Pager *pg)
-{
-    RdmigSession *s = pg->s;
-    for (guint bi = 0; bi < s->blocks->len; bi++) {
-        RdmigRamBlock *b = s->blocks->pdata[bi];
-        if (b->alias_region)
-            s->tp->deregister_region(b->alias_region);
-        b->alias_region = NULL;
-    }
 }
 
 static bool pager_init(Pager *pg, RdmigSession *s, GError **error)
@@ -225,22 +226,9 @@ static bool pager_init(Pager *pg, RdmigSession *s, GError **error)
     pg->fault_conn = s->nconns - 1;
     pg->bulk_conns = s->nconns > 1 ? s->nconns - 1 : 1;
     pg->samples = g_new(uint32_t, MAX_SAMPLES);
+    pg->snapshot = g_malloc(max_ps);
 
-    for (guint bi = 0; bi < s->blocks->len; bi++) {
-        RdmigRamBlock *b = s->blocks->pdata[bi];
-        if (!b->zero_copy)
-            continue;
-        b->alias = mmap(NULL, b->length, PROT_READ | PROT_WRITE, MAP_SHARED, b->fd,
-                        (off_t)b->fd_offset);
-        if (b->alias == MAP_FAILED) {
-            b->alias = NULL;
-            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
-                        "mapping the memory file of RAM block '%s' a second time: %s", b->name,
-                        g_strerror(errno));
-            return false;
-        }
-    }
-    if (!register_aliases(pg, error))
+    if (!rdmig_postcopy_map_aliases(s, error)) /* done at PREPARE, unless that failed */
         return false;
 
     pg->uffd = uffd_open_missing(error);
@@ -296,14 +284,8 @@ static void pager_fini(Pager *pg, bool ok)
         s->tp->deregister_region(pg->staging_region);
     if (pg->staging)
         munmap(pg->staging, pg->staging_len);
-    deregister_aliases(pg);
-    for (guint bi = 0; bi < s->blocks->len; bi++) {
-        RdmigRamBlock *b = s->blocks->pdata[bi];
-        if (b->alias)
-            munmap(b->alias, b->length);
-        b->alias = NULL;
-    }
     g_free(pg->samples);
+    g_free(pg->snapshot);
     g_string_free(pg->bad, TRUE);
 }
 
@@ -494,22 +476,32 @@ static void now_placed(Pager *pg, guint bi, uint64_t first, uint64_t n)
 }
 
 /* Pages @i..@i+@n-1 of @r have arrived and (copying) are placed: verify
- * them.  Zero copy maps them into the guest only now, once their hash is
- * taken: after that the guest may change them. */
-static bool settle_run(Pager *pg, PullReq *r, uint32_t i, uint32_t n, GError **error)
+ * them.  Zero copy maps them into the guest only once their hash is taken,
+ * since the guest may change them after that; when a thread @waits for the
+ * page, a snapshot of it is hashed after the thread runs again (hashing a
+ * page took 117 us under TCG, more than the read). */
+static bool settle_run(Pager *pg, PullReq *r, uint32_t i, uint32_t n, bool waits,
+                       GError **error)
 {
     RdmigRamBlock *b = blk(pg, r->block);
     uint64_t first = r->first + i;
-    const uint8_t *at = b->zero_copy ? b->alias + first * b->page_size
-                                     : r->buf + (size_t)i * b->page_size;
-    verify_pulled(pg, r->block, first, n, at);
     r->unhashed &= ~((n >= 64 ? ~0ull : (1ull << n) - 1) << i);
     if (!r->fault)
         pg->hash_backlog -= n;
-    if (b->zero_copy) {
+    if (!b->zero_copy) {
+        verify_pulled(pg, r->block, first, n, r->buf + (size_t)i * b->page_size);
+    } else {
+        const uint8_t *at = b->alias + first * b->page_size;
+        bool snapshot = waits && n == 1 && (pg->s->features & RDMIG_FEATURE_VERIFY);
+        if (snapshot)
+            memcpy(pg->snapshot, at, b->page_size);
+        else
+            verify_pulled(pg, r->block, first, n, at);
         if (!map_pulled(pg, b, first, n, error))
             return false;
         now_placed(pg, r->block, first, n);
+        if (snapshot)
+            verify_pulled(pg, r->block, first, 1, pg->snapshot);
     }
     if (!r->unhashed)
         r->busy = false; /* its buffer may take the next read */
@@ -523,7 +515,7 @@ static bool settle(Pager *pg, PullReq *r, uint32_t *budget, GError **error)
         uint32_t i = (uint32_t)__builtin_ctzll(r->unhashed), n = 0;
         while (i + n < 64 && n < *budget && (r->unhashed >> (i + n) & 1))
             n++;
-        if (!settle_run(pg, r, i, n, error))
+        if (!settle_run(pg, r, i, n, r->fault, error))
             return false;
         *budget -= n;
     }
@@ -767,7 +759,7 @@ static bool handle_fault(Pager *pg, const struct uffd_msg *m, GError **error)
         pg->waiters[pg->nwaiters++] = (Waiter){ bi, page, tid, now_us() };
     PullReq *r = b->zero_copy ? arrived_unsettled(pg, bi, page) : NULL;
     if (r) /* here, waiting in the background's queue: this one first */
-        return settle_run(pg, r, (uint32_t)(page - r->first), 1, error);
+        return settle_run(pg, r, (uint32_t)(page - r->first), 1, true, error);
     return pull_faulted(pg, error);
 }
 
@@ -950,8 +942,7 @@ static void pager_pause(Pager *pg, const GError *why)
     if (pg->staging_region)
         s->tp->deregister_region(pg->staging_region);
     pg->staging_region = NULL;
-    deregister_aliases(pg);
-    rdmig_destination_drop_link(s);
+    rdmig_destination_drop_link(s); /* the aliases' registrations go with the transport */
     update_missing(pg);
 }
 
@@ -968,7 +959,7 @@ static bool link_ready(Pager *pg, GError **error)
         g_prefix_error(error, "registering the postcopy staging buffer: ");
         return false;
     }
-    if (!register_aliases(pg, error))
+    if (!rdmig_postcopy_map_aliases(s, error))
         return false;
     for (guint bi = 0; bi < s->blocks->len; bi++) {
         RdmigRamBlock *b = blk(pg, bi);

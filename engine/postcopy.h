@@ -37,6 +37,12 @@ bool rdmig_postcopy_probe(GError **error);
  *  staging copy.  Before the first drop: the two drop differently. */
 void rdmig_postcopy_choose_placement(RdmigSession *s);
 
+/** Destination, zero copy: maps each such block's file a second time and
+ *  registers that mapping with the data transport (reads land there).  At
+ *  PREPARE, outside the downtime; again after a recovery.  Undone by
+ *  rdmig_session_close_data() and rdmig_session_free(). */
+bool rdmig_postcopy_map_aliases(RdmigSession *s, GError **error);
+
 /** Destination: drops the stale copies of @n pages at @first of @b, so that
  *  the guest faults on them once it runs here. */
 bool rdmig_postcopy_drop(RdmigRamBlock *b, uint64_t first, uint64_t n, GError **error);

@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -136,6 +137,8 @@ RdmigSession *rdmig_session_new(RdmigRole role, const RdmigParams *params, GErro
 
 static void block_free(RdmigRamBlock *b)
 {
+    if (b->alias)
+        munmap(b->alias, b->length);
     g_free(b->dirty);
     g_free(b->hashes);
     g_free(b->hash_known);
@@ -461,6 +464,9 @@ void rdmig_session_close_data(RdmigSession *s, bool drain)
         if (b->region)
             s->tp->deregister_region(b->region);
         b->region = NULL;
+        if (b->alias_region)
+            s->tp->deregister_region(b->alias_region);
+        b->alias_region = NULL;
     }
     if (s->transport)
         s->tp->destroy(s->transport);
