@@ -165,7 +165,9 @@ static bool handshake(RdmigSession *s, RdmigHello *hello, bool recovering, GErro
     if (hello->features_supported & RDMIG_FEATURE_POSTCOPY) {
         /* Said now, while the source's guest still runs, not at switchover. */
         g_autoptr(GError) why = NULL;
-        rdmig_postcopy_choose_placement(s);
+        /* Once: a recovery must not change how stale pages were dropped. */
+        if (!recovering)
+            rdmig_postcopy_choose_placement(s);
         if (!rdmig_postcopy_probe(&why)) {
             supported &= ~(RDMIG_FEATURE_POSTCOPY | RDMIG_FEATURE_RECOVERY);
             if (hello->features_required & RDMIG_FEATURE_POSTCOPY) {

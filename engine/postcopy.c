@@ -553,6 +553,8 @@ static bool completed(Pager *pg, PullReq *r, GError **error)
     uint64_t fresh = 0;
     for (uint64_t p = r->first; p < r->first + r->n;) {
         if (rdmig_bitmap_test(b->received, p)) {
+            /* Zero copy wrote it again in place: the same bytes, since the
+             * source's guest is stopped. */
             pg->duplicates++;
             p++;
             continue;
@@ -588,6 +590,18 @@ static bool completed(Pager *pg, PullReq *r, GError **error)
     /* Later, in slices, unless a thread faults on one of them first: the
      * buffer stays this read's until then. */
     pg->hash_backlog += (uint64_t)__builtin_popcountll(fresh);
+    if (b->zero_copy) {
+        /* Not placed yet: the threads waiting for any of these go first. */
+        for (uint32_t i = 0; i < pg->nwaiters; i++) {
+            Waiter *w = &pg->waiters[i];
+            if (w->block != r->block || w->page < r->first || w->page >= r->first + r->n ||
+                !(r->unhashed >> (w->page - r->first) & 1))
+                continue;
+            if (!settle_run(pg, r, (uint32_t)(w->page - r->first), 1, true, error))
+                return false;
+            i = UINT32_MAX; /* the list changed: start over */
+        }
+    }
     return true;
 }
 
@@ -644,6 +658,7 @@ static int pull(Pager *pg, PullReq *r, uint32_t ci, guint bi, uint64_t first, ui
                     "data connection %u: %s", n, first, b->name, ci, why ? why : g_strerror(-rc));
         return -1;
     }
+    g_assert(!r->unhashed); /* a slot with pages to settle is never reposted */
     r->block = bi;
     r->first = first;
     r->n = n;
@@ -725,13 +740,20 @@ static bool handle_fault(Pager *pg, const struct uffd_msg *m, GError **error)
     uint32_t tid = m->arg.pagefault.feat.ptid;
     uint64_t start = (uintptr_t)b->host + page * b->page_size;
     RDMIG_STATS_UPDATE(s, s->stats.faults++);
+    bool minor = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR;
     if (rdmig_bitmap_test(b->received, page)) {
-        /* Placed between the fault and now: just let the thread go on. */
-        wake_range(pg, start, b->page_size);
+        /* Placed between the fault and now: just let the thread go on.  A
+         * minor fault on a placed page means it lost its mapping since (the
+         * file page was swapped out): map it again, or the thread spins. */
+        if (minor) {
+            if (!map_pulled(pg, b, page, 1, error))
+                return false;
+        } else {
+            wake_range(pg, start, b->page_size);
+        }
         record_latency(pg, tid, 0);
         return true;
     }
-    bool minor = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR;
     if (!rdmig_bitmap_test(b->needed, page) && minor) {
         /* Zero copy: in the file and right there (zero, or held since
          * precopy), only not mapped. */
@@ -906,11 +928,16 @@ static void pager_pause(Pager *pg, const GError *why)
     rdmig_session_pause(s, why, false);
     pg->epoch++;
     pg->pulling = false;
-    /* Arrived whole: settled now, before their buffers can be reused. */
+    /* Arrived whole: settled now, before their buffers can be reused.  If
+     * that fails, what is left is pulled again on the next link. */
     GError *err = NULL;
     if (!settle_backlog(pg, UINT32_MAX, &err)) {
         g_warning("settling pulled pages at the pause: %s", err->message);
         g_error_free(err);
+        for (int k = 0; k < BULK_SLOTS; k++) {
+            pg->hash_backlog -= (uint64_t)__builtin_popcountll(pg->bulk[k].unhashed);
+            pg->bulk[k].unhashed = 0;
+        }
     }
     PullReq *all[FAULT_SLOTS + BULK_SLOTS];
     for (int i = 0; i < FAULT_SLOTS; i++)

@@ -13,7 +13,11 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <linux/magic.h>
+#include <stdio.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "state.h"
@@ -241,6 +245,34 @@ bool rdmig_session_add_ram_block(RdmigSession *s, const char *name, void *host, 
     return true;
 }
 
+/* Is [@host, +@length) a shared mapping of the file @st from @offset on?
+ * Checked in /proc/self/maps: reads into that file must be what the guest
+ * sees at @host. */
+static bool maps_file(const uint8_t *host, uint64_t length, const struct stat *st,
+                      uint64_t offset)
+{
+    FILE *f = fopen("/proc/self/maps", "re");
+    if (!f)
+        return false;
+    uint64_t want = (uintptr_t)host, end = want + length;
+    char line[4096];
+    while (want < end && fgets(line, sizeof(line), f)) {
+        unsigned long long lo, hi, off, ino;
+        unsigned maj, mn;
+        char perms[8];
+        if (sscanf(line, "%llx-%llx %7s %llx %x:%x %llu", &lo, &hi, perms, &off, &maj, &mn,
+                   &ino) != 7 || hi <= want || lo > want)
+            continue;
+        /* The VMA holding the next byte we want. */
+        if (perms[3] != 's' || ino != (unsigned long long)st->st_ino ||
+            makedev(maj, mn) != st->st_dev || off + (want - lo) != offset + (want - (uintptr_t)host))
+            break;
+        want = hi;
+    }
+    fclose(f);
+    return want >= end;
+}
+
 bool rdmig_session_set_ram_block_fd(RdmigSession *s, const char *name, int fd, uint64_t offset,
                                     GError **error)
 {
@@ -266,6 +298,20 @@ bool rdmig_session_set_ram_block_fd(RdmigSession *s, const char *name, int fd, u
                     "RAM block '%s': fd %d at offset %" G_GUINT64_FORMAT " is not a memory "
                     "file (memfd or tmpfs) holding its %" G_GUINT64_FORMAT " bytes at a page "
                     "boundary", name, fd, offset, b->length);
+        return false;
+    }
+    struct statfs sfs;
+    if (fstatfs(fd, &sfs) < 0 || sfs.f_type != TMPFS_MAGIC) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
+                    "RAM block '%s': fd %d is not on tmpfs/shmem (a memfd): zero-copy postcopy "
+                    "needs shmem's minor faults", name, fd);
+        return false;
+    }
+    if (!maps_file(b->host, b->length, &st, offset)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "RAM block '%s' at %p is not a shared mapping of fd %d from offset %"
+                    G_GUINT64_FORMAT ": pulled pages would land in another file", name,
+                    (void *)b->host, fd, offset);
         return false;
     }
     b->fd = fd;

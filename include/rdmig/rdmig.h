@@ -105,7 +105,7 @@ typedef struct {
                                    * has minor faults for it; else copy them in from a
                                    * staging buffer (UFFDIO_COPY); default true */
     uint8_t rdma_ack_timeout;     /* RDMA queue pairs resend an unacknowledged packet after
-                                   * 4.096 us x 2^this, 1..31; default 14 (67 ms, as
+                                   * 4.096 us x 2^this, 0..31; default 14 (67 ms, as
                                    * perftest); 0 leaves it to rdma_cm, whose RoCE choice
                                    * (~0.5 s) stalls a queue pair that long per lost packet */
 } RdmigParams;
@@ -191,7 +191,8 @@ typedef struct {
     uint64_t pages_background;    /* pulled by the background sweep */
     uint64_t pages_zero_copy;     /* of the pulled pages, placed with UFFDIO_CONTINUE (no copy) */
     uint64_t faults;              /* guest faults on missing pages (destination) */
-    uint64_t faults_zero;         /* of them, on pages zero at the source: filled here */
+    uint64_t faults_zero;         /* of them, served here without a pull: zero at the
+                                   * source, or (zero copy) held but not mapped */
     uint64_t blocktime_us;        /* total time guest threads waited for pulled pages */
     uint64_t fault_hist[RDMIG_FAULT_HIST_BUCKETS]; /* pulled-page faults by service time
                                    * (fault read -> page placed): bucket i holds

@@ -5,6 +5,7 @@
  * parameters, RAM blocks, addresses, a port in use, a peer that is not there.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -674,6 +675,59 @@ static void test_register_full(void)
     g_assert_null(rdmig_transport_lookup(names[ok]));
 }
 
+/* The memory file for zero-copy postcopy must be the one behind the block:
+ * otherwise pulled pages would land where the guest does not look. */
+static void test_ram_block_fd(void)
+{
+    const size_t len = 64 << 10;
+    int fd = memfd_create("test-ram-block-fd", MFD_CLOEXEC);
+    int other = memfd_create("test-other", MFD_CLOEXEC);
+    g_assert_cmpint(fd, >=, 0);
+    g_assert_cmpint(other, >=, 0);
+    g_assert_cmpint(ftruncate(fd, 2 * len), ==, 0);
+    g_assert_cmpint(ftruncate(other, 2 * len), ==, 0);
+    /* The block is the file's second half. */
+    uint8_t *ram = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, len);
+    uint8_t *anon = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    g_assert_true(ram != MAP_FAILED && anon != MAP_FAILED);
+    g_autoptr(GError) err = NULL;
+    RdmigSession *s = rdmig_session_new(RDMIG_ROLE_DESTINATION, NULL, &err);
+    g_assert_no_error(err);
+    g_assert_true(rdmig_session_add_ram_block(s, "pc.ram", ram, len, 4096, &err));
+    g_assert_true(rdmig_session_add_ram_block(s, "anon", anon, len, 4096, &err));
+
+    static const struct { const char *block; int which; uint64_t off; int code; const char *says; } bad[] = {
+        { "nope", 0, 0, RDMIG_ERROR_INVALID, "no RAM block 'nope'" },
+        { "pc.ram", -1, 0, RDMIG_ERROR_INVALID, "not a memory file" },
+        { "pc.ram", 0, 0, RDMIG_ERROR_INVALID, "not a shared mapping" },      /* wrong offset */
+        { "pc.ram", 0, 100, RDMIG_ERROR_INVALID, "page boundary" },
+        { "pc.ram", 0, 2 * 65536, RDMIG_ERROR_INVALID, "not a memory file" }, /* past the end */
+        { "pc.ram", 1, 65536, RDMIG_ERROR_INVALID, "not a shared mapping" },  /* another file */
+        { "anon", 0, 0, RDMIG_ERROR_INVALID, "not a shared mapping" },
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
+        int f = bad[i].which == 0 ? fd : bad[i].which == 1 ? other : -1;
+        g_assert_false(rdmig_session_set_ram_block_fd(s, bad[i].block, f, bad[i].off, &err));
+        assert_error(err, bad[i].code, bad[i].says);
+        g_clear_error(&err);
+    }
+    /* A file that is not shmem cannot take minor faults. */
+    int disk = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    g_assert_cmpint(disk, >=, 0);
+    g_assert_false(rdmig_session_set_ram_block_fd(s, "anon", disk, 0, &err));
+    assert_error(err, RDMIG_ERROR_UNSUPPORTED, "tmpfs");
+    g_clear_error(&err);
+    close(disk);
+
+    g_assert_true(rdmig_session_set_ram_block_fd(s, "pc.ram", fd, len, &err));
+    g_assert_no_error(err);
+    rdmig_session_free(s);
+    munmap(ram, len);
+    munmap(anon, len);
+    close(fd);
+    close(other);
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
@@ -689,6 +743,7 @@ int main(int argc, char **argv)
     g_test_add_func("/registry/session/params", test_session_params);
     g_test_add_func("/registry/session/ram-blocks", test_ram_blocks);
     g_test_add_func("/registry/session/no-blocks", test_no_blocks);
+    g_test_add_func("/registry/session/ram-block-fd", test_ram_block_fd);
     g_test_add_func("/registry/session/bad-addresses", test_bad_addresses);
     g_test_add_func("/registry/session/port-in-use", test_port_in_use);
     g_test_add_func("/registry/session/connect-refused", test_connect_refused);
