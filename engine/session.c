@@ -154,12 +154,14 @@ static void block_free(RdmigRamBlock *b)
     g_free(b);
 }
 
+static void cancel_now(RdmigSession *s);
+
 void rdmig_session_free(RdmigSession *s)
 {
     if (!s)
         return;
     if (s->thread && !s->joined) {
-        rdmig_session_cancel(s);
+        cancel_now(s);
         rdmig_session_wait(s, NULL);
     }
     for (guint i = 0; i < s->blocks->len; i++)
@@ -529,13 +531,37 @@ void rdmig_session_close_control(RdmigSession *s)
     s->ctl = NULL;
 }
 
-void rdmig_session_cancel(RdmigSession *s)
+bool rdmig_session_cancel_refused(RdmigSession *s, GError **error)
+{
+    RdmigState st = rdmig_session_state(s);
+    if (st != RDMIG_STATE_POSTCOPY_ACTIVE && st != RDMIG_STATE_POSTCOPY_RECOVER_SETUP &&
+        st != RDMIG_STATE_POSTCOPY_RECOVER)
+        return false;
+    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                "cancel refused in %s: the guest runs on the destination and its memory is "
+                "split between the hosts (in postcopy-paused, cancel gives up)",
+                rdmig_state_str(st));
+    return true;
+}
+
+/* Unconditional: rdmig_session_free() must be able to stop any session. */
+static void cancel_now(RdmigSession *s)
 {
     g_atomic_int_set(&s->cancel, 1);
     uint64_t one = 1;
     if (write(s->wake_fd, &one, sizeof(one)) < 0) {
         /* The counter is saturated: the session is being woken already. */
     }
+}
+
+void rdmig_session_cancel(RdmigSession *s)
+{
+    g_autoptr(GError) why = NULL;
+    if (rdmig_session_cancel_refused(s, &why)) {
+        g_warning("%s", why->message);
+        return;
+    }
+    cancel_now(s);
 }
 
 bool rdmig_session_send(RdmigSession *s, RdmigMsgType type, GByteArray *payload, GError **error)

@@ -81,26 +81,45 @@ static Options opt = {
     .connect_timeout_ms = 10000, .rdma_ack_timeout = -1, .run_after_ms = 300, .stop_after_failure_ms = 200,
 };
 
-static RdmigSession *volatile current_session;
+static RdmigSession *current_session; /* atomic: the signal thread reads it */
 static volatile sig_atomic_t postcopy_signalled;
+static sigset_t handled_signals;
 
-static void on_signal(int sig)
+/* SIGINT/SIGTERM cancel (or say why not, in postcopy), SIGUSR1 starts
+ * postcopy.  Taken by this thread with sigwait(), not by a handler: a
+ * cancel may lock and log, which a handler must not. */
+static gpointer signal_thread(gpointer data)
 {
-    if (sig == SIGUSR1) {
-        postcopy_signalled = 1; /* acted on by the progress loop */
-        return;
+    (void)data;
+    for (;;) {
+        int sig;
+        if (sigwait(&handled_signals, &sig))
+            continue;
+        if (sig == SIGUSR1) {
+            postcopy_signalled = 1; /* acted on by the progress loop */
+            continue;
+        }
+        RdmigSession *s = g_atomic_pointer_get(&current_session);
+        g_autoptr(GError) err = NULL;
+        if (!s)
+            continue;
+        if (rdmig_session_cancel_refused(s, &err))
+            fprintf(stderr, "rdmig: %s: %s\n", strsignal(sig), err->message);
+        else
+            rdmig_session_cancel(s);
     }
-    if (current_session)
-        rdmig_session_cancel(current_session); /* an atomic store and a write(2) */
+    return NULL;
 }
 
+/* Before any other thread exists, so that all of them inherit the mask. */
 static void install_signals(void)
 {
-    struct sigaction sa = { .sa_handler = on_signal };
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGUSR1, &sa, NULL);
+    sigemptyset(&handled_signals);
+    sigaddset(&handled_signals, SIGINT);
+    sigaddset(&handled_signals, SIGTERM);
+    sigaddset(&handled_signals, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &handled_signals, NULL);
+    g_thread_unref(g_thread_new("signals", signal_thread, NULL));
     signal(SIGPIPE, SIG_IGN);
 }
 
@@ -410,8 +429,10 @@ static void monitor_serve(RdmigSession *s)
             fprintf(stderr, "rdmig: recovering via %s\n", bound ? bound : addr);
         }
     } else if (!strcmp(line, "cancel")) {
-        rdmig_session_cancel(s);
-        reply = g_strdup("ok");
+        if (!rdmig_session_cancel_refused(s, &err)) {
+            rdmig_session_cancel(s);
+            reply = g_strdup("ok");
+        }
     } else if (!strcmp(line, "postcopy")) {
         if (rdmig_session_start_postcopy(s, &err))
             reply = g_strdup("ok");
@@ -766,7 +787,7 @@ static int cmd_recv(void)
         sg_free(g);
         return g_error_matches(err, RDMIG_ERROR, RDMIG_ERROR_INVALID) ? EXIT_USAGE : EXIT_FAILED;
     }
-    current_session = s;
+    g_atomic_pointer_set(&current_session, s);
     if (!monitor_open("recv", &err)) {
         fprintf(stderr, "rdmig recv: %s\n", err->message);
         rdmig_session_cancel(s);
@@ -782,7 +803,7 @@ static int cmd_recv(void)
     progress_loop(s);
     Report r = { .role = "destination" };
     r.ok = rdmig_session_wait(s, &err);
-    current_session = NULL;
+    g_atomic_pointer_set(&current_session, NULL);
     monitor_close();
     r.error = err;
     rdmig_session_get_stats(s, &r.st);
@@ -828,7 +849,7 @@ static int run_source(const char *address)
     sg_fill(g);
     sg_resume(g);
     rdmig_session_set_guest_ops(s, &guest_ops, g);
-    current_session = s;
+    g_atomic_pointer_set(&current_session, s);
     Report r = { .role = "source" };
     GThread *timer = NULL;
     if (rdmig_session_start(s, address, &err)) {
@@ -846,12 +867,12 @@ static int run_source(const char *address)
         fprintf(stderr, "rdmig send: %s\n", err->message);
         if (g_error_matches(err, RDMIG_ERROR, RDMIG_ERROR_INVALID)) {
             /* A malformed address is bad usage, not a failed migration. */
-            current_session = NULL;
+            g_atomic_pointer_set(&current_session, NULL);
             sg_free(g);
             return EXIT_USAGE;
         }
     }
-    current_session = NULL;
+    g_atomic_pointer_set(&current_session, NULL);
     if (timer)
         g_thread_join(timer);
     r.error = err;

@@ -270,12 +270,18 @@ bool rdmig_session_is_destination(RdmigSession *s);
  *  @error says why (RDMIG_ERROR_CANCELLED after a cancel). */
 bool rdmig_session_wait(RdmigSession *s, GError **error);
 
-/** rdmig_session_cancel: asks the session to stop. Any thread, any time; the
- *  source guest keeps (or resumes) running with its memory intact.  Refused
- *  in postcopy-active (the guest runs on the destination); in postcopy-paused
+/** rdmig_session_cancel: asks the session to stop. Any thread (not from a
+ *  signal handler: it may log), any time; the
+ *  source guest keeps (or resumes) running with its memory intact.  Refused,
+ *  with a warning, in postcopy-active and while recovering (the guest runs
+ *  on the destination); in postcopy-paused
  *  it gives up recovery: the session fails, the source keeps its guest
  *  stopped and its memory, and the destination names the pages it lacks. */
 void rdmig_session_cancel(RdmigSession *s);
+/** rdmig_session_cancel_refused: true (and @error says why) when a cancel
+ *  now would be refused: postcopy-active, postcopy-recover-setup or
+ *  postcopy-recover. */
+bool rdmig_session_cancel_refused(RdmigSession *s, GError **error);
 
 /** rdmig_session_get_stats: a consistent snapshot. Any thread. */
 void rdmig_session_get_stats(RdmigSession *s, RdmigStats *out);

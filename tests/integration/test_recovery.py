@@ -301,6 +301,23 @@ class Unrecoverable(Recovery):
         self.assertEqual(src["result"], "failed", self.ctx())
         self.assert_source_guest_safe(src, self.ctx())
 
+    def test_cancel_refused_in_postcopy(self):
+        """Once the guest runs on the destination, a cancel on either side
+        (monitor or SIGINT) is refused with the reason, and the migration
+        completes, verified."""
+        self.start()
+        self.wait_state(self.dmon, ("postcopy-active",), 60, self.recv)
+        for mon in (self.dmon, self.smon):
+            reply = monitor(mon, "cancel")
+            self.note("cancel on %s: %s" % (os.path.basename(mon), reply))
+            self.assertTrue(reply.startswith("error cancel refused in postcopy-"),
+                            reply + self.ctx())
+            self.assertIn("split between the hosts", reply)
+        self.send.signal(signal.SIGINT)
+        self.note("SIGINT to the source")
+        src, dst = self.finish_both()
+        self.assertIn("cancel refused", self.send.stderr(), self.ctx())
+
     def test_recover_refused_outside_pause(self):
         """rdmig recover on a migration that is not paused says so."""
         self.start(postcopy_after=None)
