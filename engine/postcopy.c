@@ -94,11 +94,11 @@ typedef struct {
     int conn;
     uint64_t epoch; /* the link it was posted on */
     bool busy, fault;
-    uint64_t unhashed; /* bit i: page first + i arrived, not yet verified (and, with
-                        * zero copy, not yet mapped into the guest) */
+    uint64_t unsettled; /* bit i: page first + i arrived, not yet verified (and, with
+                         * zero copy, not yet mapped into the guest) */
 } PullReq;
 
-/* One bit per page of a read in PullReq.unhashed. */
+/* One bit per page of a read in PullReq.unsettled. */
 G_STATIC_ASSERT(BULK_BYTES / 4096 <= 64);
 
 typedef struct {
@@ -126,7 +126,6 @@ typedef struct {
     uint32_t nsamples;
     uint64_t verified, mismatches;
     uint64_t unverified;         /* placed pages whose final hash has not come yet */
-    uint64_t hash_backlog;       /* arrived by bulk reads, not yet settled (unhashed bits) */
     uint8_t *snapshot;           /* zero copy: a page a thread waits for, hashed after it runs */
     GString *bad;
     bool cancel_seen;
@@ -485,9 +484,7 @@ static bool settle_run(Pager *pg, PullReq *r, uint32_t i, uint32_t n, bool waits
 {
     RdmigRamBlock *b = blk(pg, r->block);
     uint64_t first = r->first + i;
-    r->unhashed &= ~((n >= 64 ? ~0ull : (1ull << n) - 1) << i);
-    if (!r->fault)
-        pg->hash_backlog -= n;
+    r->unsettled &= ~((n >= 64 ? ~0ull : (1ull << n) - 1) << i);
     if (!b->zero_copy) {
         verify_pulled(pg, r->block, first, n, r->buf + (size_t)i * b->page_size);
     } else {
@@ -503,7 +500,7 @@ static bool settle_run(Pager *pg, PullReq *r, uint32_t i, uint32_t n, bool waits
         if (snapshot)
             verify_pulled(pg, r->block, first, 1, pg->snapshot);
     }
-    if (!r->unhashed)
+    if (!r->unsettled)
         r->busy = false; /* its buffer may take the next read */
     return true;
 }
@@ -511,9 +508,9 @@ static bool settle_run(Pager *pg, PullReq *r, uint32_t i, uint32_t n, bool waits
 /* Settles up to @budget of @r's arrived pages, in runs. */
 static bool settle(Pager *pg, PullReq *r, uint32_t *budget, GError **error)
 {
-    while (*budget && r->unhashed) {
-        uint32_t i = (uint32_t)__builtin_ctzll(r->unhashed), n = 0;
-        while (i + n < 64 && n < *budget && (r->unhashed >> (i + n) & 1))
+    while (*budget && r->unsettled) {
+        uint32_t i = (uint32_t)__builtin_ctzll(r->unsettled), n = 0;
+        while (i + n < 64 && n < *budget && (r->unsettled >> (i + n) & 1))
             n++;
         if (!settle_run(pg, r, i, n, r->fault, error))
             return false;
@@ -522,11 +519,20 @@ static bool settle(Pager *pg, PullReq *r, uint32_t *budget, GError **error)
     return true;
 }
 
+/* Bulk reads' pages arrived and not settled yet. */
+static bool backlog(const Pager *pg)
+{
+    for (int k = 0; k < BULK_SLOTS; k++)
+        if (pg->bulk[k].unsettled)
+            return true;
+    return false;
+}
+
 /* A slice of the bulk reads' settling, between looks at the faults. */
 static bool settle_backlog(Pager *pg, uint32_t budget, GError **error)
 {
-    for (int k = 0; k < BULK_SLOTS && budget && pg->hash_backlog; k++)
-        if (pg->bulk[k].unhashed && !settle(pg, &pg->bulk[k], &budget, error))
+    for (int k = 0; k < BULK_SLOTS && budget; k++)
+        if (pg->bulk[k].unsettled && !settle(pg, &pg->bulk[k], &budget, error))
             return false;
     return true;
 }
@@ -537,8 +543,8 @@ static PullReq *arrived_unsettled(Pager *pg, guint bi, uint64_t page)
 {
     for (int k = 0; k < BULK_SLOTS; k++) {
         PullReq *r = &pg->bulk[k];
-        if (r->unhashed && r->block == bi && page >= r->first && page < r->first + r->n &&
-            (r->unhashed >> (page - r->first) & 1))
+        if (r->unsettled && r->block == bi && page >= r->first && page < r->first + r->n &&
+            (r->unsettled >> (page - r->first) & 1))
             return r;
     }
     return NULL;
@@ -578,7 +584,7 @@ static bool completed(Pager *pg, PullReq *r, GError **error)
         else
             s->stats.pages_background += r->n;
     });
-    r->unhashed = fresh;
+    r->unsettled = fresh;
     if (!fresh) {
         r->busy = false;
         return true;
@@ -589,17 +595,20 @@ static bool completed(Pager *pg, PullReq *r, GError **error)
     }
     /* Later, in slices, unless a thread faults on one of them first: the
      * buffer stays this read's until then. */
-    pg->hash_backlog += (uint64_t)__builtin_popcountll(fresh);
-    if (b->zero_copy) {
-        /* Not placed yet: the threads waiting for any of these go first. */
-        for (uint32_t i = 0; i < pg->nwaiters; i++) {
+    if (!b->zero_copy)
+        return true;
+    /* Not placed yet: the threads waiting for any of these go first.  Each
+     * one placed leaves the waiter list, so look again from its start. */
+    for (bool again = true; again;) {
+        again = false;
+        for (uint32_t i = 0; i < pg->nwaiters && !again; i++) {
             Waiter *w = &pg->waiters[i];
-            if (w->block != r->block || w->page < r->first || w->page >= r->first + r->n ||
-                !(r->unhashed >> (w->page - r->first) & 1))
-                continue;
-            if (!settle_run(pg, r, (uint32_t)(w->page - r->first), 1, true, error))
-                return false;
-            i = UINT32_MAX; /* the list changed: start over */
+            if (w->block == r->block && w->page >= r->first && w->page < r->first + r->n &&
+                (r->unsettled >> (w->page - r->first) & 1)) {
+                if (!settle_run(pg, r, (uint32_t)(w->page - r->first), 1, true, error))
+                    return false;
+                again = true;
+            }
         }
     }
     return true;
@@ -658,7 +667,7 @@ static int pull(Pager *pg, PullReq *r, uint32_t ci, guint bi, uint64_t first, ui
                     "data connection %u: %s", n, first, b->name, ci, why ? why : g_strerror(-rc));
         return -1;
     }
-    g_assert(!r->unhashed); /* a slot with pages to settle is never reposted */
+    g_assert(!r->unsettled); /* a slot with pages to settle is never reposted */
     r->block = bi;
     r->first = first;
     r->n = n;
@@ -814,7 +823,7 @@ static int cmp_u32(const void *a, const void *b)
 static bool pull_loop(Pager *pg, GError **error)
 {
     RdmigSession *s = pg->s;
-    while (pg->received < pg->needed || pg->unverified || pg->hash_backlog) {
+    while (pg->received < pg->needed || pg->unverified || backlog(pg)) {
         /* Faults first: while a guest thread waits, no new bulk read goes
          * out to share the link with its page. */
         if (!pull_faulted(pg, error) || (!pg->nwaiters && !pull_background(pg, error)))
@@ -829,7 +838,7 @@ static bool pull_loop(Pager *pg, GError **error)
         p[n++] = (struct pollfd){ .fd = pg->uffd, .events = POLLIN };
         p[n++] = (struct pollfd){ .fd = rdmig_control_fd(s->ctl), .events = POLLIN };
         p[n++] = (struct pollfd){ .fd = pg->cancel_seen ? -1 : s->wake_fd, .events = POLLIN };
-        if (poll(p, n, pg->hash_backlog ? 0 : (int)s->params.keepalive_ms) < 0 &&
+        if (poll(p, n, backlog(pg) ? 0 : (int)s->params.keepalive_ms) < 0 &&
             errno != EINTR) {
             g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s", g_strerror(errno));
             return false;
@@ -934,10 +943,8 @@ static void pager_pause(Pager *pg, const GError *why)
     if (!settle_backlog(pg, UINT32_MAX, &err)) {
         g_warning("settling pulled pages at the pause: %s", err->message);
         g_error_free(err);
-        for (int k = 0; k < BULK_SLOTS; k++) {
-            pg->hash_backlog -= (uint64_t)__builtin_popcountll(pg->bulk[k].unhashed);
-            pg->bulk[k].unhashed = 0;
-        }
+        for (int k = 0; k < BULK_SLOTS; k++)
+            pg->bulk[k].unsettled = 0;
     }
     PullReq *all[FAULT_SLOTS + BULK_SLOTS];
     for (int i = 0; i < FAULT_SLOTS; i++)

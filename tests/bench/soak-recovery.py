@@ -46,17 +46,10 @@ class Broken(Exception):
 
 
 def wait_state(mon, states, timeout, proc=None):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        st = monitor_status(mon)
-        if st:
-            last = st
-            if st["state"] in states:
-                return st
-        elif proc is not None and not proc.alive():
-            return None
-        time.sleep(0.03)
+    """The status once @mon reports one of @states; None if @proc exited."""
+    st, last = harness.wait_state(mon, states, timeout, proc)
+    if st or (proc is not None and not proc.alive()):
+        return st
     raise Broken("%s never reached %s (last %s)" % (os.path.basename(mon), states,
                                                     last and last["state"]))
 

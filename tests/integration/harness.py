@@ -311,6 +311,24 @@ def monitor_status(path):
         return None
 
 
+def wait_state(mon, states, timeout, proc=None):
+    """Polls the monitor @mon until it reports one of @states.  Returns
+    (status, last status seen); status is None if @proc exited first or the
+    time ran out."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        st = monitor_status(mon)
+        if st:
+            last = st
+            if st["state"] in states:
+                return st, last
+        elif proc is not None and not proc.alive():
+            break
+        time.sleep(0.03)
+    return None, last
+
+
 # ----------------------------------------------------------------- fake peer
 
 def frame(mtype, payload=b"", seq=0, magic=CONTROL_MAGIC, version=CONTROL_VERSION, length=None):
@@ -835,17 +853,9 @@ class RdmigTestCase(unittest.TestCase):
     def wait_monitor(self, mon, states, timeout, proc=None, ctx=""):
         """Waits until the monitor socket @mon reports one of @states; returns
         the status.  Fails if @proc exits first or the time runs out."""
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            st = monitor_status(mon)
-            if st:
-                last = st
-                if st["state"] in states:
-                    return st
-            elif proc is not None and not proc.alive():
-                break
-            time.sleep(0.05)
+        st, last = wait_state(mon, states, timeout, proc)
+        if st:
+            return st
         self.fail("%s never reached %s (last: %s)%s" % (mon, states, last, ctx))
 
     def wait_for_stderr(self, proc, text, timeout):
