@@ -29,6 +29,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "guest-oracle.h"
 #include "rdmig/rdmig.h"
 #include "synthetic-guest.h"
 
@@ -44,6 +45,8 @@ typedef struct {
     int vcpus;
     int blocks;
     gint64 seed;
+    int rezero_percent;
+    char *oracle_dir;
     /* migration */
     int downtime_ms;
     double max_bandwidth_mib;
@@ -254,6 +257,12 @@ static SyntheticGuest *build_guest(GError **error)
     }
     cfg.dirty_rate_mib = opt.dirty_rate;
     cfg.vcpus = (uint32_t)MAX(opt.vcpus, 0);
+    if (opt.rezero_percent < 0 || opt.rezero_percent > 100) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "--rezero-percent must be 0..100, not %d", opt.rezero_percent);
+        return NULL;
+    }
+    cfg.rezero_percent = (uint32_t)opt.rezero_percent;
     cfg.seed = (uint64_t)opt.seed;
     if (opt.pattern_str) {
         if (!strcmp(opt.pattern_str, "uniform"))
@@ -293,23 +302,43 @@ static bool add_blocks(RdmigSession *s, SyntheticGuest *g, GError **error)
 
 /* ------------------------------------------------------------------ guest glue */
 
+/* What the session's guest hooks act on. */
+typedef struct {
+    SyntheticGuest *g;
+    SgOracle *oracle;    /* --oracle: the guest's own record of its pages */
+    bool destination;
+} Guest;
+
+/* Source: the downtime begins.  The oracle's record is taken here, at the
+ * last moment the guest's memory can change on this side. */
 static bool guest_stop(void *opaque, GError **error)
 {
+    Guest *gu = opaque;
     (void)error;
-    sg_pause(opaque);
+    sg_pause(gu->g);
+    if (gu->oracle)
+        sg_oracle_take_all(gu->oracle);
     return true;
 }
-static void guest_resume(void *opaque) { sg_resume(opaque); }
+/* Destination: the oracle digests each page before the guest first changes
+ * it (in postcopy, pages are still arriving). */
+static void guest_resume(void *opaque)
+{
+    Guest *gu = opaque;
+    if (gu->oracle && gu->destination)
+        sg_oracle_arm(gu->oracle);
+    sg_resume(gu->g);
+}
 static bool guest_save(void *opaque, GByteArray *out, GError **error)
 {
     (void)error;
-    sg_save_device_state(opaque, out);
+    sg_save_device_state(((Guest *)opaque)->g, out);
     return true;
 }
 static bool guest_load(void *opaque, const uint8_t *data, size_t len, GError **error)
 {
     GError *e = NULL;
-    if (sg_load_device_state(opaque, data, len, &e))
+    if (sg_load_device_state(((Guest *)opaque)->g, data, len, &e))
         return true;
     g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL, "%s", e->message);
     g_error_free(e);
@@ -584,19 +613,22 @@ typedef struct {
     bool guest_running;
     double cpu_user, cpu_sys;
     const char *address;
+    char *oracle;          /* the oracle's file, when it was written */
 } Report;
 
 static char *report_json(const Report *r)
 {
     GString *o = g_string_new("{");
     const RdmigStats *s = &r->st;
-    g_string_append_printf(o, "\"role\":\"%s\",\"result\":\"%s\",", r->role,
-                           rdmig_state_str(s->state));
+    g_string_append_printf(o, "\"role\":\"%s\",\"result\":\"%s\",\"blocks\":%d,", r->role,
+                           rdmig_state_str(s->state), opt.blocks);
     g_string_append(o, "\"error\":");
     json_str(o, r->error ? r->error->message : "");
     g_string_append(o, ",\"error_code\":");
     json_str(o, r->error && r->error->domain == RDMIG_ERROR
                     ? rdmig_error_code_str((RdmigErrorCode)r->error->code) : "");
+    g_string_append(o, ",\"oracle\":");
+    json_str(o, r->oracle ? r->oracle : "");
     g_string_append(o, ",\"transport\":");
     json_str(o, s->transport);
     g_string_append(o, ",\"dirty_method\":");
@@ -625,10 +657,11 @@ static char *report_json(const Report *r)
     g_string_append_printf(o,
         ",\"guest\":{\"checked\":%s,\"intact\":%s,\"running\":%s,\"pages_checked\":%"
         G_GUINT64_FORMAT ",\"pages_bad\":%" G_GUINT64_FORMAT ",\"first_bad_page\":%"
-        G_GUINT64_FORMAT ",\"pages_written\":%" G_GUINT64_FORMAT "}",
+        G_GUINT64_FORMAT ",\"pages_written\":%" G_GUINT64_FORMAT ",\"pages_rezeroed\":%"
+        G_GUINT64_FORMAT "}",
         r->guest_checked ? "true" : "false", r->guest_ok ? "true" : "false",
         r->guest_running ? "true" : "false", r->guest.pages_checked, r->guest.pages_bad,
-        r->guest.first_bad_page, r->guest.pages_written);
+        r->guest.first_bad_page, r->guest.pages_written, r->guest.pages_rezeroed);
     g_string_append_printf(o,
         ",\"postcopy\":{\"active\":%s,\"pages_discarded\":%" G_GUINT64_FORMAT
         ",\"pages_on_demand\":%" G_GUINT64_FORMAT ",\"pages_background\":%" G_GUINT64_FORMAT
@@ -719,9 +752,30 @@ static void cpu_times(double *user, double *sys)
     *sys = (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
 }
 
-/* Lets the guest run a little, then stops it and checks every page. */
-static void check_guest(SyntheticGuest *g, Report *r, int run_ms)
+/* --oracle DIR: the file of this side's record. */
+static char *oracle_path(const char *role)
 {
+    return g_build_filename(opt.oracle_dir, role, NULL);
+}
+
+/* The oracle's record into DIR/@role; a failure to write it fails the run. */
+static bool oracle_save(SgOracle *oracle, const char *role, Report *r)
+{
+    g_autofree char *path = oracle_path(role);
+    g_autoptr(GError) err = NULL;
+    if (!sg_oracle_save(oracle, path, &err)) {
+        fprintf(stderr, "rdmig: %s\n", err->message);
+        return false;
+    }
+    r->oracle = g_steal_pointer(&path);
+    return true;
+}
+
+/* Lets the guest run a little, then stops it and checks every page; the
+ * destination's oracle takes the pages the guest did not write meanwhile. */
+static void check_guest(Guest *gu, Report *r, int run_ms)
+{
+    SyntheticGuest *g = gu->g;
     SgStats before, after;
     sg_get_stats(g, &before);
     if (run_ms > 0)
@@ -730,12 +784,17 @@ static void check_guest(SyntheticGuest *g, Report *r, int run_ms)
     r->guest_running = sg_running(g) &&
                        (opt.dirty_rate <= 0 || after.pages_written > before.pages_written);
     sg_pause(g);
+    if (gu->oracle && gu->destination) {
+        sg_oracle_take_all(gu->oracle);
+        if (!oracle_save(gu->oracle, "destination.oracle", r))
+            r->ok = false;
+    }
     r->guest_ok = sg_check(g, &r->guest);
     r->guest.pages_written = after.pages_written;
     r->guest_checked = true;
 }
 
-static int finish(Report *r, SyntheticGuest *g, int run_ms)
+static int finish(Report *r, Guest *g, int run_ms)
 {
     if (g)
         check_guest(g, r, run_ms);
@@ -747,6 +806,7 @@ static int finish(Report *r, SyntheticGuest *g, int run_ms)
         report_table(r, stdout);
     }
     fflush(stdout);
+    g_clear_pointer(&r->oracle, g_free);
     if (r->ok && (!r->guest_checked || r->guest_ok))
         return 0;
     if (r->st.state == RDMIG_STATE_CANCELLED)
@@ -756,44 +816,11 @@ static int finish(Report *r, SyntheticGuest *g, int run_ms)
 
 /* ------------------------------------------------------------------ commands */
 
-static int cmd_recv(void)
+/* The destination after start(): progress, then the report. */
+static int recv_run(RdmigSession *s, Guest *gu)
 {
     g_autoptr(GError) err = NULL;
-    RdmigParams p;
-    if (!opt.address) {
-        fprintf(stderr, "rdmig recv: --listen ADDR is required (e.g. --listen 0.0.0.0:4444)\n");
-        return EXIT_USAGE;
-    }
-    if (!build_params(&p, &err)) {
-        fprintf(stderr, "rdmig recv: %s\n", err->message);
-        return EXIT_USAGE;
-    }
-    SyntheticGuest *g = build_guest(&err);
-    if (!g) {
-        fprintf(stderr, "rdmig recv: %s\n", err->message);
-        return EXIT_USAGE;
-    }
-    g_autoptr(RdmigSession) s = rdmig_session_new(RDMIG_ROLE_DESTINATION, &p, &err);
-    if (!s || !add_blocks(s, g, &err)) {
-        fprintf(stderr, "rdmig recv: %s\n", err->message);
-        sg_free(g);
-        return EXIT_USAGE;
-    }
-    rdmig_session_set_guest_ops(s, &guest_ops, g);
-    if (opt.prealloc)
-        sg_prealloc(g);
-    if (!rdmig_session_start(s, opt.address, &err)) {
-        fprintf(stderr, "rdmig recv: %s\n", err->message);
-        sg_free(g);
-        return g_error_matches(err, RDMIG_ERROR, RDMIG_ERROR_INVALID) ? EXIT_USAGE : EXIT_FAILED;
-    }
     g_atomic_pointer_set(&current_session, s);
-    if (!monitor_open("recv", &err)) {
-        fprintf(stderr, "rdmig recv: %s\n", err->message);
-        rdmig_session_cancel(s);
-        sg_free(g);
-        return EXIT_FAILED;
-    }
     if (opt.print_address) {
         printf("%s\n", rdmig_session_listen_address(s));
         fflush(stdout);
@@ -810,11 +837,55 @@ static int cmd_recv(void)
     if (!r.ok && r.st.postcopy) {
         /* Guest threads may wait for pages that will not come: stopping
          * them would wait forever, and letting them run would read zeros. */
-        int rc = finish(&r, NULL, 0);
-        _exit(rc);
+        _exit(finish(&r, NULL, 0));
     }
-    int rc = finish(&r, r.ok ? g : NULL, opt.run_after_ms);
-    sg_free(g);
+    return finish(&r, r.ok ? gu : NULL, opt.run_after_ms);
+}
+
+static int cmd_recv(void)
+{
+    g_autoptr(GError) err = NULL;
+    RdmigParams p;
+    if (!opt.address) {
+        fprintf(stderr, "rdmig recv: --listen ADDR is required (e.g. --listen 0.0.0.0:4444)\n");
+        return EXIT_USAGE;
+    }
+    if (!build_params(&p, &err)) {
+        fprintf(stderr, "rdmig recv: %s\n", err->message);
+        return EXIT_USAGE;
+    }
+    Guest gu = { .g = build_guest(&err), .destination = true };
+    if (!gu.g) {
+        fprintf(stderr, "rdmig recv: %s\n", err->message);
+        return EXIT_USAGE;
+    }
+    RdmigSession *s = rdmig_session_new(RDMIG_ROLE_DESTINATION, &p, &err);
+    if (!s || !add_blocks(s, gu.g, &err)) {
+        fprintf(stderr, "rdmig recv: %s\n", err->message);
+        rdmig_session_free(s);
+        sg_free(gu.g);
+        return EXIT_USAGE;
+    }
+    if (opt.oracle_dir)
+        gu.oracle = sg_oracle_new(gu.g);
+    rdmig_session_set_guest_ops(s, &guest_ops, &gu);
+    if (opt.prealloc)
+        sg_prealloc(gu.g);
+    int rc = EXIT_FAILED;
+    if (!rdmig_session_start(s, opt.address, &err)) {
+        fprintf(stderr, "rdmig recv: %s\n", err->message);
+        if (g_error_matches(err, RDMIG_ERROR, RDMIG_ERROR_INVALID))
+            rc = EXIT_USAGE;
+    } else if (!monitor_open("recv", &err)) {
+        fprintf(stderr, "rdmig recv: %s\n", err->message);
+        rdmig_session_cancel(s);
+    } else {
+        rc = recv_run(s, &gu);
+    }
+    /* The session's thread touches guest RAM: it ends before the RAM goes. */
+    rdmig_session_free(s);
+    sg_oracle_free(gu.oracle);
+    sg_free(gu.g);
     return rc;
 }
 
@@ -826,29 +897,10 @@ static void *cancel_timer(void *data)
     return NULL;
 }
 
-/* Source side of send and demo; @report_out gets the JSON/table. */
-static int run_source(const char *address)
+/* The source from start() to its report. */
+static int source_run(RdmigSession *s, Guest *gu, const char *address)
 {
     g_autoptr(GError) err = NULL;
-    RdmigParams p;
-    if (!build_params(&p, &err)) {
-        fprintf(stderr, "rdmig send: %s\n", err->message);
-        return EXIT_USAGE;
-    }
-    SyntheticGuest *g = build_guest(&err);
-    if (!g) {
-        fprintf(stderr, "rdmig send: %s\n", err->message);
-        return EXIT_USAGE;
-    }
-    g_autoptr(RdmigSession) s = rdmig_session_new(RDMIG_ROLE_SOURCE, &p, &err);
-    if (!s || !add_blocks(s, g, &err)) {
-        fprintf(stderr, "rdmig send: %s\n", err->message);
-        sg_free(g);
-        return EXIT_USAGE;
-    }
-    sg_fill(g);
-    sg_resume(g);
-    rdmig_session_set_guest_ops(s, &guest_ops, g);
     g_atomic_pointer_set(&current_session, s);
     Report r = { .role = "source" };
     GThread *timer = NULL;
@@ -868,7 +920,6 @@ static int run_source(const char *address)
         if (g_error_matches(err, RDMIG_ERROR, RDMIG_ERROR_INVALID)) {
             /* A malformed address is bad usage, not a failed migration. */
             g_atomic_pointer_set(&current_session, NULL);
-            sg_free(g);
             return EXIT_USAGE;
         }
     }
@@ -877,10 +928,45 @@ static int run_source(const char *address)
         g_thread_join(timer);
     r.error = err;
     rdmig_session_get_stats(s, &r.st);
+    /* Completed: the oracle's record of the memory at the final stop. */
+    if (r.ok && gu->oracle && !oracle_save(gu->oracle, "source.oracle", &r))
+        r.ok = false;
     /* After a completion the guest is the destination's: nothing to check here.
      * After a failure it must be running here, with every page intact. */
-    int rc = finish(&r, r.ok ? NULL : g, opt.stop_after_failure_ms);
-    sg_free(g);
+    return finish(&r, r.ok ? NULL : gu, opt.stop_after_failure_ms);
+}
+
+/* Source side of send and demo. */
+static int run_source(const char *address)
+{
+    g_autoptr(GError) err = NULL;
+    RdmigParams p;
+    if (!build_params(&p, &err)) {
+        fprintf(stderr, "rdmig send: %s\n", err->message);
+        return EXIT_USAGE;
+    }
+    Guest gu = { .g = build_guest(&err) };
+    if (!gu.g) {
+        fprintf(stderr, "rdmig send: %s\n", err->message);
+        return EXIT_USAGE;
+    }
+    RdmigSession *s = rdmig_session_new(RDMIG_ROLE_SOURCE, &p, &err);
+    if (!s || !add_blocks(s, gu.g, &err)) {
+        fprintf(stderr, "rdmig send: %s\n", err->message);
+        rdmig_session_free(s);
+        sg_free(gu.g);
+        return EXIT_USAGE;
+    }
+    sg_fill(gu.g);
+    if (opt.oracle_dir)
+        gu.oracle = sg_oracle_new(gu.g);
+    sg_resume(gu.g);
+    rdmig_session_set_guest_ops(s, &guest_ops, &gu);
+    int rc = source_run(s, &gu, address);
+    /* The session's thread touches guest RAM: it ends before the RAM goes. */
+    rdmig_session_free(s);
+    sg_oracle_free(gu.oracle);
+    sg_free(gu.g);
     return rc;
 }
 
@@ -954,6 +1040,10 @@ static int cmd_demo(const char *self)
     g_ptr_array_add(argv, g_strdup_printf("--peer-timeout-ms=%d", opt.peer_timeout_ms));
     if (opt.transport)
         g_ptr_array_add(argv, g_strdup_printf("--transport=%s", opt.transport));
+    if (opt.oracle_dir)
+        g_ptr_array_add(argv, g_strdup_printf("--oracle=%s", opt.oracle_dir));
+    if (opt.rezero_percent)
+        g_ptr_array_add(argv, g_strdup_printf("--rezero-percent=%d", opt.rezero_percent));
     if (opt.prealloc)
         g_ptr_array_add(argv, g_strdup("--prealloc"));
     if (opt.json)
@@ -1016,6 +1106,8 @@ int main(int argc, char **argv)
         { "pattern", 0, 0, G_OPTION_ARG_STRING, &opt.pattern_str, "uniform (default) or hot", "P" },
         { "vcpus", 0, 0, G_OPTION_ARG_INT, &opt.vcpus, "guest vCPU threads (default 2)", "N" },
         { "seed", 0, 0, G_OPTION_ARG_INT64, &opt.seed, "guest contents seed", "N" },
+        { "rezero-percent", 0, 0, G_OPTION_ARG_INT, &opt.rezero_percent, "share of guest writes that zero a page (default 0)", "P" },
+        { "oracle", 0, 0, G_OPTION_ARG_FILENAME, &opt.oracle_dir, "tests: the guest writes the SHA-256 of every page to DIR/source.oracle (at the final stop) or DIR/destination.oracle (as migrated)", "DIR" },
         { "downtime-ms", 0, 0, G_OPTION_ARG_INT, &opt.downtime_ms, "downtime limit (default 300)", "MS" },
         { "max-bandwidth", 0, 0, G_OPTION_ARG_DOUBLE, &opt.max_bandwidth_mib, "MiB/s cap (default none)", "R" },
         { "max-rounds", 0, 0, G_OPTION_ARG_INT, &opt.max_rounds, "precopy rounds before giving up (default 30)", "N" },

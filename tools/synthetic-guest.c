@@ -105,6 +105,10 @@ struct SyntheticGuest {
     atomic_bool stop_writing;      /* pause or quit asked; polled per page */
     char pad[64];                  /* keep the counter off stop_writing's line */
     _Atomic uint64_t pages_written;
+    _Atomic uint64_t pages_rezeroed;
+
+    SgWriteHook write_hook; /* under lock; copied by a vCPU per write section */
+    void *write_hook_opaque;
 
     uint32_t n_threads;     /* vCPU threads actually started */
     SgVcpu *vcpus;
@@ -250,6 +254,25 @@ static void sg_rewrite_page(SyntheticGuest *g, uint64_t page)
     sg_write_page(g, page, gen + 1);
 }
 
+/* One vCPU write: rewrite @page, or (rezero_percent of the time) zero it.
+ * The extra draw only when rezeroing is on, so that the default write
+ * sequence of a seed stays what it always was. */
+static void sg_vcpu_write(SyntheticGuest *g, uint64_t page, uint64_t *rng, SgWriteHook hook,
+                          void *opaque)
+{
+    bool zero = g->cfg.rezero_percent && sg_rng_below(rng, 100) < g->cfg.rezero_percent;
+
+    if (hook) {
+        hook(opaque, page, zero);
+    }
+    if (zero) {
+        memset(sg_page_ptr(g, page), 0, g->cfg.page_size);
+        atomic_fetch_add_explicit(&g->pages_rezeroed, 1, memory_order_relaxed);
+    } else {
+        sg_rewrite_page(g, page);
+    }
+}
+
 /* The vCPU thread: sleeps while paused or idle, otherwise writes pages at
  * its share of the dirty rate, accounted as byte credit that accrues with
  * monotonic time and is spent one page at a time. */
@@ -294,12 +317,14 @@ static gpointer sg_vcpu_main(gpointer opaque)
         uint64_t todo = (uint64_t)(credit / page);
         uint64_t rng = v->rng;
         uint64_t done = 0;
+        SgWriteHook hook = g->write_hook;
+        void *hook_opaque = g->write_hook_opaque;
         g->busy++;
         g_mutex_unlock(&g->lock);
 
         while (done < todo &&
                !atomic_load_explicit(&g->stop_writing, memory_order_relaxed)) {
-            sg_rewrite_page(g, sg_vcpu_pick(g, v, &rng));
+            sg_vcpu_write(g, sg_vcpu_pick(g, v, &rng), &rng, hook, hook_opaque);
             done++;
             atomic_fetch_add_explicit(&g->pages_written, 1, memory_order_relaxed);
         }
@@ -397,6 +422,11 @@ static bool sg_config_check(const SgConfig *cfg, GError **error)
                     "zero_fraction %g: must be in [0, 1]", cfg->zero_fraction);
         return false;
     }
+    if (cfg->rezero_percent > 100) {
+        g_set_error(error, SG_ERROR, SG_ERROR_INVALID,
+                    "rezero_percent %u: must be 0..100", cfg->rezero_percent);
+        return false;
+    }
     /* A little slack so that e.g. 0.7 + 0.3 passes despite rounding. */
     if (cfg->fill_fraction + cfg->zero_fraction > 1 + 1e-9) {
         g_set_error(error, SG_ERROR, SG_ERROR_INVALID,
@@ -428,6 +458,7 @@ SyntheticGuest *sg_new(const SgConfig *cfg, GError **error)
     g_cond_init(&g->idle);
     atomic_init(&g->stop_writing, false);
     atomic_init(&g->pages_written, 0);
+    atomic_init(&g->pages_rezeroed, 0);
 
     g->memfd = memfd_create("rdmig-guest", MFD_CLOEXEC);
     if (g->memfd < 0) {
@@ -526,6 +557,19 @@ uint32_t sg_page_size(SyntheticGuest *g)
 int sg_memfd(SyntheticGuest *g)
 {
     return g->memfd;
+}
+
+uint64_t sg_npages(SyntheticGuest *g)
+{
+    return g->npages;
+}
+
+void sg_set_write_hook(SyntheticGuest *g, SgWriteHook hook, void *opaque)
+{
+    g_mutex_lock(&g->lock);
+    g->write_hook = hook;
+    g->write_hook_opaque = opaque;
+    g_mutex_unlock(&g->lock);
 }
 
 void sg_resume(SyntheticGuest *g)
@@ -731,6 +775,7 @@ bool sg_check(SyntheticGuest *g, SgStats *stats)
         s.pages_bad += jobs[i].bad;
     }
     s.pages_written = atomic_load(&g->pages_written);
+    s.pages_rezeroed = atomic_load(&g->pages_rezeroed);
 
     g_mutex_lock(&g->lock);
     g->last_check = s;
@@ -747,6 +792,7 @@ void sg_get_stats(SyntheticGuest *g, SgStats *stats)
     *stats = g->last_check;
     g_mutex_unlock(&g->lock);
     stats->pages_written = atomic_load(&g->pages_written);
+    stats->pages_rezeroed = atomic_load(&g->pages_rezeroed);
 }
 
 /* ---- device state ---- */

@@ -38,12 +38,22 @@ typedef struct {
     double fill_fraction;
     double zero_fraction;
     uint64_t seed;
+    /* Share (0..100) of vCPU writes that zero their page instead of
+     * rewriting it, so that pages sent with contents later travel as zero
+     * and the destination must clear them.  Default 0. */
+    uint32_t rezero_percent;
 } SgConfig;
 
 typedef struct SyntheticGuest SyntheticGuest;
 
+/* Called on a vCPU thread just before that vCPU writes @page (@zeroing: it
+ * is about to zero it).  A page belongs to one vCPU, so calls for one page
+ * never overlap; calls for different pages may. */
+typedef void (*SgWriteHook)(void *opaque, uint64_t page, bool zeroing);
+
 typedef struct {
     uint64_t pages_written;   /* page rewrites by vCPUs since creation */
+    uint64_t pages_rezeroed;  /* of them, pages zeroed (rezero_percent) */
     uint64_t pages_checked;
     uint64_t pages_bad;       /* inconsistent pages found by the last check */
     uint64_t first_bad_page;  /* valid when pages_bad > 0 */
@@ -68,6 +78,11 @@ void *sg_ram(SyntheticGuest *g);
 uint64_t sg_ram_size(SyntheticGuest *g);
 uint32_t sg_page_size(SyntheticGuest *g);
 int sg_memfd(SyntheticGuest *g);
+
+/** sg_set_write_hook: @hook runs before every vCPU page write from now on
+ *  (NULL: none).  Call while paused. */
+void sg_set_write_hook(SyntheticGuest *g, SgWriteHook hook, void *opaque);
+uint64_t sg_npages(SyntheticGuest *g);
 
 /** sg_resume: lets the vCPU threads run (they start paused). */
 void sg_resume(SyntheticGuest *g);

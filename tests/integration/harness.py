@@ -24,6 +24,7 @@ Nothing here waits without a bound: every read, connect and wait has a timeout.
 import json
 import os
 import queue
+import shutil
 import signal
 import socket
 import struct
@@ -95,6 +96,67 @@ CRASH_MARKERS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitize
                  "Aborted", "Traceback")
 
 
+# The test oracle's file (tools/guest-oracle.h): the synthetic guest's own
+# SHA-256 of every page, taken at the source's final stop and at the
+# destination as the pages arrived.
+ORACLE_HEAD = struct.Struct(">8sIIQQ")  # magic, version, page size, pages, lazily taken
+ORACLE_MAGIC = b"RDMIGORC"
+ORACLE_DIGEST = 32
+ORACLE_REZEROED = 0x01
+
+
+def read_oracle(path):
+    """The oracle file at @path as a dict: page_size, pages, lazy, digests
+    (pages x 32 bytes), flags (a byte per page)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < ORACLE_HEAD.size:
+        raise AssertionError("oracle file %s is truncated (%d bytes)" % (path, len(data)))
+    magic, version, page_size, pages, lazy = ORACLE_HEAD.unpack_from(data)
+    if magic != ORACLE_MAGIC or version != 1:
+        raise AssertionError("%s is not an oracle file (magic %r, version %d)" %
+                             (path, magic, version))
+    want = ORACLE_HEAD.size + pages * (ORACLE_DIGEST + 1)
+    if len(data) != want:
+        raise AssertionError("oracle file %s has %d bytes, %d pages need %d" %
+                             (path, len(data), pages, want))
+    off = ORACLE_HEAD.size
+    return {"page_size": page_size, "pages": pages, "lazy": lazy,
+            "digests": data[off:off + pages * ORACLE_DIGEST],
+            "flags": data[off + pages * ORACLE_DIGEST:]}
+
+
+def page_name(page, pages, blocks):
+    """"pc.ram:N" or "ramK:N", as rdmig names the synthetic guest's blocks."""
+    if blocks <= 1:
+        return "pc.ram:%d" % page
+    per = pages // blocks
+    return "ram%d:%d" % (page // per, page % per)
+
+
+def oracle_differences(src, dst, limit=16):
+    """Pages whose digests differ, in order (at most @limit)."""
+    a, b = src["digests"], dst["digests"]
+    out = []
+    if a == b:
+        return out
+    step = 4096 * ORACLE_DIGEST  # compare in slices, then page by page where they differ
+    for base in range(0, len(a), step):
+        if a[base:base + step] == b[base:base + step]:
+            continue
+        for off in range(base, min(base + step, len(a)), ORACLE_DIGEST):
+            if a[off:off + ORACLE_DIGEST] != b[off:off + ORACLE_DIGEST]:
+                out.append(off // ORACLE_DIGEST)
+                if len(out) >= limit:
+                    return out
+    return out
+
+
+def zero_page_digest(page_size):
+    import hashlib
+    return hashlib.sha256(bytes(page_size)).digest()
+
+
 def parse_size(s):
     mul = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     s = str(s)
@@ -109,8 +171,12 @@ class RdmigProc:
     """One rdmig process.  stdout lines go to a queue (and self.lines), stderr
     to a temporary file, so neither pipe can fill and block the child."""
 
-    def __init__(self, args, name=None, env=None, wrapper=()):
-        self.args = list(wrapper) + [RDMIG] + list(args)
+    def __init__(self, args, name=None, env=None, wrapper=(), oracle_dir=None):
+        args = list(args)
+        if oracle_dir and args and args[0] in ("send", "recv", "demo") and \
+                "--resume" not in args:
+            args[1:1] = ["--oracle", oracle_dir]
+        self.args = list(wrapper) + [RDMIG] + args
         self.name = name or (args[0] if args else "rdmig")
         self._err = tempfile.TemporaryFile()
         full_env = dict(os.environ)
@@ -762,13 +828,23 @@ class RdmigTestCase(unittest.TestCase):
 
     def setUp(self):
         self.procs = []
+        self.oracle_root = tempfile.mkdtemp(prefix="rdmig-oracle-")
 
     def tearDown(self):
         for p in self.procs:
             p.close()
+        shutil.rmtree(self.oracle_root, ignore_errors=True)
 
-    def spawn(self, *args, name=None, env=None, wrapper=()):
-        p = RdmigProc([str(a) for a in args], name=name, env=env, wrapper=wrapper)
+    def spawn(self, *args, name=None, env=None, wrapper=(), oracle=True):
+        """An rdmig process.  send, recv and demo get an --oracle directory of
+        their own (@oracle=False: none), so that every completed migration can
+        be checked against the guest's own record (assert_verified)."""
+        odir = None
+        if oracle:
+            odir = tempfile.mkdtemp(dir=self.oracle_root)
+            os.chmod(odir, 0o777)  # a process run in another namespace as root still writes
+        p = RdmigProc([str(a) for a in args], name=name, env=env, wrapper=wrapper,
+                      oracle_dir=odir)
         self.procs.append(p)
         return p
 
@@ -841,6 +917,39 @@ class RdmigTestCase(unittest.TestCase):
         self.assertEqual(g["pages_bad"], 0, "destination guest has bad pages" + ctx)
         self.assertEqual(g["pages_checked"], dst["pages_total"], ctx)
         self.assertTrue(g["running"], "destination guest not running" + ctx)
+        self.assert_oracle(src, dst, ctx)
+
+    def assert_oracle(self, src, dst, ctx=""):
+        """The independent witness: the source guest's SHA-256 of every page at
+        its final stop equals the destination guest's, taken as the pages
+        arrived.  Returns both records."""
+        for r in (src, dst):
+            self.assertTrue(r.get("oracle"), "%s wrote no oracle record%s" % (r["role"], ctx))
+        a, b = read_oracle(src["oracle"]), read_oracle(dst["oracle"])
+        self.assertEqual((a["page_size"], a["pages"]), (b["page_size"], b["pages"]),
+                         "the oracle records describe different RAM" + ctx)
+        self.assertEqual(a["pages"], src["pages_total"], ctx)
+        bad = oracle_differences(a, b)
+        blocks = src.get("blocks", 1)
+        if bad:
+            self.fail("the destination's memory differs from the source's by the guest's own "
+                      "SHA-256, first at %s%s" %
+                      (", ".join(page_name(p, a["pages"], blocks) for p in bad), ctx))
+        return a, b
+
+    def assert_rezeroed_arrived_zero(self, src, dst, ctx=""):
+        """Pages the source guest zeroed after writing them (--rezero-percent)
+        are zero at the destination: checked by content, not by counters."""
+        a, b = self.assert_oracle(src, dst, ctx)
+        zero = zero_page_digest(a["page_size"])
+        pages = [p for p in range(a["pages"]) if a["flags"][p] & ORACLE_REZEROED and
+                 a["digests"][p * ORACLE_DIGEST:(p + 1) * ORACLE_DIGEST] == zero]
+        self.assertGreater(len(pages), 0, "no page was zero at the stop after the guest "
+                           "re-zeroed it: the case did not happen" + ctx)
+        for p in pages:
+            self.assertEqual(b["digests"][p * ORACLE_DIGEST:(p + 1) * ORACLE_DIGEST], zero,
+                             "re-zeroed page %d is not zero at the destination%s" % (p, ctx))
+        return len(pages)
 
     def assert_source_guest_safe(self, src, ctx=""):
         """After a failure or cancel, the guest runs on at the source, untouched."""

@@ -29,9 +29,11 @@ class Idle(harness.RdmigTestCase):
 
 
 class Converge(harness.RdmigTestCase):
-    """Case 2: a guest that dirties 20 MiB/s converges under the default 300 ms."""
+    """Case 2: a guest that dirties 20 MiB/s converges under the default 300 ms.
+    A tenth of its writes zero the page, so pages sent with contents in one
+    round travel as zero in a later one and the destination must clear them."""
 
-    GUEST = ["--ram-size", "128M", "--dirty-rate", "20"]
+    GUEST = ["--ram-size", "128M", "--dirty-rate", "20", "--rezero-percent", "10"]
 
     def check(self, src, dst, connections=1):
         self.assertGreaterEqual(src["rounds"], 2, "a dirtying guest needs a second round")
@@ -42,6 +44,7 @@ class Converge(harness.RdmigTestCase):
         self.assertEqual(src["data_connections"], connections)
         self.assertEqual(dst["data_connections"], connections)
         self.assertGreater(dst["guest"]["pages_written"], 0, "destination guest never ran")
+        self.assert_rezeroed_arrived_zero(src, dst)
 
     def test_dirty(self):
         src, dst = self.migrate(guest=self.GUEST)
@@ -52,7 +55,8 @@ class Converge(harness.RdmigTestCase):
         self.check(src, dst, connections=4)
 
     def test_blocks3(self):
-        guest = ["--ram-size", "96M", "--dirty-rate", "20", "--blocks", "3"]
+        guest = ["--ram-size", "96M", "--dirty-rate", "20", "--blocks", "3",
+                 "--rezero-percent", "10"]
         src, dst = self.migrate(guest=guest)
         self.check(src, dst)
         self.assertEqual(dst["pages_total"], 96 * MiB // harness.PAGE)
@@ -63,7 +67,8 @@ class Converge(harness.RdmigTestCase):
 
     def test_many_blocks_connections(self):
         """The limits together: 64 RAM blocks over 16 data connections."""
-        guest = ["--ram-size", "64M", "--dirty-rate", "20", "--blocks", "64"]
+        guest = ["--ram-size", "64M", "--dirty-rate", "20", "--blocks", "64",
+                 "--rezero-percent", "10"]
         src, dst = self.migrate(guest=guest, send_args=["--connections", "16"])
         self.check(src, dst, connections=16)
 
