@@ -286,6 +286,65 @@ class RdmigProc:
                  self.stderr()[-6000:]))
 
 
+# ----------------------------------------------------------------- guest memory from outside
+
+class GuestMemory:
+    """The synthetic guest's RAM in a running rdmig process, opened through
+    /proc/PID/fd (it is a memfd, "rdmig-guest"): the test reads and changes it
+    from outside the process, as a fault in the memory or the network would."""
+
+    FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
+
+    def __init__(self, pid, timeout=15):
+        self.fd = None
+        deadline = time.monotonic() + timeout
+        while self.fd is None:
+            for name in os.listdir("/proc/%d/fd" % pid):
+                try:
+                    link = os.readlink("/proc/%d/fd/%s" % (pid, name))
+                except OSError:
+                    continue
+                if link.startswith("/memfd:rdmig-guest"):
+                    self.fd = os.open("/proc/%d/fd/%s" % (pid, name), os.O_RDWR)
+                    break
+            if self.fd is None:
+                if time.monotonic() > deadline:
+                    raise AssertionError("process %d has no guest memfd" % pid)
+                time.sleep(0.05)
+
+    def read_page(self, page):
+        return os.pread(self.fd, PAGE, page * PAGE)
+
+    def flip_byte(self, page, offset=PAGE // 2):
+        """Inverts one byte of @page: a bit error the engine must see."""
+        b = os.pread(self.fd, 1, page * PAGE + offset)
+        os.pwrite(self.fd, bytes([b[0] ^ 0xFF]), page * PAGE + offset)
+
+    def punch(self, page):
+        """Drops @page from the memory file: it reads as zero again, as if it
+        had never been received."""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+        if libc.fallocate(self.fd, self.FALLOC_FL_PUNCH_HOLE | self.FALLOC_FL_KEEP_SIZE,
+                          page * PAGE, PAGE) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, "fallocate(PUNCH_HOLE): %s" % os.strerror(err))
+
+    def first_nonzero(self, first, end):
+        """The first page in [first, end) with contents, or None."""
+        zero = bytes(PAGE)
+        for p in range(first, end):
+            if self.read_page(p) != zero:
+                return p
+        return None
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 # ----------------------------------------------------------------- two hosts
 
 def _ip(*args, check=True):

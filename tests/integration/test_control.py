@@ -267,34 +267,31 @@ class WaitingForData(harness.RdmigTestCase):
     it must still hear a cancel, and a source that hung up, at once."""
 
     def test_cancel(self):
-        """SIGTERM while the destination waits for the data connections: prompt."""
-        recv, addr = self.start_recv(guest=GUEST)
+        """SIGTERM while the destination waits for the data connections: it ends
+        cancelled, not at the connect timeout (10 minutes here)."""
+        recv, addr = self.start_recv("--connect-timeout-ms", "600000", guest=GUEST)
         fake = FakeSource(addr, BLOCKS)
         self.addCleanup(fake.close)
         time.sleep(0.2)
         recv.signal(signal.SIGTERM)
-        t0 = time.monotonic()
         rc = self.finish(recv, 15)
-        took = recv.t_exit - t0
         ctx = "\n" + recv.describe()
         self.assertEqual(rc, 3, ctx)
         self.assertEqual(recv.report()["result"], "cancelled", ctx)
-        self.assertLess(took, 2, "cancel took %.1f s" % took + ctx)
 
     def test_source_gone(self):
         """The source hangs up after REGIONS, before its data connections: the
         destination notices on the control channel, not at the connect timeout."""
-        recv, addr = self.start_recv(guest=GUEST)
+        recv, addr = self.start_recv("--connect-timeout-ms", "600000", guest=GUEST)
         fake = FakeSource(addr, BLOCKS)
         time.sleep(0.2)
         fake.close()
-        t0 = time.monotonic()
         rc = self.finish(recv, 15)
-        took = recv.t_exit - t0
         ctx = "\n" + recv.describe()
         self.assertEqual(rc, 1, ctx)
-        self.assertIn("source", recv.report()["error"], ctx)
-        self.assertLess(took, 3, "took %.1f s to notice the source had gone" % took + ctx)
+        err = recv.report()["error"]
+        self.assertIn("source", err, ctx)
+        self.assertNotIn("did not arrive", err, "it waited for the connect timeout" + ctx)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ A data connection without the session's token is refused; the right one is
 still accepted afterwards."""
 import os
 import sys
-import time
 
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -132,18 +131,15 @@ class Token(harness.RdmigTestCase):
         recv, addr = self.start_recv("--connect-timeout-ms", "1500", guest=GUEST)
         fake = FakeSource(addr, BLOCKS)
         try:
-            t0 = time.monotonic()
             bad = fake.data_connect(token=0)
             self.assertTrue(harness.wait_closed(bad, 10), recv.describe())
             err = fake.ctl.recv_error(timeout=10)
             rc = self.finish(recv, 15)
-            took = time.monotonic() - t0
         finally:
             fake.close()
         rep = recv.report()
         ctx = "\nERROR frame: %r\n%s" % (err, recv.describe())
         self.assertEqual(rc, 1, ctx)
-        self.assertLess(took, 10, ctx)
         self.assertEqual(rep["result"], "failed", ctx)
         self.assertIn("did not arrive", rep["error"], ctx)
         self.assertIsNotNone(err, ctx)

@@ -25,12 +25,10 @@ class Cancel(harness.RdmigTestCase):
         """Case 4: the source cancels 300 ms in, mid-precopy."""
         recv, addr = self.start_recv(guest=SLOW_GUEST)
         send = self.start_send(addr, "--cancel-after-ms", "300", *SLOW, guest=SLOW_GUEST)
-        t0 = time.monotonic()
         src_rc = self.finish(send, 30)
         dst_rc = self.finish(recv, 30)
         src, dst = send.report(), recv.report()
         ctx = "\n%s\n%s" % (send.describe(), recv.describe())
-        self.assertLess(time.monotonic() - t0, 10, "cancel took too long" + ctx)
         self.assertEqual(src_rc, 3, "source exit status after a cancel" + ctx)
         self.assertEqual(src["result"], "cancelled", ctx)
         self.assertEqual(src["error_code"], "cancelled", ctx)
@@ -95,7 +93,10 @@ class Cancel(harness.RdmigTestCase):
 class CancelConnecting(harness.RdmigTestCase):
     def test_sigint_while_connecting(self):
         """SIGINT while connect() hangs (the peer's accept queue is full, so its SYNs
-        go unanswered): cancelled at once, not at the 10 s connect timeout."""
+        go unanswered): the connect is interrupted and the result is a cancel, not
+        the connect timeout's failure (set to 10 minutes here, so only an
+        interrupted connect ends within the test's bound).  How fast: see
+        tests/bench/bench-reaction.py."""
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.addCleanup(listener.close)
         listener.bind(("127.0.0.1", 0))
@@ -110,18 +111,16 @@ class CancelConnecting(harness.RdmigTestCase):
             except BlockingIOError:
                 pass
         time.sleep(0.2)
-        send = self.start_send("127.0.0.1:%d" % port, guest=["--ram-size", "32M"])
+        send = self.start_send("127.0.0.1:%d" % port, "--connect-timeout-ms", "600000",
+                               guest=["--ram-size", "32M"])
         time.sleep(1.0)
         if not send.alive():
             self.finish(send, 5)
             self.skipTest("connect did not hang here (%s)" % send.report()["error"])
         send.signal(signal.SIGINT)
-        t0 = time.monotonic()
         rc = self.finish(send, 20)
-        took = send.t_exit - t0
         src = send.report()
         ctx = "\n" + send.describe()
-        self.assertLess(took, 2, "cancel took %.1f s" % took + ctx)
         self.assertEqual(rc, 3, ctx)
         self.assertEqual(src["result"], "cancelled", ctx)
         self.assert_source_guest_safe(src, ctx)
@@ -137,12 +136,9 @@ class PeerDies(harness.RdmigTestCase):
         time.sleep(0.5)
         self.assertTrue(send.alive(), "migration ended before the kill\n" + send.describe())
         recv.kill()
-        t_kill = time.monotonic()
         src_rc = self.finish(send, 20)
-        took = send.t_exit - t_kill
         src = send.report()
         ctx = "\n" + send.describe()
-        self.assertLess(took, 15, "source took %.1f s to notice" % took + ctx)
         self.assertEqual(src_rc, 1, ctx)
         self.assertEqual(src["result"], "failed", ctx)
         self.assertRegex(src["error"], re.compile("destination|connection", re.I), ctx)
@@ -156,12 +152,9 @@ class PeerDies(harness.RdmigTestCase):
         time.sleep(0.5)
         self.assertTrue(send.alive(), "migration ended before the kill\n" + send.describe())
         send.kill()
-        t_kill = time.monotonic()
         dst_rc = self.finish(recv, 20)
-        took = recv.t_exit - t_kill
         dst = recv.report()
         ctx = "\n" + recv.describe()
-        self.assertLess(took, 15, "destination took %.1f s to notice" % took + ctx)
         self.assertEqual(dst_rc, 1, ctx)
         self.assertEqual(dst["result"], "failed", ctx)
         self.assertIn("source", dst["error"], "the error does not name the source" + ctx)
@@ -186,7 +179,7 @@ class Stall(harness.RdmigTestCase):
         took = send.t_exit - t_stop
         src = send.report()
         ctx = "\n" + send.describe()
-        self.assertLess(took, 8, "source took %.1f s to give up on a silent peer" % took + ctx)
+        # A lower bound is behaviour: the peer timeout did not fire early.
         self.assertGreater(took, 1.5, "source gave up before the 2 s peer timeout" + ctx)
         self.assertEqual(src_rc, 1, ctx)
         self.assertEqual(src["result"], "failed", ctx)
@@ -215,8 +208,7 @@ class Stall(harness.RdmigTestCase):
         took = recv.t_exit - t_stop
         dst = recv.report()
         ctx = "\n" + recv.describe()
-        self.assertLess(took, 8, "destination took %.1f s to give up on a silent peer" % took
-                        + ctx)
+        self.assertGreater(took, 1.5, "destination gave up before the 2 s peer timeout" + ctx)
         self.assertEqual(dst_rc, 1, ctx)
         self.assertEqual(dst["result"], "failed", ctx)
         self.assertRegex(dst["error"], re.compile("source.*(silent|stall)", re.I), ctx)
@@ -298,16 +290,17 @@ class AfterSwitchover(harness.RdmigTestCase):
 class SecondSource(harness.RdmigTestCase):
     def test_turned_away(self):
         """One source per destination: a source queued behind the one being served is
-        turned away cleanly, its guest intact; the served one is not disturbed."""
+        turned away cleanly, its guest intact; the served one is not disturbed: its
+        handshake goes on to HELLO_ACK and REGIONS."""
         recv, addr = self.start_recv("--connect-timeout-ms", "3000", guest=["--ram-size", "32M"])
-        first = harness.connect(addr)  # accepted, and the destination waits for its HELLO
+        first = harness.FakeControl(addr)  # accepted; the destination waits for its HELLO
         try:
             time.sleep(0.2)
             send = self.start_send(addr, guest=["--ram-size", "32M", "--dirty-rate", "5"])
             time.sleep(0.5)
             # Now the first one turns out to be a real source: the queued one must go.
-            first.sendall(harness.frame(harness.MSG_HELLO,
-                                        harness.hello_payload([("pc.ram", 32 << 20, 4096)])))
+            first.send(harness.MSG_HELLO, harness.hello_payload([("pc.ram", 32 << 20, 4096)]))
+            served = [first.recv(timeout=10), first.recv(timeout=10)]
             src_rc = self.finish(send, 20)
             src = send.report()
             ctx = "\n%s\n%s" % (send.describe(), recv.describe())
@@ -316,6 +309,10 @@ class SecondSource(harness.RdmigTestCase):
             self.assertRegex(src["error"], re.compile("destination|refused|reset|closed", re.I),
                              ctx)
             self.assert_source_guest_safe(src, ctx)
+            self.assertEqual([f and f[0] for f in served],
+                             [harness.MSG_HELLO_ACK, harness.MSG_REGIONS],
+                             "the served source's handshake was disturbed" + ctx)
+            self.assertEqual(harness.parse_hello_ack(served[0][1])["transport"], "tcp", ctx)
             self.assertTrue(recv.alive(), "the destination gave up on the first source" + ctx)
         finally:
             first.close()
