@@ -224,22 +224,55 @@ static bool dirty_start(RdmigSession *s, GError **error)
                                      &b->tracker_index, error))
             return false;
     }
-    RDMIG_STATS_UPDATE(s, g_strlcpy(s->stats.dirty_method,
-                                    rdmig_dirty_method_str(rdmig_dirty_tracker_method(s->tracker)),
+    RdmigDirtyMethod method = rdmig_dirty_tracker_method(s->tracker);
+    RDMIG_STATS_UPDATE(s, g_strlcpy(s->stats.dirty_method, rdmig_dirty_method_str(method),
                                     sizeof(s->stats.dirty_method)));
+    if (method == RDMIG_DIRTY_SOFT_DIRTY && (!s->guest.stop || !s->guest.resume)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
+                    "the soft-dirty tracker loses writes made while it syncs unless the guest "
+                    "pauses: give the guest's stop and resume hooks, or use uffd-wp "
+                    "(Linux >= 6.7)");
+        return false;
+    }
     return rdmig_dirty_tracker_start(s->tracker, error);
+}
+
+/* soft-dirty reads pagemap and clears in two steps, and a write between
+ * the two is lost (engine/dirty.c): the guest pauses across its syncs, as
+ * CRIU freezes a task.  uffd-wp and the caller's own log need no pause. */
+static bool sync_pauses_guest(RdmigSession *s)
+{
+    return !s->have_dirty_ops && s->tracker && !s->guest_stopped &&
+           rdmig_dirty_tracker_method(s->tracker) == RDMIG_DIRTY_SOFT_DIRTY;
+}
+
+/* ORs every block's written pages into its dirty bitmap. */
+static bool sync_blocks(RdmigSession *s, GError **error)
+{
+    bool pause = sync_pauses_guest(s);
+    if (pause && !s->guest.stop(s->guest_opaque, error)) {
+        g_prefix_error(error, "pausing the guest for a soft-dirty sync: ");
+        return false;
+    }
+    bool ok = true;
+    for (guint i = 0; i < s->blocks->len && ok; i++) {
+        RdmigRamBlock *b = s->blocks->pdata[i];
+        ok = s->have_dirty_ops
+                 ? s->dirty_ops.sync(s->dirty_opaque, i, b->dirty, b->npages, error)
+                 : rdmig_dirty_tracker_sync(s->tracker, b->tracker_index, b->dirty, error);
+    }
+    if (pause)
+        s->guest.resume(s->guest_opaque);
+    return ok;
 }
 
 static bool dirty_sync(RdmigSession *s, uint64_t *pending, GError **error)
 {
+    if (!sync_blocks(s, error))
+        return false;
     uint64_t n = 0;
     for (guint i = 0; i < s->blocks->len; i++) {
         RdmigRamBlock *b = s->blocks->pdata[i];
-        bool ok = s->have_dirty_ops
-                      ? s->dirty_ops.sync(s->dirty_opaque, i, b->dirty, b->npages, error)
-                      : rdmig_dirty_tracker_sync(s->tracker, b->tracker_index, b->dirty, error);
-        if (!ok)
-            return false;
         n += rdmig_bitmap_count(b->dirty, b->npages) * b->page_size;
     }
     *pending = n;
@@ -645,14 +678,8 @@ static bool setup_memory(RdmigSession *s, GError **error)
     /* Pinning can mark every page written (soft-dirty does, with rxe): take
      * that into round 1, which sends those pages anyway, rather than into
      * round 2.  Pages only populated by the pin are zero and go as zero runs. */
-    for (guint i = 0; i < s->blocks->len; i++) {
-        RdmigRamBlock *b = s->blocks->pdata[i];
-        bool ok = s->have_dirty_ops
-                      ? s->dirty_ops.sync(s->dirty_opaque, i, b->dirty, b->npages, error)
-                      : rdmig_dirty_tracker_sync(s->tracker, b->tracker_index, b->dirty, error);
-        if (!ok)
-            return false;
-    }
+    if (!sync_blocks(s, error))
+        return false;
     s->nreqs = s->nconns * RDMIG_REQS_PER_CONN;
     s->reqs = g_new0(RdmigPageReq, s->nreqs);
     for (guint i = 0; (s->features & RDMIG_FEATURE_PRECOPY_RESUME) && i < s->blocks->len; i++) {

@@ -3,34 +3,33 @@
 #   1. unit, contract and integration suites on the host,
 #   2. the same under AddressSanitizer + UndefinedBehaviorSanitizer,
 #   3. the soft-RoCE suite inside a VM (tests/rxe/run), where RDMA works.
-# Prints one closing line "rdmig-tests: N passed, N failed, N skipped".
+# Prints every skip with its reason, then one closing line
+# "rdmig-tests: N passed, N failed, N skipped", counting test cases (each
+# GLib sub-test and each Python case), not test programs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh all || exit 1
 
 passed=0 failed=0 skipped=0
-count() { # sums meson's testlog.json into the totals
+# Adds a suite run's test cases (every TAP line: GLib sub-tests and Python
+# cases alike) to the totals, and lists each skip with its reason.
+count() { # $1: build directory, $2: label
 	local log=$1/meson-logs/testlog.json
 	[ -f "$log" ] || return 0
-	read -r p f s < <(python3 - "$log" <<'PY'
-import json, sys
-p = f = s = 0
-for line in open(sys.argv[1]):
-    r = json.loads(line)["result"]
-    if r in ("OK", "EXPECTEDFAIL"): p += 1
-    elif r == "SKIP": s += 1
-    else: f += 1
-print(p, f, s)
-PY
-)
+	local out
+	out=$(python3 scripts/tap-count.py "$log" --label "$2")
+	printf '%s\n' "$out" | sed '$d' | tee -a "$summary"
+	read -r p f s < <(printf '%s\n' "$out" | tail -n 1)
 	passed=$((passed + p)) failed=$((failed + f)) skipped=$((skipped + s))
 }
+summary=$(mktemp)
+trap 'rm -f "$summary"' EXIT
 
 status=0
 echo "== host suites (unit, contract, integration)"
 rm -f build/meson-logs/testlog.json
 meson test -C build --suite unit --suite contract --suite integration --print-errorlogs || status=1
-count build
+count build host
 
 echo "== the same under ASan + UBSan"
 [ -f build-asan/build.ninja ] || meson setup build-asan -Db_sanitize=address,undefined \
@@ -40,16 +39,18 @@ rm -f build-asan/meson-logs/testlog.json
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	meson test -C build-asan --suite unit --suite contract --suite integration \
 	--print-errorlogs --timeout-multiplier 3 || status=1
-count build-asan
+count build-asan asan
 
 echo "== soft-RoCE suite (inside a VM)"
 tests/rxe/run --timeout 1500 -- tests/rxe/smoke.sh || status=1
 if grep -q "suite : 'rdma'\|suite: 'rdma'" tests/*/meson.build 2>/dev/null; then
 	rm -f build/meson-logs/testlog.json
 	tests/rxe/run --timeout 2400 -- meson test -C build --suite rdma --no-rebuild --print-errorlogs || status=1
-	count build
+	count build rdma
 fi
 
+echo "== summary (test cases: GLib sub-tests, Python cases, other programs)"
+cat "$summary"
 echo "rdmig-tests: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" = 0 ] || status=1
 exit $status

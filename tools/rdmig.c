@@ -307,16 +307,21 @@ typedef struct {
     SyntheticGuest *g;
     SgOracle *oracle;    /* --oracle: the guest's own record of its pages */
     bool destination;
+    RdmigSession *s;
 } Guest;
 
-/* Source: the downtime begins.  The oracle's record is taken here, at the
- * last moment the guest's memory can change on this side. */
+/* Source: the switchover's stop (state device or postcopy-active), or a
+ * pause across a soft-dirty sync (setup, active).  The oracle's record is
+ * taken at the switchover, the last moment this side's memory can change. */
 static bool guest_stop(void *opaque, GError **error)
 {
     Guest *gu = opaque;
     (void)error;
     sg_pause(gu->g);
-    if (gu->oracle)
+    RdmigStats st;
+    rdmig_session_get_stats(gu->s, &st);
+    if (gu->oracle &&
+        (st.state == RDMIG_STATE_DEVICE || st.state == RDMIG_STATE_POSTCOPY_ACTIVE))
         sg_oracle_take_all(gu->oracle);
     return true;
 }
@@ -868,6 +873,7 @@ static int cmd_recv(void)
     }
     if (opt.oracle_dir)
         gu.oracle = sg_oracle_new(gu.g);
+    gu.s = s;
     rdmig_session_set_guest_ops(s, &guest_ops, &gu);
     if (opt.prealloc)
         sg_prealloc(gu.g);
@@ -961,6 +967,7 @@ static int run_source(const char *address)
     if (opt.oracle_dir)
         gu.oracle = sg_oracle_new(gu.g);
     sg_resume(gu.g);
+    gu.s = s;
     rdmig_session_set_guest_ops(s, &guest_ops, &gu);
     int rc = source_run(s, &gu, address);
     /* The session's thread touches guest RAM: it ends before the RAM goes. */

@@ -119,10 +119,13 @@ void rdmig_params_init(RdmigParams *params);
  */
 typedef struct {
     /** Source: stop the guest's CPUs.  Must return only when no CPU writes
-     *  guest RAM any more. */
+     *  guest RAM any more.  Called at the switchover (state already device
+     *  or postcopy-active); with the built-in soft-dirty tracker also around
+     *  each dirty sync of precopy (state active), which that tracker needs
+     *  to lose no write, and which resume() ends at once. */
     bool (*stop)(void *opaque, GError **error);
-    /** Source after a failed or cancelled switchover, destination after
-     *  completion: let the guest's CPUs run. */
+    /** Source after a failed or cancelled switchover (or a soft-dirty sync),
+     *  destination after completion: let the guest's CPUs run. */
     void (*resume)(void *opaque);
     /** Source, guest stopped: append the device state (opaque blob) to @out. */
     bool (*save_device_state)(void *opaque, GByteArray *out, GError **error);

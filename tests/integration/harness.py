@@ -1018,6 +1018,37 @@ class RdmigTestCase(unittest.TestCase):
         self.assertEqual(g["pages_bad"], 0, ctx)
         self.assertTrue(g["running"], "source guest not running after the failure" + ctx)
 
+    def tamper_midway(self, recv, mem, tamper, timeout=30):
+        """Waits until the destination @recv holds the pages of its first
+        4 MiB (data has arrived from 8 MiB on: one connection fills RAM in
+        page order), then applies @tamper(mem, page) to the first page there
+        with contents, through @mem (a GuestMemory).  Returns that page."""
+        early, later = 1024, 2048
+        deadline = time.monotonic() + timeout
+        while mem.first_nonzero(later, 2 * later) is None:
+            if time.monotonic() > deadline or not recv.alive():
+                self.fail("no page arrived at the destination\n" + recv.describe())
+            time.sleep(0.02)
+        page = mem.first_nonzero(0, early)
+        self.assertIsNotNone(page, "no page with contents in the first 4 MiB")
+        tamper(mem, page)
+        return page
+
+    def assert_verify_caught(self, src, dst, src_rc, dst_rc, name, ctx=""):
+        """A migration with one page changed at the destination: failed on
+        both sides with a verification error that names the page @name, the
+        destination guest never run, the source guest running intact."""
+        self.assertEqual((src_rc, dst_rc), (1, 1), "a changed page was not a failure" + ctx)
+        for r in (src, dst):
+            self.assertEqual(r["result"], "failed", "%s result%s" % (r["role"], ctx))
+            self.assertEqual(r["error_code"], "verify", "%s error code%s" % (r["role"], ctx))
+            self.assertIn(name, r["error"], "%s does not name the page%s" % (r["role"], ctx))
+            self.assertEqual(r["verify_mismatches"], 1, "%s counts another number of bad "
+                             "pages%s" % (r["role"], ctx))
+        self.assertFalse(dst["guest"]["checked"], "the destination ran a guest whose memory "
+                         "failed verification" + ctx)
+        self.assert_source_guest_safe(src, ctx)
+
     def wait_monitor(self, mon, states, timeout, proc=None, ctx=""):
         """Waits until the monitor socket @mon reports one of @states; returns
         the status.  Fails if @proc exits first or the time runs out."""
@@ -1059,4 +1090,54 @@ def main():
         sys.stderr.write("rdmig binary %r is not executable\n" % path)
         sys.exit(1)
     RDMIG = os.path.abspath(path)
-    unittest.main(module="__main__", argv=[sys.argv[0]] + args, verbosity=2)
+    sys.exit(run_tap(args))
+
+
+def skip_all(reason):
+    """The whole program skips (TAP's "1..0 # SKIP"), saying why."""
+    print("1..0 # SKIP %s" % reason.replace("\n", " "))
+    sys.exit(0)
+
+
+def _flatten(suite):
+    for t in suite:
+        if isinstance(t, unittest.TestSuite):
+            yield from _flatten(t)
+        else:
+            yield t
+
+
+def run_tap(names):
+    """Runs the named cases (all of __main__'s when none) and reports each as a
+    TAP line on stdout, skips with their reason, so that meson and
+    scripts/test.sh count every case; failures' tracebacks go to stderr.
+    Returns the exit status."""
+    loader = unittest.TestLoader()
+    main_mod = sys.modules["__main__"]
+    suite = (loader.loadTestsFromNames(names, main_mod) if names
+             else loader.loadTestsFromModule(main_mod))
+    tests = list(_flatten(suite))
+    print("1..%d" % len(tests), flush=True)
+    failed = 0
+    for i, t in enumerate(tests, 1):
+        name = t.id().split(".", 1)[-1]
+        doc = (t.shortDescription() or "").replace("#", "").strip()
+        sys.stderr.write("--- %s%s\n" % (name, ": " + doc if doc else ""))
+        r = unittest.TestResult()
+        t0 = time.monotonic()
+        t.run(r)
+        took = time.monotonic() - t0
+        if r.errors or r.failures:
+            failed += 1
+            for _, tb in r.errors + r.failures:
+                sys.stderr.write(tb)
+            print("not ok %d - %s" % (i, name), flush=True)
+        elif r.skipped:
+            reason = " ".join(str(r.skipped[0][1]).split())
+            sys.stderr.write("SKIP %s: %s\n" % (name, reason))
+            print("ok %d - %s # SKIP %s" % (i, name, reason), flush=True)
+        else:
+            print("ok %d - %s" % (i, name), flush=True)
+        sys.stderr.write("--- %s: %s in %.1f s\n" % (name, "failed" if r.errors or r.failures
+                                                     else "done", took))
+    return 1 if failed else 0

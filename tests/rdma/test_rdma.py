@@ -3,8 +3,8 @@
 
 Runs inside the VM of tests/rxe/run, where two rxe devices sit on a veth pair:
 the destination listens on host B ($RXE_B_IP), the source connects from host A.
-Outside such a VM (no RDMA device) every case exits 77, which meson counts as
-a skip, after saying why.
+Outside such a VM (no RDMA device) the program reports a TAP skip of all
+its cases ("1..0 # SKIP" and why), which meson and scripts/test.sh count.
 """
 import os
 import re
@@ -74,8 +74,23 @@ class Migrate(RdmaCase):
         self.assertGreater(src["pages_zero"], 0)
 
     def test_dirtying(self):
-        src, _ = self.rdma_migrate(("--ram-size", "32M", "--dirty-rate", "4"))
+        """A dirtying guest of which a fifth of the writes zero their page:
+        pages written with contents over RDMA and zeroed since arrive zero."""
+        src, dst = self.rdma_migrate(("--ram-size", "32M", "--dirty-rate", "4",
+                                      "--rezero-percent", "20"))
         self.assertGreaterEqual(src["rounds"], 2)
+        self.assert_rezeroed_arrived_zero(src, dst)
+
+    def test_soft_dirty(self):
+        """The soft-dirty tracker (this VM's kernel has it; the host's does
+        not) on a dirtying guest: the guest's own record proves no write was
+        lost between a pagemap read and its clear."""
+        src, dst = self.rdma_migrate(("--ram-size", "32M", "--dirty-rate", "4",
+                                      "--rezero-percent", "10"),
+                                     send_args=("--dirty-method", "soft-dirty"))
+        self.assertEqual(src["dirty_method"], "soft-dirty")
+        self.assertGreaterEqual(src["rounds"], 2)
+        self.assert_rezeroed_arrived_zero(src, dst)
 
     def test_ipv6(self):
         """rdma_cm over IPv6 (fd77::1 -> fd77::2 on the same veth pair),
@@ -110,14 +125,21 @@ class Migrate(RdmaCase):
         src, dst = self.rdma_migrate(("--ram-size", "96M", "--blocks", "3", "--dirty-rate", "2"))
         self.assertEqual(src["pages_total"], (96 << 20) // 4096)
 
-    def test_zero_destination_cpu(self):
-        """One-sided writes: the destination's data threads do no per-page work."""
-        src, dst = self.rdma_migrate(("--ram-size", "32M",))
-        gib = src["bytes_transferred"] / 2**30
-        # Polling for the end of the connection costs microseconds, not the
-        # copy work of the TCP backend (about 5 s/GiB in this VM).
-        self.assertLess(dst["data_cpu_s"] / gib, 0.25,
-                        "destination data threads used %.3f s for %.3f GiB" % (dst["data_cpu_s"], gib))
+    def test_corrupted_page(self):
+        """A page written by RDMA into the destination, then changed there
+        (through the guest's memfd) before the switchover: reported by
+        block:page on both sides, no completion."""
+        guest = ("--ram-size", "64M")
+        recv, addr = self.start_recv(guest=guest)
+        send = self.start_send(addr, "--transport", "rdma", "--max-bandwidth", "4", guest=guest)
+        mem = harness.GuestMemory(recv.pid)
+        self.addCleanup(mem.close)
+        page = self.tamper_midway(recv, mem, lambda m, p: m.flip_byte(p), timeout=120)
+        src_rc, dst_rc = self.finish(send, 240), self.finish(recv, 60)
+        src, dst = send.report(), recv.report()
+        ctx = "\nchanged page %d\n%s\n%s" % (page, send.describe(), recv.describe())
+        self.assertEqual(src["transport"], "rdma", ctx)
+        self.assert_verify_caught(src, dst, src_rc, dst_rc, "pc.ram:%d" % page, ctx)
 
 
 class NoConverge(RdmaCase):
@@ -223,13 +245,10 @@ class Failures(RdmaCase):
         self.wait_for_stderr(send, "active", 60)
         time.sleep(1)
         recv.kill()
-        t0 = time.monotonic()
         rc = self.finish(send, 60)
-        took = time.monotonic() - t0
         src = send.report()
         self.assertEqual(rc, 1, send.describe())
         self.assertEqual(src["result"], "failed")
-        self.assertLess(took, 45, "the source took %.1f s to notice" % took)
         self.assert_source_guest_safe(src, send.describe())
 
     def test_link_down(self):
@@ -240,13 +259,10 @@ class Failures(RdmaCase):
         self.wait_for_stderr(send, "active", 60)
         time.sleep(1)
         self.link_down()
-        t0 = time.monotonic()
         rc = self.finish(send, 90)
-        took = time.monotonic() - t0
         src = send.report()
         self.assertEqual(rc, 1, send.describe())
         self.assertEqual(src["result"], "failed")
-        self.assertLess(took, 60, "the source took %.1f s to notice the cut" % took)
         self.assert_source_guest_safe(src, send.describe())
         self.finish(recv, 90)
         self.assertEqual(recv.report().get("result"), "failed", recv.describe())
@@ -410,7 +426,6 @@ class Recovery(RdmaCase):
         self.assertIn("lost", dst["error"], self.ctx())
         self.assertRegex(dst["error"], r"pc\.ram:\d+-\d+", self.ctx())
         self.assertGreater(dst["recovery"]["pages_missing"], 0, self.ctx())
-        self.assertEqual(dst["verify_mismatches"], 0, self.ctx())
 
     def test_source_stalled(self):
         """The source stopped (SIGSTOP) past the peer timeout in postcopy:
@@ -498,9 +513,8 @@ class Recovery(RdmaCase):
 
 if __name__ == "__main__":
     if not rdma_devices() or not os.environ.get("RXE_B_IP"):
-        print("SKIP: no RDMA device here (%s) or no RXE_B_IP: run this suite through "
-              "tests/rxe/run, which boots a VM with soft-RoCE" %
-              ("/sys/class/infiniband is empty" if not rdma_devices() else "devices: "
-               + " ".join(rdma_devices())))
-        sys.exit(77)
+        harness.skip_all("no RDMA device here (%s) or no RXE_B_IP: run this suite through "
+                         "tests/rxe/run, which boots a VM with soft-RoCE" %
+                         ("/sys/class/infiniband is empty" if not rdma_devices() else
+                          "devices: " + " ".join(rdma_devices())))
     harness.main()

@@ -187,6 +187,89 @@ static void test_frames_sizes(void)
     rdmig_control_free(b);
 }
 
+/* ------------------------------------------------------------ calls on a thread */
+
+/*
+ * A recv or send run on a thread of its own, so that the test can wait for
+ * it with a watchdog: a call that does not return fails the case after a
+ * bound far above what it should take, instead of hanging the suite.  These
+ * bounds catch hangs, never slowness; how long the calls take is measured by
+ * tests/bench/bench-timing.c.
+ */
+typedef struct {
+    RdmigControl *c;
+    int timeout_ms;    /* recv: the timeout passed (-1: forever) */
+    GMutex lock;
+    GCond cond;
+    bool done;
+    int r;
+    bool send_ok;
+    GError *err;
+    gint64 elapsed_ms; /* how long the call took, for lower bounds */
+} Blocked;
+
+static void blocked_finish(Blocked *b, int r, bool send_ok, GError *err, gint64 t0)
+{
+    g_mutex_lock(&b->lock);
+    b->elapsed_ms = (g_get_monotonic_time() - t0) / 1000;
+    b->r = r;
+    b->send_ok = send_ok;
+    b->err = err;
+    b->done = true;
+    g_cond_signal(&b->cond);
+    g_mutex_unlock(&b->lock);
+}
+
+static gpointer blocked_recv(gpointer data)
+{
+    Blocked *b = data;
+    RdmigFrame f;
+    GError *err = NULL;
+    gint64 t0 = g_get_monotonic_time();
+    int r = rdmig_control_recv(b->c, &f, b->timeout_ms, &err);
+    blocked_finish(b, r, false, err, t0);
+    return NULL;
+}
+
+/* Sends a frame larger than the socket buffers of the pair. */
+static gpointer blocked_send(gpointer data)
+{
+    Blocked *b = data;
+    size_t len = 8u << 20;
+    g_autofree uint8_t *p = g_malloc0(len);
+    GError *err = NULL;
+    gint64 t0 = g_get_monotonic_time();
+    bool ok = rdmig_control_send(b->c, 1, p, len, &err);
+    blocked_finish(b, ok ? 1 : -1, ok, err, t0);
+    return NULL;
+}
+
+/* Waits for the blocked thread to return; fails the test after @ms instead of hanging. */
+static void wait_done(Blocked *b, int ms, const char *what)
+{
+    gint64 end = g_get_monotonic_time() + (gint64)ms * 1000;
+    g_mutex_lock(&b->lock);
+    while (!b->done)
+        if (!g_cond_wait_until(&b->cond, &b->lock, end))
+            break;
+    bool done = b->done;
+    g_mutex_unlock(&b->lock);
+    if (!done)
+        g_error("%s: did not return within %d ms", what, ms);
+}
+
+/* Runs @fn on @b to its end, under a watchdog of @hang_ms. */
+static void run_watched(Blocked *b, GThreadFunc fn, int hang_ms, const char *what)
+{
+    g_mutex_init(&b->lock);
+    g_cond_init(&b->cond);
+    GThread *t = g_thread_new("watched", fn, b);
+    wait_done(b, hang_ms, what);
+    g_thread_join(t);
+    g_mutex_clear(&b->lock);
+    g_cond_clear(&b->cond);
+}
+
 static void test_recv_timeout(void)
 {
     int sv[2];
@@ -194,18 +277,21 @@ static void test_recv_timeout(void)
     RdmigControl *b = rdmig_control_new(sv[1], 1000);
     RdmigFrame f;
     g_autoptr(GError) err = NULL;
-    gint64 t0 = g_get_monotonic_time();
-    g_assert_cmpint(rdmig_control_recv(b, &f, 100, &err), ==, 0);
-    gint64 ms = (g_get_monotonic_time() - t0) / 1000;
-    g_assert_no_error(err);
-    g_assert_cmpint(ms, >=, 95);
-    g_assert_cmpint(ms, <, 2000);
+    /* No frame: 0, and not before the 100 ms are up (the lower bound is
+     * behaviour: the timeout did not fire early).  One that never returns is
+     * caught at 30 times the timeout. */
+    Blocked w = { .c = b, .timeout_ms = 100 };
+    run_watched(&w, blocked_recv, 3000, "recv with a 100 ms timeout and no frame");
+    g_assert_no_error(w.err);
+    g_assert_cmpint(w.r, ==, 0);
+    g_assert_cmpint(w.elapsed_ms, >=, 95);
 
-    /* Timeout 0: one look, no wait. */
-    t0 = g_get_monotonic_time();
-    g_assert_cmpint(rdmig_control_recv(b, &f, 0, &err), ==, 0);
-    g_assert_no_error(err);
-    g_assert_cmpint((g_get_monotonic_time() - t0) / 1000, <, 50);
+    /* Timeout 0: one look, no wait.  With nothing there: 0, where a recv
+     * that waited for a frame would never return (none is sent until it has). */
+    w = (Blocked){ .c = b, .timeout_ms = 0 };
+    run_watched(&w, blocked_recv, 1500, "recv with timeout 0 and no frame");
+    g_assert_no_error(w.err);
+    g_assert_cmpint(w.r, ==, 0);
 
     /* A frame that arrives after a timeout is still received whole, as seq 0. */
     RdmigControl *a = rdmig_control_new(sv[0], 1000);
@@ -213,6 +299,13 @@ static void test_recv_timeout(void)
     g_assert_cmpint(rdmig_control_recv(b, &f, 1000, &err), ==, 1);
     g_assert_cmpuint(f.hdr.seq, ==, 0);
     g_assert_cmpmem(f.payload, f.hdr.length, "abc", 3);
+
+    /* The one look of timeout 0 takes a frame that is already there. */
+    g_assert_true(rdmig_control_send(a, 6, "defg", 4, NULL));
+    g_assert_cmpint(rdmig_control_recv(b, &f, 0, &err), ==, 1);
+    g_assert_no_error(err);
+    g_assert_cmpuint(f.hdr.seq, ==, 1);
+    g_assert_cmpmem(f.payload, f.hdr.length, "defg", 4);
     rdmig_control_free(a);
     rdmig_control_free(b);
 }
@@ -241,7 +334,10 @@ static void test_peer_closed_mid_header(void)
 {
     int sv[2];
     make_pair(sv);
-    RdmigControl *b = rdmig_control_new(sv[1], 2000);
+    /* Stall bound and recv timeout of 30 s: a recv that did not notice the
+     * close at once, but waited for the rest of the header, would end with
+     * "stalled" (after 30 s), not with the close. */
+    RdmigControl *b = rdmig_control_new(sv[1], 30000);
     uint8_t h[RDMIG_CONTROL_HEADER_SIZE];
     rdmig_frame_header_encode(h, 2, 100, 0);
     write_all(sv[0], h, 8);
@@ -249,11 +345,9 @@ static void test_peer_closed_mid_header(void)
 
     RdmigFrame f;
     g_autoptr(GError) err = NULL;
-    gint64 t0 = g_get_monotonic_time();
-    g_assert_cmpint(rdmig_control_recv(b, &f, 1000, &err), ==, -1);
-    /* Noticed at once, not after the stall timeout. */
-    g_assert_cmpint((g_get_monotonic_time() - t0) / 1000, <, 1000);
+    g_assert_cmpint(rdmig_control_recv(b, &f, 30000, &err), ==, -1);
     assert_error(err, RDMIG_ERROR_PEER, "middle of a frame");
+    g_assert_null(strstr(err->message, "stalled"));
     g_assert_nonnull(strstr(err->message, "8 of 16"));
     rdmig_control_free(b);
 }
@@ -288,16 +382,17 @@ static void test_peer_stalls_mid_frame(void)
     write_all(sv[0], h, sizeof(h));
     write_all(sv[0], "0123456789", 10);
 
-    RdmigFrame f;
-    g_autoptr(GError) err = NULL;
-    gint64 t0 = g_get_monotonic_time();
-    /* The wait for a frame to begin is long; the stall bound must still apply. */
-    g_assert_cmpint(rdmig_control_recv(b, &f, 30000, &err), ==, -1);
-    gint64 ms = (g_get_monotonic_time() - t0) / 1000;
-    assert_error(err, RDMIG_ERROR_PEER, "stalled");
-    g_assert_nonnull(strstr(err->message, "10 of 1000"));
-    g_assert_cmpint(ms, >=, stall_ms - 5);
-    g_assert_cmpint(ms, <, 10 * stall_ms);
+    /* The wait for a frame to begin is long (30 s); the stall bound must
+     * still apply: a recv still waiting at 30 times the stall bound is
+     * caught by the watchdog. */
+    Blocked w = { .c = b, .timeout_ms = 30000 };
+    run_watched(&w, blocked_recv, 30 * stall_ms, "recv stalled mid-payload");
+    g_assert_cmpint(w.r, ==, -1);
+    assert_error(w.err, RDMIG_ERROR_PEER, "stalled");
+    g_assert_nonnull(strstr(w.err->message, "10 of 1000"));
+    /* Not before the bound: the stall timeout did not fire early. */
+    g_assert_cmpint(w.elapsed_ms, >=, stall_ms - 5);
+    g_clear_error(&w.err);
     close(sv[0]);
     rdmig_control_free(b);
 }
@@ -312,14 +407,12 @@ static void test_peer_stalls_mid_header(void)
     rdmig_frame_header_encode(h, 3, 0, 0);
     write_all(sv[0], h, 5);
 
-    RdmigFrame f;
-    g_autoptr(GError) err = NULL;
-    gint64 t0 = g_get_monotonic_time();
-    g_assert_cmpint(rdmig_control_recv(b, &f, 30000, &err), ==, -1);
-    gint64 ms = (g_get_monotonic_time() - t0) / 1000;
-    assert_error(err, RDMIG_ERROR_PEER, "stalled");
-    g_assert_cmpint(ms, >=, stall_ms - 5);
-    g_assert_cmpint(ms, <, 10 * stall_ms);
+    Blocked w = { .c = b, .timeout_ms = 30000 };
+    run_watched(&w, blocked_recv, 30 * stall_ms, "recv stalled mid-header");
+    g_assert_cmpint(w.r, ==, -1);
+    assert_error(w.err, RDMIG_ERROR_PEER, "stalled");
+    g_assert_cmpint(w.elapsed_ms, >=, stall_ms - 5);
+    g_clear_error(&w.err);
     close(sv[0]);
     rdmig_control_free(b);
 }
@@ -330,16 +423,14 @@ static void test_send_stalls(void)
     make_pair(sv);
     const int stall_ms = 200;
     RdmigControl *a = rdmig_control_new(sv[0], stall_ms);
-    /* The peer never reads: a frame larger than the socket buffers cannot go. */
-    size_t len = 8u << 20;
-    g_autofree uint8_t *p = g_malloc0(len);
-    g_autoptr(GError) err = NULL;
-    gint64 t0 = g_get_monotonic_time();
-    g_assert_false(rdmig_control_send(a, 1, p, len, &err));
-    gint64 ms = (g_get_monotonic_time() - t0) / 1000;
-    assert_error(err, RDMIG_ERROR_PEER, "stalled");
-    g_assert_cmpint(ms, >=, stall_ms - 5);
-    g_assert_cmpint(ms, <, 10 * stall_ms);
+    /* The peer never reads: a frame larger than the socket buffers cannot
+     * go.  A send that ignored the stall bound would never return. */
+    Blocked w = { .c = a };
+    run_watched(&w, blocked_send, 30 * stall_ms, "send to a peer that does not read");
+    g_assert_false(w.send_ok);
+    assert_error(w.err, RDMIG_ERROR_PEER, "stalled");
+    g_assert_cmpint(w.elapsed_ms, >=, stall_ms - 5);
+    g_clear_error(&w.err);
     close(sv[1]);
     rdmig_control_free(a);
 }
@@ -485,66 +576,11 @@ static void test_concurrent_senders(void)
 
 /* ------------------------------------------------------------ shutdown */
 
-typedef struct {
-    RdmigControl *c;
-    GMutex lock;
-    GCond cond;
-    bool done;
-    int r;
-    bool send_ok;
-    GError *err;
-} Blocked;
-
-static gpointer blocked_recv(gpointer data)
-{
-    Blocked *b = data;
-    RdmigFrame f;
-    GError *err = NULL;
-    int r = rdmig_control_recv(b->c, &f, -1, &err);
-    g_mutex_lock(&b->lock);
-    b->r = r;
-    b->err = err;
-    b->done = true;
-    g_cond_signal(&b->cond);
-    g_mutex_unlock(&b->lock);
-    return NULL;
-}
-
-static gpointer blocked_send(gpointer data)
-{
-    Blocked *b = data;
-    size_t len = 8u << 20;
-    g_autofree uint8_t *p = g_malloc0(len);
-    GError *err = NULL;
-    bool ok = rdmig_control_send(b->c, 1, p, len, &err);
-    g_mutex_lock(&b->lock);
-    b->send_ok = ok;
-    b->err = err;
-    b->done = true;
-    g_cond_signal(&b->cond);
-    g_mutex_unlock(&b->lock);
-    return NULL;
-}
-
-/* Waits for the blocked thread to return; fails the test after @ms instead of hanging. */
-static void wait_done(Blocked *b, int ms)
-{
-    gint64 end = g_get_monotonic_time() + (gint64)ms * 1000;
-    g_mutex_lock(&b->lock);
-    while (!b->done)
-        if (!g_cond_wait_until(&b->cond, &b->lock, end))
-            break;
-    bool done = b->done;
-    g_mutex_unlock(&b->lock);
-    if (!done)
-        g_error("rdmig_control_shutdown did not wake the blocked thread within %d ms", ms);
-}
-
 static void test_shutdown_wakes_recv(void)
 {
     int sv[2];
     make_pair(sv);
-    Blocked b = { .c = rdmig_control_new(sv[1], 30000) };
+    Blocked b = { .c = rdmig_control_new(sv[1], 30000), .timeout_ms = -1 };
     g_mutex_init(&b.lock);
     g_cond_init(&b.cond);
     GThread *t = g_thread_new("blocked-recv", blocked_recv, &b);
@@ -552,10 +588,9 @@ static void test_shutdown_wakes_recv(void)
     g_mutex_lock(&b.lock);
     g_assert_false(b.done); /* really blocked */
     g_mutex_unlock(&b.lock);
-    gint64 t0 = g_get_monotonic_time();
+    /* Waiting forever, it returns only if the shutdown wakes it. */
     rdmig_control_shutdown(b.c);
-    wait_done(&b, 3000);
-    g_assert_cmpint((g_get_monotonic_time() - t0) / 1000, <, 1000);
+    wait_done(&b, 3000, "recv blocked when rdmig_control_shutdown was called");
     g_thread_join(t);
     g_assert_cmpint(b.r, ==, -1);
     g_assert_nonnull(b.err);
@@ -590,7 +625,7 @@ static void test_shutdown_wakes_send(void)
     g_assert_false(b.done);
     g_mutex_unlock(&b.lock);
     rdmig_control_shutdown(b.c);
-    wait_done(&b, 3000);
+    wait_done(&b, 3000, "send blocked when rdmig_control_shutdown was called");
     g_thread_join(t);
     g_assert_false(b.send_ok);
     g_assert_nonnull(b.err);
