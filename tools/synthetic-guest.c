@@ -173,6 +173,25 @@ static void sg_write_page(SyntheticGuest *g, uint64_t page, uint64_t gen)
     }
 }
 
+/* The one non-zero word of a sparse page: never word 0, 1, the middle or
+ * the last, where a zero test would look first. */
+static uint32_t sg_sparse_word(const SyntheticGuest *g, uint64_t page)
+{
+    uint32_t n = g->words_per_page, i = 2 + (uint32_t)(sg_mix64(page ^ SG_MAGIC) % (n - 4));
+
+    return i == n / 2 ? i + 1 : i;
+}
+
+/* A sparse page: zero but for one word, as many pages of a real guest are
+ * nearly zero; what a page-zero test must not mistake for a zero page. */
+static void sg_write_sparse_page(SyntheticGuest *g, uint64_t page)
+{
+    uint64_t *w = sg_page_ptr(g, page);
+
+    memset(w, 0, g->cfg.page_size);
+    w[sg_sparse_word(g, page)] = SG_MAGIC ^ page;
+}
+
 /* Checks in blocks so the inner loop has no early exit (and vectorises),
  * while a bad page still stops the scan within 512 bytes. */
 #define SG_CHECK_BLOCK 64
@@ -182,11 +201,13 @@ static bool sg_page_ok(const SyntheticGuest *g, uint64_t page, const uint64_t *w
     uint32_t n = g->words_per_page;
 
     if (w[0] == 0) {
+        /* Zero, or sparse: one word, at its place, with its value. */
+        uint32_t sparse = sg_sparse_word(g, page);
         for (uint32_t i = 1; i < n; i += SG_CHECK_BLOCK) {
             uint32_t end = MIN(i + SG_CHECK_BLOCK, n);
             uint64_t acc = 0;
             for (uint32_t j = i; j < end; j++) {
-                acc |= w[j];
+                acc |= j == sparse ? w[j] ^ (w[j] ? SG_MAGIC ^ page : 0) : w[j];
             }
             if (acc) {
                 return false;
@@ -367,6 +388,7 @@ void sg_config_init(SgConfig *cfg)
         .fill_fraction = 0.75,
         .zero_fraction = 0.125,
         .seed = 1,
+        .sparse_every = 16,
     };
 }
 
@@ -665,7 +687,9 @@ static gpointer sg_fill_job(gpointer opaque)
         for (uint64_t j = 0; j < len; j++) {
             uint64_t k = (j + rot) % len;
             uint64_t page = a + j;
-            if (k < nfill) {
+            if (k < nfill && c->sparse_every && k % c->sparse_every == c->sparse_every - 1) {
+                sg_write_sparse_page(g, page);
+            } else if (k < nfill) {
                 sg_write_page(g, page, 1);
             } else if (k < nfill + nzero) {
                 /* Actually written, so the page is resident. */

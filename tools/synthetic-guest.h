@@ -9,7 +9,11 @@
  *   word 1: generation (bumped on every rewrite, never 0)
  *   word 2..n-1: sg_word(page, generation, i)  (derived, so checkable)
  * Pages the guest never wrote are all zero; pages it "zeroed" are all zero
- * too.  A page is consistent if it is all zero or follows the format.
+ * too.  The initial fill makes one filled page in sparse_every (16) sparse
+ * instead: zero
+ * but for one word (SG_MAGIC ^ page index) at a place derived from the
+ * index, never word 0, 1, the middle or the last.  A page is consistent if
+ * it is all zero, sparse, or follows the format.
  */
 #ifndef RDMIG_SYNTHETIC_GUEST_H
 #define RDMIG_SYNTHETIC_GUEST_H
@@ -42,6 +46,8 @@ typedef struct {
      * rewriting it, so that pages sent with contents later travel as zero
      * and the destination must clear them.  Default 0. */
     uint32_t rezero_percent;
+    /* The fill makes one filled page in this many sparse (0: none).  Default 16. */
+    uint32_t sparse_every;
 } SgConfig;
 
 typedef struct SyntheticGuest SyntheticGuest;

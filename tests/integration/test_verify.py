@@ -6,6 +6,7 @@ network fault would.  The migration must report that page, by block and
 page, on both sides, must not complete, and the source guest must run on."""
 import os
 import sys
+import time
 
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -38,6 +39,63 @@ class Tampered(harness.RdmigTestCase):
         """One received page dropped again: it reads as zero there, as if it
         had never come."""
         self.run_tampered(lambda mem, page: mem.punch(page))
+
+
+
+class PulledTampered(harness.RdmigTestCase):
+    """Postcopy checks each pulled page against the source's final hash as it
+    arrives.  The test flips a byte in every page of the stopped source guest
+    once the destination runs it (the final hashes are taken by then), as a
+    fault in the source's memory or on the wire would: the pages pulled from
+    then on must be reported, by block and page, and the migration must not
+    complete."""
+
+    def test_pulled_page_corrupted(self):
+        net = harness.NetPair(rate="40mbit")  # the pull lasts seconds
+        self.addCleanup(net.close)
+        guest = ["--ram-size", "32M", "--dirty-rate", "100"]
+        mon = os.path.join(self.oracle_root, "dst.sock")
+        recv = self.spawn("recv", "--listen", net.addr_there + ":0", "--print-address",
+                          "--json", "--quiet", "--monitor", mon, *guest, name="recv",
+                          wrapper=net.wrapper)
+        addr = recv.next_line(timeout=15)
+        self.assertTrue(addr and ":" in addr, recv.describe())
+        send = self.spawn("send", "--to", addr.strip(), "--json", "--quiet",
+                          "--postcopy-after", "1", *guest, name="send")
+        recv_mon = self.wait_postcopy(recv, send, mon)
+        mem = harness.GuestMemory(send.pid)
+        self.addCleanup(mem.close)
+        changed = 0
+        for page in range(32 << 20 >> 12):
+            if mem.read_page(page) != bytes(harness.PAGE):
+                mem.flip_byte(page)
+                changed += 1
+        src_rc, dst_rc = self.finish(send, 120), self.finish(recv, 60)
+        src, dst = send.report(), recv.report()
+        ctx = "\nchanged %d source pages (%s)\n%s\n%s" % (changed, recv_mon, send.describe(),
+                                                         recv.describe())
+        self.assertEqual((src_rc, dst_rc), (1, 1), "a corrupted pull was not a failure" + ctx)
+        self.assertEqual(dst["error_code"], "verify", ctx)
+        self.assertGreater(dst["verify_mismatches"], 0, ctx)
+        for r in (src, dst):
+            self.assertEqual(r["result"], "failed", ctx)
+            self.assertRegex(r["error"], r"pulled pages differ from the source \(block:page "
+                             r"pc\.ram:\d+", "%s does not name the pages%s" % (r["role"], ctx))
+
+    def wait_postcopy(self, recv, send, mon):
+        """Waits until the destination runs the guest (its report would come
+        too late: the source's progress line says postcopy-active)."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if not send.alive() or not recv.alive():
+                self.fail("a side ended before postcopy\n%s\n%s" % (send.describe(),
+                                                                   recv.describe()))
+            st = harness.monitor_status(mon)
+            if st and st["state"] == "postcopy-active" and st["pages_missing"] > 0:
+                time.sleep(0.3)  # past the source's final hashes
+                return "%d pages still to pull" % st["pages_missing"]
+            time.sleep(0.02)
+        self.fail("no postcopy within 60 s\n%s\n%s" % (send.describe(), recv.describe()))
 
 
 if __name__ == "__main__":

@@ -95,6 +95,22 @@ static bool is_format_page(SyntheticGuest *g, uint64_t page)
     return page_words(g, page)[0] == (SG_MAGIC ^ page);
 }
 
+/* Sparse (synthetic-guest.h): zero but for one word, SG_MAGIC ^ page, that
+ * is not word 0, 1, the middle or the last. */
+static bool is_sparse_page(SyntheticGuest *g, uint64_t page)
+{
+    const uint64_t *w = page_words(g, page);
+    uint32_t n = sg_page_size(g) / 8, found = 0, at = 0;
+
+    for (uint32_t i = 0; i < n; i++) {
+        if (w[i]) {
+            found++;
+            at = i;
+        }
+    }
+    return found == 1 && w[at] == (SG_MAGIC ^ page) && at > 1 && at != n / 2 && at != n - 1;
+}
+
 static void test_config_defaults(void)
 {
     SgConfig cfg;
@@ -157,7 +173,7 @@ static void check_fractions(uint64_t ram, double fill, double zero)
     sg_fill(g);
     /* Count residency before reading anything through the mapping. */
     uint64_t resident = resident_pages(g);
-    uint64_t filled = 0;
+    uint64_t filled = 0, sparse = 0;
     /* Per eighth only when eighths are whole fill groups (64 pages): a
      * group split between two eighths may put its whole filled run in one. */
     bool per_part = (n / 8) % 64 == 0 && n % 8 == 0;
@@ -166,6 +182,9 @@ static void check_fractions(uint64_t ram, double fill, double zero)
         for (uint64_t p = a; p < b; p++) {
             if (is_format_page(g, p)) {
                 g_assert_cmpuint(page_words(g, p)[1], ==, 1);
+                in_part++;
+            } else if (is_sparse_page(g, p)) {
+                sparse++;
                 in_part++;
             }
         }
@@ -182,6 +201,9 @@ static void check_fractions(uint64_t ram, double fill, double zero)
     g_assert_cmpfloat_with_epsilon(f_filled, fill, 0.02);
     g_assert_cmpfloat_with_epsilon(f_zero, zero, 0.02);
     g_assert_cmpfloat_with_epsilon(f_untouched, 1 - fill - zero, 0.02);
+    /* One filled page in 16 is sparse, where there are whole groups of them. */
+    if (filled >= 1024)
+        g_assert_cmpfloat_with_epsilon((double)sparse / (double)filled, 1.0 / 16, 0.01);
     g_assert_true(sg_check(g, NULL));
     sg_free(g);
 }
@@ -263,6 +285,24 @@ static void test_corrupt(void)
     expect_bad(g, p);
     w[1] = gen;
 
+    /* A sparse page with its word moved, changed, or a second word set. */
+    uint64_t sp = 0;
+    while (!is_sparse_page(g, sp)) {
+        sp++;
+    }
+    uint64_t *sw = (uint64_t *)(ram + sp * ps);
+    uint32_t at = 2;
+    while (!sw[at]) {
+        at++;
+    }
+    sw[at + 1] = sw[at];
+    expect_bad(g, sp);
+    sw[at + 1] = 0;
+    sw[at] ^= 4;
+    expect_bad(g, sp);
+    sw[at] ^= 4;
+    g_assert_true(sg_check(g, NULL));
+
     /* A page copied to the wrong place is caught by word 0. */
     uint64_t q = p + 1;
     while (!is_format_page(g, q)) {
@@ -315,6 +355,7 @@ static void run_dirty(SgPattern pattern)
     cfg.dirty_rate_mib = 50;
     cfg.pattern = pattern;
     cfg.fill_fraction = 1.0;
+    cfg.sparse_every = 0; /* every page a format page: generations count rewrites */
     cfg.zero_fraction = 0;
     SyntheticGuest *g = new_guest_cfg(&cfg);
 
