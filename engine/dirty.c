@@ -59,16 +59,14 @@
 #include <rdmig/error.h>
 #include <rdmig/rdmig.h>
 
-#include "postcopy.h"
+#include "uffd.h"
+#include "util/bitmap.h"
 
 /*
  * Debian 12's headers are from Linux 6.1; these are the upstream ABI of
  * Linux 6.7 (include/uapi/linux/fs.h, include/uapi/linux/userfaultfd.h).
  * Whether the running kernel has them is decided at run time.
  */
-#ifndef UFFD_USER_MODE_ONLY
-#define UFFD_USER_MODE_ONLY 1
-#endif
 #ifndef UFFD_FEATURE_WP_HUGETLBFS_SHMEM
 #define UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1 << 12)
 #endif
@@ -77,9 +75,6 @@
 #endif
 #ifndef UFFD_FEATURE_WP_ASYNC
 #define UFFD_FEATURE_WP_ASYNC (1 << 15)
-#endif
-#ifndef USERFAULTFD_IOC_NEW
-#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
 #endif
 
 #ifndef PAGEMAP_SCAN
@@ -171,25 +166,6 @@ static long dirty_sys_page_size(void)
     return sysconf(_SC_PAGESIZE); /* glibc answers from memory, no syscall */
 }
 
-/* Sets bits [first, first + count) of @bm, a word at a time where it can. */
-static void dirty_bitmap_set_range(uint64_t *bm, uint64_t first, uint64_t count)
-{
-    uint64_t end = first + count;
-
-    while (first < end && (first & 63)) {
-        bm[first / 64] |= UINT64_C(1) << (first & 63);
-        first++;
-    }
-    while (end - first >= 64) {
-        bm[first / 64] = UINT64_MAX;
-        first += 64;
-    }
-    while (first < end) {
-        bm[first / 64] |= UINT64_C(1) << (first & 63);
-        first++;
-    }
-}
-
 /* Marks in @bm the pages of @r that the byte range [start, end) overlaps. */
 static void dirty_mark_bytes(const DirtyRange *r, uint64_t *bm, uint64_t start, uint64_t end)
 {
@@ -206,90 +182,12 @@ static void dirty_mark_bytes(const DirtyRange *r, uint64_t *bm, uint64_t start, 
         return;
     first = (start - base) / r->page_size;
     last = (end - 1 - base) / r->page_size;
-    dirty_bitmap_set_range(bm, first, last - first + 1);
-}
-
-static uint64_t dirty_bitmap_words(uint64_t npages)
-{
-    return (npages + 63) / 64;
+    rdmig_bitmap_set_range(bm, first, last - first + 1);
 }
 
 /* ------------------------------------------------------------------------ */
 /* uffd-wp                                                                   */
 /* ------------------------------------------------------------------------ */
-
-/*
- * A userfaultfd that works without vm.unprivileged_userfaultfd: user-mode
- * only (we never need kernel faults), else /dev/userfaultfd, whose access
- * is governed by file permissions.
- */
-int rdmig_uffd_open(GError **error)
-{
-    int flags = O_CLOEXEC | O_NONBLOCK;
-    int fd, dev, saved;
-
-    fd = syscall(SYS_userfaultfd, flags | UFFD_USER_MODE_ONLY);
-    if (fd < 0 && errno == EINVAL) /* before Linux 5.11 */
-        fd = syscall(SYS_userfaultfd, flags);
-    if (fd >= 0)
-        return fd;
-
-    saved = errno;
-    if (saved == ENOSYS) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
-                    "userfaultfd is not available (kernel without CONFIG_USERFAULTFD)");
-        return -1;
-    }
-    dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-    if (dev >= 0) {
-        fd = ioctl(dev, USERFAULTFD_IOC_NEW, flags);
-        close(dev);
-        if (fd >= 0)
-            return fd;
-    }
-    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
-                "cannot create a userfaultfd: %s%s", g_strerror(saved),
-                saved == EPERM ? " (vm.unprivileged_userfaultfd is 0 and /dev/userfaultfd "
-                                 "is not accessible)"
-                               : "");
-    return -1;
-}
-
-/*
- * Asks the kernel what it supports on a throw-away descriptor first: a
- * UFFDIO_API that asks for an unknown feature fails with a bare EINVAL, and
- * the API handshake can be done only once per descriptor.
- */
-bool rdmig_uffd_features(uint64_t *features, GError **error)
-{
-    struct uffdio_api api = { .api = UFFD_API };
-    int fd = rdmig_uffd_open(error);
-    if (fd < 0)
-        return false;
-    bool ok = ioctl(fd, UFFDIO_API, &api) == 0;
-    if (!ok)
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
-                    "UFFDIO_API handshake failed: %s", g_strerror(errno));
-    close(fd);
-    *features = api.features;
-    return ok;
-}
-
-int rdmig_uffd_open_api(uint64_t features, GError **error)
-{
-    int fd = rdmig_uffd_open(error);
-    if (fd < 0)
-        return -1;
-    struct uffdio_api api = { .api = UFFD_API, .features = features };
-    if (ioctl(fd, UFFDIO_API, &api) < 0) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
-                    "UFFDIO_API with features 0x%" PRIx64 " failed: %s", (uint64_t)features,
-                    g_strerror(errno));
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
 
 static int uffd_open_wp_async(GError **error)
 {
@@ -845,7 +743,7 @@ bool rdmig_dirty_tracker_add(RdmigDirtyTracker *t, void *addr, uint64_t length,
         .npages = length / page_size,
     };
     if (t->method == RDMIG_DIRTY_SOFT_DIRTY)
-        r.pending = g_new0(uint64_t, dirty_bitmap_words(r.npages));
+        r.pending = g_new0(uint64_t, rdmig_bitmap_words(r.npages));
     g_array_append_val(t->ranges, r);
     if (index)
         *index = t->ranges->len - 1;
@@ -950,7 +848,7 @@ bool rdmig_dirty_tracker_sync(RdmigDirtyTracker *t, unsigned index, uint64_t *bi
     g_mutex_lock(&sd_lock);
     ok = sd_harvest_all_and_clear(error);
     if (ok) {
-        uint64_t words = dirty_bitmap_words(r->npages);
+        uint64_t words = rdmig_bitmap_words(r->npages);
 
         for (uint64_t w = 0; w < words; w++)
             bitmap[w] |= r->pending[w];

@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "session.h"
+#include "uffd.h"
 
 #define FAULT_SLOTS 16
 #define BULK_SLOTS 8

@@ -20,14 +20,6 @@
 
 struct RdmigSession;
 
-/** A userfaultfd, user-mode faults only where the kernel allows it. */
-int rdmig_uffd_open(GError **error);
-/** The features this kernel's userfaultfd offers (asked on a throw-away fd:
- *  the API handshake can be done once per descriptor). */
-bool rdmig_uffd_features(uint64_t *features, GError **error);
-/** A userfaultfd with the API handshake done for @features. */
-int rdmig_uffd_open_api(uint64_t features, GError **error);
-
 /** Can this process catch missing-page faults on its RAM blocks?  The error
  *  says why not (checked at the handshake, before the source stops its guest). */
 bool rdmig_postcopy_probe(GError **error);

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* RAM blocks, page bitmaps, and the per-page facts the engine needs: is the
+/* RAM blocks, and the per-page facts the engine needs: is the
  * page resident (ever touched), is it zero, what is its hash. */
 #ifndef RDMIG_ENGINE_RAM_H
 #define RDMIG_ENGINE_RAM_H
@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "rdmig/transport.h"
+#include "util/bitmap.h"
 
 typedef struct {
     char name[256];
@@ -38,29 +39,6 @@ typedef struct {
     uint8_t *alias;           /* the second mapping, from PREPARE to the session's end */
     RdmigRegion *alias_region;
 } RdmigRamBlock;
-
-static inline size_t rdmig_bitmap_words(uint64_t nbits) { return (nbits + 63) / 64; }
-static inline uint64_t *rdmig_bitmap_new(uint64_t nbits)
-{
-    return g_new0(uint64_t, rdmig_bitmap_words(nbits));
-}
-static inline bool rdmig_bitmap_test(const uint64_t *bm, uint64_t i)
-{
-    return bm[i / 64] >> (i % 64) & 1;
-}
-static inline void rdmig_bitmap_set(uint64_t *bm, uint64_t i) { bm[i / 64] |= 1ull << (i % 64); }
-static inline void rdmig_bitmap_clear(uint64_t *bm, uint64_t i)
-{
-    bm[i / 64] &= ~(1ull << (i % 64));
-}
-/** Number of set bits among the first @nbits. */
-uint64_t rdmig_bitmap_count(const uint64_t *bm, uint64_t nbits);
-/** First set bit at or after @start, or @nbits if none. */
-uint64_t rdmig_bitmap_next_set(const uint64_t *bm, uint64_t nbits, uint64_t start);
-/** First clear bit at or after @start, or @nbits if none. */
-uint64_t rdmig_bitmap_next_clear(const uint64_t *bm, uint64_t nbits, uint64_t start);
-/** Sets bits [start, start+n). */
-void rdmig_bitmap_set_range(uint64_t *bm, uint64_t start, uint64_t n);
 
 /** rdmig_ram_resident: sets in @bitmap every page of [host, host+length) the
  *  process has touched (resident in memory, or swapped out).  Untouched pages

@@ -683,14 +683,6 @@ int rdmig_session_recv(RdmigSession *s, RdmigFrame *f, int timeout_ms, GError **
     }
 }
 
-uint64_t rdmig_thread_cpu_us(void)
-{
-    struct timespec ts;
-    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) < 0)
-        return 0;
-    return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
-}
-
 void rdmig_session_account_thread_cpu(RdmigSession *s)
 {
     uint64_t us = rdmig_thread_cpu_us();

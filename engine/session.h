@@ -6,6 +6,7 @@
 #include <glib.h>
 
 #include "ram.h"
+#include "util/clock.h"
 #include "rdmig/rdmig.h"
 #include "rdmig/transport.h"
 #include "transport/control.h"
@@ -159,8 +160,6 @@ void rdmig_destination_drop_link(RdmigSession *s);
 /** Adds the calling thread's CPU time to the stats; each session thread
  *  calls it once, as it exits. */
 void rdmig_session_account_thread_cpu(RdmigSession *s);
-/** CPU time of the calling thread so far. */
-uint64_t rdmig_thread_cpu_us(void);
 
 /** Registers every RAM block with the data transport, with @access; large
  *  blocks in parallel threads (one memory region per block).  On failure

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Verbs and rdma_cm helpers: connection setup with timeouts, memory
- * registration with a memlock check, completion-status mapping.  Nothing
+ * Verbs and rdma_cm helpers, one job a file: device.c (is there a device),
+ * cm.c (connection-manager events with a deadline), qp.c (a connection's
+ * queue pair and completion queue), mr.c (registration with a memlock
+ * check), completion.c (completion status to errno and words).  Nothing
  * here knows about migration; transport/rdma.c builds the ops table on it.
  */
 #ifndef RDMIG_RDMA_H
@@ -28,10 +30,6 @@ typedef struct {
     struct ibv_cq *cq;
 } RdmigRdmaEndpoint;
 
-/** Sets the ack timeout exponent of @id's queue pair (0: rdma_cm's choice
- *  stands); call before rdma_connect() or rdma_accept(), which apply it. */
-bool rdmig_rdma_set_ack_timeout(struct rdma_cm_id *id, uint8_t exponent, GError **error);
-
 /** rdmig_rdma_probe: true if some RDMA device is present and opens. */
 bool rdmig_rdma_probe(GError **error);
 
@@ -42,9 +40,11 @@ bool rdmig_rdma_wait_event(struct rdma_event_channel *ch, enum rdma_cm_event_typ
                            int timeout_ms, struct rdma_cm_id **new_id, void *private_data,
                            size_t pd_len, GError **error);
 
-/** Creates completion channel, CQ (depth @cqe) and an RC QP on @id, in @pd. */
+/** Creates completion channel, CQ and an RC QP on @id, in @pd, with
+ *  @ack_timeout as the exponent of its resend timer (4.096 us x 2^N; 0 leaves
+ *  rdma_cm's choice); rdma_connect()/rdma_accept() apply it. (rdma/qp.c) */
 bool rdmig_rdma_endpoint_create_qp(RdmigRdmaEndpoint *ep, struct ibv_pd *pd, uint32_t depth,
-                                   uint32_t max_sge, GError **error);
+                                   uint32_t max_sge, uint8_t ack_timeout, GError **error);
 /** QP to error, flush, destroy everything (idempotent). */
 void rdmig_rdma_endpoint_destroy(RdmigRdmaEndpoint *ep);
 

@@ -9,7 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "be.h"
+#include "util/be.h"
 #include "rdmig/error.h"
 
 struct RdmigControl {

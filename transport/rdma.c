@@ -26,7 +26,8 @@
 #include <unistd.h>
 
 #include "address.h"
-#include "be.h"
+#include "backend.h"
+#include "util/be.h"
 #include "rdma/rdma.h"
 #include "rdmig/error.h"
 #include "rdmig/transport.h"
@@ -34,21 +35,15 @@
 
 #define RDMA_VERSION 1
 #define RDMA_KEY_LEN 20
-#define RDMA_MAX_REGIONS 256
 #define RDMA_DEFAULT_DEPTH 64
 #define RDMA_SIGNAL_EVERY 16   /* also the batch size and the low watermark */
 #define RDMA_CHAIN_MAX 32
 
 struct RdmigTransport {
-    RdmigTransportConfig cfg;
+    RdmigBackend b;                          /* config, region slots (b.lock guards the rest) */
     struct ibv_context *ctx;
     struct ibv_pd *pd;                       /* one device per transport instance */
-    RdmigRegion *regions[RDMA_MAX_REGIONS];  /* read by the data path */
-    gint nregions;
-    gint regions_end;                        /* slots in use are below this */
-    bool reserved[RDMA_MAX_REGIONS];         /* being registered */
     uint64_t locked;                         /* bytes registered, for the memlock check */
-    GMutex lock;
 };
 
 struct RdmigRegion {
@@ -83,9 +78,7 @@ struct RdmigConn {
     RdmigIoReq *retire_to;   /* completion being applied to the posted FIFO, or NULL */
     int retire_status;
     uint64_t posts, signaled; /* statistics: requests posted, and of them signaled */
-    bool failed;
-    int fail_errno;
-    char error[256];
+    RdmigConnFailure fail;
 };
 
 
@@ -96,13 +89,8 @@ static RdmigTransport *rdma_tp_create(const RdmigTransportConfig *config, GError
     if (!rdmig_rdma_probe(error))
         return NULL;
     RdmigTransport *t = g_new0(RdmigTransport, 1);
-    if (config)
-        t->cfg = *config;
-    if (!t->cfg.queue_depth)
-        t->cfg.queue_depth = RDMA_DEFAULT_DEPTH;
-    if (!t->cfg.connect_timeout_ms)
-        t->cfg.connect_timeout_ms = 10000;
-    g_mutex_init(&t->lock);
+    /* Requests carry any size: one RDMA work request up to 2 GiB. */
+    rdmig_backend_init(&t->b, config, RDMA_DEFAULT_DEPTH, 1u << 31);
     return t;
 }
 
@@ -112,14 +100,14 @@ static void rdma_tp_destroy(RdmigTransport *t)
         return;
     if (t->pd)
         ibv_dealloc_pd(t->pd);
-    g_mutex_clear(&t->lock);
+    rdmig_backend_clear(&t->b);
     g_free(t);
 }
 
 /* The first connection or listener picks the device; all others must agree. */
 static bool bind_device(RdmigTransport *t, struct ibv_context *ctx, GError **error)
 {
-    g_mutex_lock(&t->lock);
+    g_mutex_lock(&t->b.lock);
     bool ok = true;
     if (!t->pd) {
         t->ctx = ctx;
@@ -135,7 +123,7 @@ static bool bind_device(RdmigTransport *t, struct ibv_context *ctx, GError **err
                     ibv_get_device_name(t->ctx->device), ibv_get_device_name(ctx->device));
         ok = false;
     }
-    g_mutex_unlock(&t->lock);
+    g_mutex_unlock(&t->b.lock);
     return ok;
 }
 
@@ -158,7 +146,7 @@ static RdmigConn *conn_new(RdmigTransport *t)
 {
     RdmigConn *c = g_new0(RdmigConn, 1);
     c->t = t;
-    c->depth = t->cfg.queue_depth;
+    c->depth = t->b.cfg.queue_depth;
     c->epfd = -1;
     return c;
 }
@@ -175,7 +163,7 @@ static void rdma_tp_conn_close(RdmigConn *c)
 
 static void conn_param(RdmigTransport *t, struct rdma_conn_param *p, uint8_t *pd)
 {
-    rdmig_put_be64(pd, t->cfg.conn_token);
+    rdmig_put_be64(pd, t->b.cfg.conn_token);
     rdmig_put_be32(pd + 8, RDMA_VERSION);
     struct ibv_device_attr attr;
     int rd = 16;
@@ -244,7 +232,7 @@ static RdmigConn *rdma_tp_accept(RdmigListener *l, int timeout_ms, GError **erro
     if (!rdmig_rdma_wait_event(l->ch, RDMA_CM_EVENT_CONNECT_REQUEST, timeout_ms < 0 ? -1 : timeout_ms,
                                &id, pd, sizeof(pd), error))
         return NULL;
-    if (rdmig_get_be64(pd) != t->cfg.conn_token || rdmig_get_be32(pd + 8) != RDMA_VERSION) {
+    if (rdmig_get_be64(pd) != t->b.cfg.conn_token || rdmig_get_be32(pd + 8) != RDMA_VERSION) {
         rdma_reject(id, NULL, 0);
         rdma_destroy_id(id);
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_AUTH,
@@ -255,8 +243,8 @@ static RdmigConn *rdma_tp_accept(RdmigListener *l, int timeout_ms, GError **erro
     RdmigConn *c = conn_new(t);
     c->ep.id = id;
     if (!bind_device(t, id->verbs, error) ||
-        !rdmig_rdma_endpoint_create_qp(&c->ep, t->pd, c->depth, RDMIG_IO_MAX_IOV, error) ||
-        !rdmig_rdma_set_ack_timeout(id, t->cfg.ack_timeout, error)) {
+        !rdmig_rdma_endpoint_create_qp(&c->ep, t->pd, c->depth, RDMIG_IO_MAX_IOV,
+                                       t->b.cfg.ack_timeout, error)) {
         rdma_reject(id, NULL, 0);
         rdma_tp_conn_close(c);
         return NULL;
@@ -269,7 +257,7 @@ static RdmigConn *rdma_tp_accept(RdmigListener *l, int timeout_ms, GError **erro
         rdma_tp_conn_close(c);
         return NULL;
     }
-    if (!rdmig_rdma_wait_event(l->ch, RDMA_CM_EVENT_ESTABLISHED, (int)t->cfg.connect_timeout_ms,
+    if (!rdmig_rdma_wait_event(l->ch, RDMA_CM_EVENT_ESTABLISHED, (int)t->b.cfg.connect_timeout_ms,
                                NULL, NULL, 0, error)) {
         rdma_tp_conn_close(c);
         return NULL;
@@ -308,14 +296,14 @@ static RdmigConn *rdma_tp_connect(RdmigTransport *t, const char *address, GError
                                RDMIG_RDMA_RESOLVE_MS + 1000, NULL, NULL, 0, error))
         goto fail_addr;
     if (!bind_device(t, c->ep.id->verbs, error) ||
-        !rdmig_rdma_endpoint_create_qp(&c->ep, t->pd, c->depth, RDMIG_IO_MAX_IOV, error) ||
-        !rdmig_rdma_set_ack_timeout(c->ep.id, t->cfg.ack_timeout, error))
+        !rdmig_rdma_endpoint_create_qp(&c->ep, t->pd, c->depth, RDMIG_IO_MAX_IOV,
+                                       t->b.cfg.ack_timeout, error))
         goto fail;
     struct rdma_conn_param p;
     uint8_t pd[12];
     conn_param(t, &p, pd);
     if (rdma_connect(c->ep.id, &p) ||
-        !rdmig_rdma_wait_event(c->ep.ch, RDMA_CM_EVENT_ESTABLISHED, (int)t->cfg.connect_timeout_ms,
+        !rdmig_rdma_wait_event(c->ep.ch, RDMA_CM_EVENT_ESTABLISHED, (int)t->b.cfg.connect_timeout_ms,
                                NULL, NULL, 0, error))
         goto fail_addr;
     if (!conn_setup_fds(c, error))
@@ -333,14 +321,12 @@ fail:
 static void conn_fail(RdmigConn *c, int err, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
 static void conn_fail(RdmigConn *c, int err, const char *fmt, ...)
 {
-    if (c->failed)
-        return;
-    c->failed = true;
-    c->fail_errno = err;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(c->error, sizeof(c->error), fmt, ap);
+    bool first = rdmig_conn_failure_set(&c->fail, err, fmt, ap);
     va_end(ap);
+    if (!first)
+        return;
     /* QP to error: everything outstanding completes with a flush status. */
     rdma_disconnect(c->ep.id);
 }
@@ -366,41 +352,24 @@ static RdmigRegion *rdma_tp_register(RdmigTransport *t, void *addr, size_t len, 
         acc |= IBV_ACCESS_LOCAL_WRITE;
     /* Slot and memlock budget are reserved under the lock; the slow part,
      * ibv_reg_mr, runs outside it, so that blocks can register in parallel. */
-    g_mutex_lock(&t->lock);
-    int slot = -1;
-    for (int i = 0; i < RDMA_MAX_REGIONS; i++)
-        if (!t->regions[i] && !t->reserved[i]) {
-            slot = i;
-            break;
-        }
+    int slot = rdmig_backend_reserve(&t->b, error);
+    if (slot < 0)
+        return NULL;
+    g_mutex_lock(&t->b.lock);
     uint64_t locked = t->locked;
-    if (slot >= 0) {
-        t->reserved[slot] = true;
-        t->locked += len;
-    }
-    g_mutex_unlock(&t->lock);
-    if (slot < 0) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "more than %d RDMA regions",
-                    RDMA_MAX_REGIONS);
+    t->locked += len;
+    g_mutex_unlock(&t->b.lock);
+    struct ibv_mr *mr = rdmig_rdma_register(t->pd, addr, len, acc, locked, error);
+    if (!mr) {
+        g_mutex_lock(&t->b.lock);
+        t->locked -= len;
+        g_mutex_unlock(&t->b.lock);
+        rdmig_backend_release(&t->b, slot);
         return NULL;
     }
-    struct ibv_mr *mr = rdmig_rdma_register(t->pd, addr, len, acc, locked, error);
-    RdmigRegion *r = NULL;
-    if (mr) {
-        r = g_new0(RdmigRegion, 1);
-        *r = (RdmigRegion){ .t = t, .mr = mr, .addr = addr, .len = len, .slot = slot };
-    }
-    g_mutex_lock(&t->lock);
-    t->reserved[slot] = false;
-    if (r) {
-        g_atomic_pointer_set(&t->regions[slot], r);
-        g_atomic_int_inc(&t->nregions);
-        if (slot >= g_atomic_int_get(&t->regions_end))
-            g_atomic_int_set(&t->regions_end, slot + 1);
-    } else {
-        t->locked -= len;
-    }
-    g_mutex_unlock(&t->lock);
+    RdmigRegion *r = g_new0(RdmigRegion, 1);
+    *r = (RdmigRegion){ .t = t, .mr = mr, .addr = addr, .len = len, .slot = slot };
+    rdmig_backend_publish(&t->b, slot, r);
     return r;
 }
 
@@ -417,10 +386,10 @@ static void rdma_tp_deregister(RdmigRegion *r)
     if (!r)
         return;
     RdmigTransport *t = r->t;
-    g_mutex_lock(&t->lock);
-    g_atomic_pointer_set(&t->regions[r->slot], NULL);
+    rdmig_backend_remove(&t->b, r->slot);
+    g_mutex_lock(&t->b.lock);
     t->locked -= r->len;
-    g_mutex_unlock(&t->lock);
+    g_mutex_unlock(&t->b.lock);
     ibv_dereg_mr(r->mr);
     g_free(r);
 }
@@ -428,9 +397,9 @@ static void rdma_tp_deregister(RdmigRegion *r)
 /* lkey of the registered region holding [p, p+len), or 0 with -EINVAL. */
 static int local_key(RdmigTransport *t, const void *p, size_t len, uint32_t *lkey)
 {
-    int end = g_atomic_int_get(&t->regions_end);
+    int end = rdmig_backend_regions_end(&t->b);
     for (int i = 0; i < end; i++) {
-        RdmigRegion *r = g_atomic_pointer_get(&t->regions[i]);
+        RdmigRegion *r = rdmig_backend_region(&t->b, (uint32_t)i);
         if (r && (const uint8_t *)p >= r->addr && len <= r->len &&
             (size_t)((const uint8_t *)p - r->addr) <= r->len - len) {
             *lkey = r->mr->lkey;
@@ -472,7 +441,7 @@ static void post_pending(RdmigConn *c)
 {
     struct ibv_send_wr wr[RDMA_CHAIN_MAX], *bad = NULL;
     struct ibv_sge sge[RDMA_CHAIN_MAX][RDMIG_IO_MAX_IOV];
-    while (!c->failed && c->pending.n && c->posted.n < c->depth) {
+    while (!c->fail.failed && c->pending.n && c->posted.n < c->depth) {
         uint32_t n = MIN(MIN(c->pending.n, c->depth - c->posted.n), RDMA_CHAIN_MAX);
         RdmigIoReq *r = c->pending.head;
         for (uint32_t k = 0; k < n; k++, r = r->tp_next) {
@@ -518,7 +487,7 @@ static void post_pending(RdmigConn *c)
 
 static int rdma_tp_submit(RdmigConn *c, RdmigIoReq *req)
 {
-    if (c->failed)
+    if (c->fail.failed)
         return -ENOTCONN;
     if (req->iovcnt < 1 || req->iovcnt > RDMIG_IO_MAX_IOV || !req->rkey ||
         req->rkey->len != RDMA_KEY_LEN || (req->op != RDMIG_IO_WRITE && req->op != RDMIG_IO_READ))
@@ -602,13 +571,13 @@ static int rdma_tp_poll(RdmigConn *c, RdmigIoReq **done, int max)
         c->retire_to = req;
         c->retire_status = rdmig_rdma_wc_errno(wc.status);
     }
-    if (c->failed) {
+    if (c->fail.failed) {
         /* Never posted: fail them here.  Posted ones get their flush
          * completions; once the queue pair is in error and the completion
          * queue is empty, any left (an unsignaled tail) are failed too. */
         while (total < max && c->pending.n) {
             RdmigIoReq *r = q_pop(&c->pending);
-            r->status = -c->fail_errno;
+            r->status = -c->fail.err;
             done[total++] = r;
         }
         /* total == 0 here means the completion queue is empty. */
@@ -616,12 +585,12 @@ static int rdma_tp_poll(RdmigConn *c, RdmigIoReq **done, int max)
             while (total < max && c->posted.n) {
                 RdmigIoReq *r = q_pop(&c->posted);
                 r->tp_priv[1] = 0;
-                r->status = -c->fail_errno;
+                r->status = -c->fail.err;
                 done[total++] = r;
             }
         }
         if (!total && !c->posted.n && !c->pending.n)
-            return -c->fail_errno;
+            return -c->fail.err;
         return total;
     }
     if (c->pending.n && c->posted.n < RDMA_SIGNAL_EVERY)
@@ -635,7 +604,10 @@ static int rdma_tp_conn_fd(RdmigConn *c, short *events)
     return c->epfd;
 }
 
-static const char *rdma_tp_conn_error(RdmigConn *c) { return c->failed ? c->error : NULL; }
+static const char *rdma_tp_conn_error(RdmigConn *c)
+{
+    return c->fail.failed ? c->fail.text : NULL;
+}
 
 const RdmigTransportOps rdmig_rdma_transport_ops = {
     .abi_version = RDMIG_TRANSPORT_ABI_VERSION,

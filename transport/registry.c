@@ -130,11 +130,24 @@ bool rdmig_transport_register(const RdmigTransportOps *ops, GError **error)
     return true;
 }
 
+/* The transports built into this library, in order of registration. */
+static const RdmigTransportOps *const builtin[] = {
+    &rdmig_tcp_transport_ops,
+#ifdef RDMIG_HAVE_RDMA
+    &rdmig_rdma_transport_ops,
+#endif
+};
+
+/* Before any look-up: a caller's own transports come after these. */
 static void register_builtin(void)
 {
     static gsize once;
     if (g_once_init_enter(&once)) {
-        rdmig_transport_register_builtin();
+        for (size_t i = 0; i < G_N_ELEMENTS(builtin); i++) {
+            g_autoptr(GError) err = NULL;
+            if (!rdmig_transport_register(builtin[i], &err))
+                g_critical("built-in transport %s: %s", builtin[i]->name, err->message);
+        }
         g_once_init_leave(&once, 1);
     }
 }
@@ -154,28 +167,50 @@ const RdmigTransportOps *rdmig_transport_lookup(const char *name)
     return NULL;
 }
 
-const RdmigTransportOps *rdmig_transport_find(uint32_t caps, GError **error)
+/* Better for migration: one that spares the target's CPU. */
+static bool better(const RdmigTransportOps *a, const RdmigTransportOps *b)
+{
+    return (a->caps & RDMIG_TRANSPORT_CAP_ZERO_TARGET_CPU) &&
+           !(b->caps & RDMIG_TRANSPORT_CAP_ZERO_TARGET_CPU);
+}
+
+uint32_t rdmig_transport_choose(uint32_t caps, const char *only, const RdmigTransportOps **out,
+                                uint32_t max, GError **error)
 {
     register_builtin();
-    const RdmigTransportOps *best = NULL;
-    GString *why = g_string_new(NULL);
+    g_autoptr(GString) why = g_string_new(NULL);
+    uint32_t n = 0;
+    if (only && !strcmp(only, "auto"))
+        only = NULL;
     for (unsigned i = 0; listed[i]; i++) {
         const RdmigTransportOps *t = listed[i];
-        if ((t->caps & caps) != caps)
+        if ((only && strcmp(t->name, only)) || (t->caps & caps) != caps)
             continue;
         g_autoptr(GError) perr = NULL;
         if (!t->probe(&perr)) {
-            g_string_append_printf(why, "%s%s: %s", why->len ? "; " : "", t->name, perr->message);
+            g_string_append_printf(why, "; %s: %s", t->name, perr->message);
             continue;
         }
-        if (!best || ((t->caps & RDMIG_TRANSPORT_CAP_ZERO_TARGET_CPU) &&
-                      !(best->caps & RDMIG_TRANSPORT_CAP_ZERO_TARGET_CPU)))
-            best = t;
+        /* Insertion in preference order, equals in registration order; the
+         * worst falls off the end when @out is full. */
+        uint32_t at = n;
+        while (at > 0 && better(t, out[at - 1]))
+            at--;
+        if (at >= max)
+            continue;
+        n = MIN(n + 1, max);
+        memmove(out + at + 1, out + at, (n - 1 - at) * sizeof(*out));
+        out[at] = t;
     }
-    if (!best)
+    if (!n)
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
-                    "no usable transport with capabilities 0x%x%s%s", caps, why->len ? ": " : "",
-                    why->str);
-    g_string_free(why, TRUE);
-    return best;
+                    "no usable transport%s%s with capabilities 0x%x%s", only ? " named " : "",
+                    only ? only : "", caps, why->str);
+    return n;
+}
+
+const RdmigTransportOps *rdmig_transport_find(uint32_t caps, GError **error)
+{
+    const RdmigTransportOps *best = NULL;
+    return rdmig_transport_choose(caps, NULL, &best, 1, error) ? best : NULL;
 }

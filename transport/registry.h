@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: MIT */
-/* Built-in transports, registered on first use of the registry. */
+/* The registry's internal side: the built-in transports' tables (defined by
+ * tcp.c and rdma.c, registered by registry.c on first use) and the one
+ * function that chooses transports, for both roles. */
 #ifndef RDMIG_TRANSPORT_REGISTRY_H
 #define RDMIG_TRANSPORT_REGISTRY_H
 
@@ -10,7 +12,13 @@ extern const RdmigTransportOps rdmig_tcp_transport_ops;
 extern const RdmigTransportOps rdmig_rdma_transport_ops;
 #endif
 
-/** Registers the transports built into this library (tcp, and rdma when built). */
-void rdmig_transport_register_builtin(void);
+/** rdmig_transport_choose: the registered transports that have all of
+ *  @caps and probe on this host, best first (one that spares the target's
+ *  CPU before one that does not; otherwise in registration order).  @only, a
+ *  name from the caller's configuration ("auto" or NULL: any), keeps that
+ *  one alone.  Fills at most @max in @out and returns how many; 0 with
+ *  @error saying why each was left out.  Any thread. */
+uint32_t rdmig_transport_choose(uint32_t caps, const char *only, const RdmigTransportOps **out,
+                                uint32_t max, GError **error);
 
 #endif

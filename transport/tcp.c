@@ -36,7 +36,8 @@
 #include <unistd.h>
 
 #include "address.h"
-#include "be.h"
+#include "backend.h"
+#include "util/be.h"
 #include "rdmig/error.h"
 #include "rdmig/transport.h"
 #include "registry.h"
@@ -44,7 +45,6 @@
 #define TCP_MAGIC 0x52445444u /* "RDTD" */
 #define TCP_VERSION 1
 #define TCP_HDR 32
-#define TCP_MAX_REGIONS 1024
 #define TCP_DEFAULT_DEPTH 64
 #define TCP_DEFAULT_MAX_IO (4u << 20)
 /* Bytes received per poll() before sending gets its turn. */
@@ -53,9 +53,7 @@
 enum { T_HELLO = 1, T_PUT, T_GET, T_ACK, T_GET_RESP };
 
 struct RdmigTransport {
-    RdmigTransportConfig cfg;
-    RdmigRegion *regions[TCP_MAX_REGIONS]; /* atomic pointers: read by conn threads */
-    GMutex lock;                           /* serialises register/deregister */
+    RdmigBackend b; /* config, regions by id (the id is the slot) */
 };
 
 struct RdmigRegion {
@@ -86,9 +84,7 @@ struct RdmigConn {
     RdmigTransport *t;
     int fd;
     uint32_t depth;
-    bool failed;
-    int fail_errno;
-    char error[256];
+    RdmigConnFailure fail;
 
     /* initiator: submitted, not yet fully sent; then sent, awaiting ACK/GET_RESP */
     RdmigIoReq *sq_head, *sq_tail;
@@ -147,15 +143,7 @@ static RdmigTransport *tcp_create(const RdmigTransportConfig *config, GError **e
 {
     (void)error;
     RdmigTransport *t = g_new0(RdmigTransport, 1);
-    if (config)
-        t->cfg = *config;
-    if (!t->cfg.queue_depth)
-        t->cfg.queue_depth = TCP_DEFAULT_DEPTH;
-    if (!t->cfg.max_io_bytes)
-        t->cfg.max_io_bytes = TCP_DEFAULT_MAX_IO;
-    if (!t->cfg.connect_timeout_ms)
-        t->cfg.connect_timeout_ms = 10000;
-    g_mutex_init(&t->lock);
+    rdmig_backend_init(&t->b, config, TCP_DEFAULT_DEPTH, TCP_DEFAULT_MAX_IO);
     return t;
 }
 
@@ -163,7 +151,7 @@ static void tcp_destroy(RdmigTransport *t)
 {
     if (!t)
         return;
-    g_mutex_clear(&t->lock);
+    rdmig_backend_clear(&t->b);
     g_free(t);
 }
 
@@ -172,11 +160,11 @@ static RdmigConn *conn_new(RdmigTransport *t, int fd)
     RdmigConn *c = g_new0(RdmigConn, 1);
     c->t = t;
     c->fd = fd;
-    c->depth = t->cfg.queue_depth;
+    c->depth = t->b.cfg.queue_depth;
     c->next_seq = 1;
     /* The peer's depth may differ from ours; answers wait here when our
      * socket is full, and reading stops when the ring is. */
-    c->resp_cap = 2 * t->cfg.queue_depth;
+    c->resp_cap = 2 * t->b.cfg.queue_depth;
     c->resp = g_new0(TcpGetResp, c->resp_cap);
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     return c;
@@ -231,7 +219,7 @@ static RdmigConn *tcp_accept(RdmigListener *l, int timeout_ms, GError **error)
     if (fd < 0)
         return NULL;
     uint8_t h[TCP_HDR];
-    int hello_ms = (int)MIN(l->t->cfg.connect_timeout_ms, 5000u);
+    int hello_ms = (int)MIN(l->t->b.cfg.connect_timeout_ms, 5000u);
     if (!read_exact(fd, h, sizeof(h), hello_ms)) {
         close(fd);
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
@@ -252,7 +240,7 @@ static RdmigConn *tcp_accept(RdmigListener *l, int timeout_ms, GError **error)
                     TCP_VERSION);
         return NULL;
     }
-    if (rdmig_get_be64(h + 16) != l->t->cfg.conn_token) {
+    if (rdmig_get_be64(h + 16) != l->t->b.cfg.conn_token) {
         close(fd);
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_AUTH,
                     "data connection presented another session's token");
@@ -263,11 +251,11 @@ static RdmigConn *tcp_accept(RdmigListener *l, int timeout_ms, GError **error)
 
 static RdmigConn *tcp_connect(RdmigTransport *t, const char *address, GError **error)
 {
-    int fd = rdmig_socket_connect(address, (int)t->cfg.connect_timeout_ms, -1, error);
+    int fd = rdmig_socket_connect(address, (int)t->b.cfg.connect_timeout_ms, -1, error);
     if (fd < 0)
         return NULL;
     uint8_t h[TCP_HDR];
-    hdr_encode(h, T_HELLO, 0, TCP_VERSION, t->cfg.conn_token, 0);
+    hdr_encode(h, T_HELLO, 0, TCP_VERSION, t->b.cfg.conn_token, 0);
     if (send(fd, h, sizeof(h), MSG_NOSIGNAL) != sizeof(h)) {
         int e = errno;
         close(fd);
@@ -300,14 +288,12 @@ static void complete(RdmigConn *c, RdmigIoReq *r, int status)
 static void conn_fail(RdmigConn *c, int err, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
 static void conn_fail(RdmigConn *c, int err, const char *fmt, ...)
 {
-    if (c->failed)
-        return;
-    c->failed = true;
-    c->fail_errno = err;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(c->error, sizeof(c->error), fmt, ap);
+    bool first = rdmig_conn_failure_set(&c->fail, err, fmt, ap);
     va_end(ap);
+    if (!first)
+        return;
     shutdown(c->fd, SHUT_RDWR);
     RdmigIoReq *r;
     /* A read whose answer was half received is off the wait queue. */
@@ -354,20 +340,14 @@ static RdmigRegion *tcp_register(RdmigTransport *t, void *addr, size_t len, uint
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID, "empty region");
         return NULL;
     }
-    g_mutex_lock(&t->lock);
-    for (uint32_t i = 0; i < TCP_MAX_REGIONS; i++) {
-        if (t->regions[i])
-            continue;
-        RdmigRegion *r = g_new0(RdmigRegion, 1);
-        *r = (RdmigRegion){ .t = t, .id = i, .addr = addr, .len = len, .access = access };
-        g_atomic_pointer_set(&t->regions[i], r);
-        g_mutex_unlock(&t->lock);
-        return r;
-    }
-    g_mutex_unlock(&t->lock);
-    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "more than %d regions registered",
-                TCP_MAX_REGIONS);
-    return NULL;
+    int slot = rdmig_backend_reserve(&t->b, error);
+    if (slot < 0)
+        return NULL;
+    RdmigRegion *r = g_new0(RdmigRegion, 1);
+    *r = (RdmigRegion){ .t = t, .id = (uint32_t)slot, .addr = addr, .len = len,
+                        .access = access };
+    rdmig_backend_publish(&t->b, slot, r);
+    return r;
 }
 
 static void tcp_region_key(RdmigRegion *r, RdmigRemoteKey *key)
@@ -381,9 +361,7 @@ static void tcp_deregister(RdmigRegion *r)
 {
     if (!r)
         return;
-    g_mutex_lock(&r->t->lock);
-    g_atomic_pointer_set(&r->t->regions[r->id], NULL);
-    g_mutex_unlock(&r->t->lock);
+    rdmig_backend_remove(&r->t->b, (int)r->id);
     g_free(r);
 }
 
@@ -399,13 +377,13 @@ static size_t iov_total(const RdmigIoReq *r)
 
 static int tcp_submit(RdmigConn *c, RdmigIoReq *req)
 {
-    if (c->failed)
+    if (c->fail.failed)
         return -ENOTCONN;
     if (req->iovcnt < 1 || req->iovcnt > RDMIG_IO_MAX_IOV || !req->rkey || req->rkey->len != 12 ||
         (req->op != RDMIG_IO_WRITE && req->op != RDMIG_IO_READ))
         return -EINVAL;
     size_t total = iov_total(req);
-    if (!total || total > c->t->cfg.max_io_bytes)
+    if (!total || total > c->t->b.cfg.max_io_bytes)
         return -EINVAL;
     /* The remote bounds are the target's to enforce; checking here too gives
      * the caller an early, local error. */
@@ -490,7 +468,7 @@ static void tx_finish(RdmigConn *c)
 
 static void progress_tx(RdmigConn *c)
 {
-    while (!c->failed) {
+    while (!c->fail.failed) {
         if (c->tx_kind == TX_NONE && !tx_next(c))
             return;
         /* Skip what an earlier partial send already took. */
@@ -558,8 +536,7 @@ static void rx_header(RdmigConn *c)
     switch (type) {
     case T_PUT:
     case T_GET: {
-        RdmigRegion *r = region < TCP_MAX_REGIONS ? g_atomic_pointer_get(&c->t->regions[region])
-                                                  : NULL;
+        RdmigRegion *r = rdmig_backend_region(&c->t->b, region);
         const char *op = type == T_PUT ? "write" : "read";
         if (!r) {
             conn_fail(c, EPROTO, "peer %s to unknown region %u", op, region);
@@ -571,11 +548,11 @@ static void rx_header(RdmigConn *c)
                       region, op);
             return;
         }
-        if (!len || len > c->t->cfg.max_io_bytes || off > r->len || len > r->len - off) {
+        if (!len || len > c->t->b.cfg.max_io_bytes || off > r->len || len > r->len - off) {
             conn_fail(c, EPROTO,
                       "peer %s out of range: region %u offset %" G_GUINT64_FORMAT
                       " length %u (region is %zu bytes, limit %u per request)", op, region, off,
-                      len, r->len, c->t->cfg.max_io_bytes);
+                      len, r->len, c->t->b.cfg.max_io_bytes);
             return;
         }
         if (seq != c->peer_done_seq + 1) {
@@ -661,7 +638,7 @@ static int rx_vector(RdmigConn *c, struct iovec *v)
 static void progress_rx(RdmigConn *c)
 {
     size_t budget = TCP_RX_BUDGET;
-    while (!c->failed && budget) {
+    while (!c->fail.failed && budget) {
         /* Answers we still owe cap how many more reads we accept. */
         if (c->resp_count == c->resp_cap)
             return;
@@ -707,7 +684,7 @@ static void progress_rx(RdmigConn *c)
 
 static int tcp_poll(RdmigConn *c, RdmigIoReq **done, int max)
 {
-    if (!c->failed) {
+    if (!c->fail.failed) {
         progress_rx(c);
         progress_tx(c);
     }
@@ -719,8 +696,8 @@ static int tcp_poll(RdmigConn *c, RdmigIoReq **done, int max)
             c->done_tail = NULL;
         done[n++] = r;
     }
-    if (!n && c->failed)
-        return -c->fail_errno;
+    if (!n && c->fail.failed)
+        return -c->fail.err;
     return n;
 }
 
@@ -730,7 +707,7 @@ static int tcp_conn_fd(RdmigConn *c, short *events)
     return c->fd;
 }
 
-static const char *tcp_conn_error(RdmigConn *c) { return c->failed ? c->error : NULL; }
+static const char *tcp_conn_error(RdmigConn *c) { return c->fail.failed ? c->fail.text : NULL; }
 
 const RdmigTransportOps rdmig_tcp_transport_ops = {
     .abi_version = RDMIG_TRANSPORT_ABI_VERSION,

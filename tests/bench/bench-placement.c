@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "engine/postcopy.h"
+#include "engine/uffd.h"
 
 #define BULK_BYTES (256u << 10)
 

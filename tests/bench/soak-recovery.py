@@ -93,13 +93,13 @@ class Run:
         self.detect.append(time.monotonic() - t0)
 
     def recover(self):
-        reply = monitor(self.dmon, "recover %s:0" % self.net.addr_there)
-        if not reply.startswith("ok "):
-            raise Broken("recover: " + reply)
+        reply = monitor(self.dmon, "recover", address="%s:0" % self.net.addr_there)
+        if "return" not in reply:
+            raise Broken("recover: %s" % reply["error"])
         t = time.monotonic()
-        reply = monitor(self.smon, "recover " + reply[3:])
-        if not reply.startswith("ok"):
-            raise Broken("resume: " + reply)
+        reply = monitor(self.smon, "recover", address=reply["return"]["address"])
+        if "return" not in reply:
+            raise Broken("resume: %s" % reply["error"])
         wait_state(self.smon, ("postcopy-active", "active", "completed"), 30, self.send)
         self.recover_s.append(time.monotonic() - t)
 
@@ -209,8 +209,11 @@ class Run:
             self.net.down()
             self.both_paused(t0)
             self.net.up()
-            reply = monitor(self.dmon, "recover %s:0" % self.net.addr_there)
-            fake = harness.FakeControl(reply[3:])
+            reply = monitor(self.dmon, "recover", address="%s:0" % self.net.addr_there)
+            if "return" not in reply:
+                raise Broken("recover: %s" % reply["error"])
+            addr = reply["return"]["address"]
+            fake = harness.FakeControl(addr)
             feats = 0x3f
             fake.send(harness.MSG_HELLO, harness.hello_payload(
                 [("pc.ram", 64 << 20, 4096)], supported=feats, required=feats,
@@ -221,7 +224,7 @@ class Run:
             if not err or err[0] != "auth":
                 raise Broken("other session not refused: %s" % (err,))
             t = time.monotonic()
-            monitor(self.smon, "recover " + reply[3:])
+            monitor(self.smon, "recover", address=addr)
             wait_state(self.smon, ("postcopy-active", "completed"), 30, self.send)
             self.recover_s.append(time.monotonic() - t)
             return self.expect_completed()

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* rdma/cm.c: the checks that need no device (completion-status mapping, the
- * memlock check, probing); the rest runs on soft-RoCE in the rdma suite. */
+/* rdma/: the checks that need no device (completion.c's status mapping, mr.c's
+ * memlock check, device.c's probe); the rest runs on soft-RoCE in the rdma suite. */
 #include <errno.h>
 #include <glib.h>
 #include <string.h>

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
-/* Big-endian field access for the wire formats of transport/. */
-#ifndef RDMIG_TRANSPORT_BE_H
-#define RDMIG_TRANSPORT_BE_H
+/* Big-endian fields of rdmig's wire formats (control messages, the TCP data
+ * header, the RDMA remote key) and of the synthetic guest's device state.
+ * The one copy: every layer includes it. */
+#ifndef RDMIG_UTIL_BE_H
+#define RDMIG_UTIL_BE_H
 
 #include <stdint.h>
 

@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: MIT */
+/* Page bitmaps (util/bitmap.h): the word-at-a-time operations. */
+#include "bitmap.h"
+
+uint64_t rdmig_bitmap_count(const uint64_t *bm, uint64_t nbits)
+{
+    uint64_t n = 0, full = nbits / 64;
+    for (uint64_t w = 0; w < full; w++)
+        n += (uint64_t)__builtin_popcountll(bm[w]);
+    if (nbits % 64)
+        n += (uint64_t)__builtin_popcountll(bm[full] & ((1ull << (nbits % 64)) - 1));
+    return n;
+}
+
+uint64_t rdmig_bitmap_next_set(const uint64_t *bm, uint64_t nbits, uint64_t start)
+{
+    if (start >= nbits)
+        return nbits;
+    uint64_t w = start / 64;
+    uint64_t word = bm[w] & (~0ull << (start % 64));
+    for (;;) {
+        if (word) {
+            uint64_t i = w * 64 + (uint64_t)__builtin_ctzll(word);
+            return i < nbits ? i : nbits;
+        }
+        if (++w >= rdmig_bitmap_words(nbits))
+            return nbits;
+        word = bm[w];
+    }
+}
+
+uint64_t rdmig_bitmap_next_clear(const uint64_t *bm, uint64_t nbits, uint64_t start)
+{
+    if (start >= nbits)
+        return nbits;
+    uint64_t w = start / 64;
+    uint64_t word = ~bm[w] & (~0ull << (start % 64));
+    for (;;) {
+        if (word) {
+            uint64_t i = w * 64 + (uint64_t)__builtin_ctzll(word);
+            return i < nbits ? i : nbits;
+        }
+        if (++w >= rdmig_bitmap_words(nbits))
+            return nbits;
+        word = ~bm[w];
+    }
+}
+
+void rdmig_bitmap_set_range(uint64_t *bm, uint64_t start, uint64_t n)
+{
+    for (uint64_t i = start; i < start + n;) {
+        if (i % 64 == 0 && start + n - i >= 64) {
+            bm[i / 64] = ~0ull;
+            i += 64;
+        } else {
+            rdmig_bitmap_set(bm, i++);
+        }
+    }
+}
