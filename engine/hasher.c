@@ -4,7 +4,7 @@
 #include "hasher.h"
 
 #include "ram.h"
-#include "session.h"
+#include "util/clock.h"
 
 #define HASHER_RING 1024
 

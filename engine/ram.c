@@ -94,3 +94,21 @@ uint64_t rdmig_page_hash(const void *page, size_t len)
 {
     return XXH3_64bits(page, len);
 }
+
+bool rdmig_ram_drop_pages(RdmigRamBlock *b, uint64_t first, uint64_t n, GError **error)
+{
+    void *at = b->host + first * b->page_size;
+    size_t len = n * b->page_size;
+    /* Shared memory (memfd, hugetlbfs) needs its pages punched out of the
+     * file; private anonymous memory is dropped by DONTNEED.  Zero copy keeps
+     * them in the file (the pull overwrites them there) and only unmaps them
+     * from the guest, whose next touch is then a minor fault. */
+    if (b->zero_copy ? madvise(at, len, MADV_DONTNEED) < 0
+                     : madvise(at, len, MADV_REMOVE) < 0 && madvise(at, len, MADV_DONTNEED) < 0) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
+                    "dropping stale pages %" G_GUINT64_FORMAT "..%" G_GUINT64_FORMAT
+                    " of block '%s': %s", first, first + n - 1, b->name, g_strerror(errno));
+        return false;
+    }
+    return true;
+}

@@ -46,6 +46,11 @@ typedef struct {
 bool rdmig_ram_resident(const void *host, uint64_t length, uint32_t page_size, uint64_t *bitmap,
                         GError **error);
 
+/** rdmig_ram_drop_pages: drops this side's stale copies of @n pages at
+ *  @first of @b (postcopy, destination): the guest faults on them when it
+ *  next touches them, and they are pulled. */
+bool rdmig_ram_drop_pages(RdmigRamBlock *b, uint64_t first, uint64_t n, GError **error);
+
 bool rdmig_page_is_zero(const void *page, size_t len);
 uint64_t rdmig_page_hash(const void *page, size_t len);
 

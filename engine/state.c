@@ -1,7 +1,11 @@
 /* SPDX-License-Identifier: MIT */
+/* The migration state machine: QEMU's state names, the table of allowed
+ * transitions, and the one function that changes a session's state. */
 #define G_LOG_DOMAIN "rdmig-engine"
 
 #include "state.h"
+
+#include "session.h"
 
 static const char *const state_names[RDMIG_STATE__COUNT] = {
     [RDMIG_STATE_NONE] = "none",
@@ -63,4 +67,43 @@ bool rdmig_state_transition_allowed(RdmigState from, RdmigState to)
 bool rdmig_state_is_final(RdmigState s)
 {
     return s == RDMIG_STATE_COMPLETED || s == RDMIG_STATE_FAILED || s == RDMIG_STATE_CANCELLED;
+}
+
+RdmigState rdmig_session_state(RdmigSession *s)
+{
+    g_mutex_lock(&s->lock);
+    RdmigState st = s->state;
+    g_mutex_unlock(&s->lock);
+    return st;
+}
+
+/* Compare-and-swap under the session's lock, checked against the table, then
+ * the caller's state function (outside the lock: it may call back in). */
+bool rdmig_session_set_state(RdmigSession *s, RdmigState from, RdmigState to)
+{
+    g_mutex_lock(&s->lock);
+    if (s->state != from || !rdmig_state_transition_allowed(from, to)) {
+        RdmigState cur = s->state;
+        g_mutex_unlock(&s->lock);
+        g_debug("state change %s -> %s refused (state is %s)", rdmig_state_str(from),
+                rdmig_state_str(to), rdmig_state_str(cur));
+        return false;
+    }
+    s->state = to;
+    s->stats.state = to;
+    g_mutex_unlock(&s->lock);
+    g_debug("%s: %s -> %s", s->role == RDMIG_ROLE_SOURCE ? "source" : "destination",
+            rdmig_state_str(from), rdmig_state_str(to));
+    if (s->state_func)
+        s->state_func(s->state_opaque, from, to);
+    return true;
+}
+
+bool rdmig_session_set_state_or_cancelled(RdmigSession *s, RdmigState from, RdmigState to,
+                                          GError **error)
+{
+    if (rdmig_session_set_state(s, from, to))
+        return true;
+    rdmig_set_cancelled(error);
+    return false;
 }

@@ -97,6 +97,33 @@ int rdmig_uffd_open_api(uint64_t features, GError **error)
     return fd;
 }
 
+static const uint64_t postcopy_features =
+    UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MISSING_HUGETLBFS |
+    UFFD_FEATURE_MINOR_SHMEM;
+
+int rdmig_uffd_open_postcopy(GError **error)
+{
+    uint64_t have;
+    if (!rdmig_uffd_features(&have, error))
+        return -1;
+    return rdmig_uffd_open_api(have & postcopy_features, error);
+}
+
+bool rdmig_uffd_probe_postcopy(GError **error)
+{
+    int fd = rdmig_uffd_open_postcopy(error);
+    if (fd < 0)
+        return false;
+    close(fd);
+    return true;
+}
+
+bool rdmig_uffd_minor_shmem(void)
+{
+    uint64_t have = 0;
+    return rdmig_uffd_features(&have, NULL) && (have & UFFD_FEATURE_MINOR_SHMEM);
+}
+
 int rdmig_uffd_copy(int uffd, uint64_t dst, const void *src, uint64_t len, uint32_t page_size)
 {
     uint64_t done = 0;

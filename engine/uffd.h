@@ -24,6 +24,17 @@ bool rdmig_uffd_features(uint64_t *features, GError **error);
  *  @features (all of which the kernel must have). */
 int rdmig_uffd_open_api(uint64_t features, GError **error);
 
+/** rdmig_uffd_open_postcopy: a userfaultfd for the pager: thread ids,
+ *  missing faults on shmem and hugetlbfs, minor faults on shmem, as far as
+ *  the kernel has them (asking for an unknown one would fail). */
+int rdmig_uffd_open_postcopy(GError **error);
+/** rdmig_uffd_probe_postcopy: can this process catch missing-page faults?
+ *  The error says why not. */
+bool rdmig_uffd_probe_postcopy(GError **error);
+/** rdmig_uffd_minor_shmem: does the kernel have minor faults on shmem (what
+ *  zero-copy placement needs)? */
+bool rdmig_uffd_minor_shmem(void);
+
 /*
  * Placements.  Each places whole pages of @page_size and returns 0 or a
  * negative errno; a page that is there already (EEXIST) is not an error:

@@ -157,7 +157,7 @@ bool rdmig_control_send(RdmigControl *c, uint16_t type, const void *payload, siz
                 break;
             }
         }
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER, "control channel send failed: %s",
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_LINK, "control channel send failed: %s",
                     g_atomic_int_get(&c->shut) ? "channel shut down" : g_strerror(errno));
         ok = false;
         break;
@@ -179,7 +179,7 @@ static int read_full(RdmigControl *c, uint8_t *p, size_t len, gint64 deadline, c
             continue;
         }
         if (r == 0) {
-            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER,
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_LINK,
                         "peer closed the control channel in the middle of a frame "
                         "(%s: got %zu of %zu bytes)", what, got, len);
             return -1;
@@ -195,7 +195,7 @@ static int read_full(RdmigControl *c, uint8_t *p, size_t len, gint64 deadline, c
                 return -1;
             }
         }
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER, "control channel receive failed: %s",
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_LINK, "control channel receive failed: %s",
                     g_strerror(errno));
         return -1;
     }
@@ -225,11 +225,11 @@ int rdmig_control_recv(RdmigControl *c, RdmigFrame *frame, int timeout_ms, GErro
         return -1;
     }
     if (r == 0) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER, "peer closed the control channel");
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_LINK, "peer closed the control channel");
         return -1;
     }
     if (r < 0 && errno != EAGAIN && errno != EINTR) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER, "control channel receive failed: %s",
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_LINK, "control channel receive failed: %s",
                     g_atomic_int_get(&c->shut) ? "channel shut down" : g_strerror(errno));
         return -1;
     }

@@ -18,7 +18,7 @@ typedef enum {
     RDMIG_ERROR_PROTOCOL,    /* the peer sent something malformed or out of range */
     RDMIG_ERROR_VERSION,     /* protocol version or required feature not shared */
     RDMIG_ERROR_UNSUPPORTED, /* this build, kernel or device lacks what was asked */
-    RDMIG_ERROR_PEER,        /* the peer reported an error, vanished or stalled */
+    RDMIG_ERROR_PEER,        /* the peer reported an error, or went silent (stalled) */
     RDMIG_ERROR_RESOURCE,    /* memory, memlock, descriptors, registration */
     RDMIG_ERROR_CANCELLED,   /* cancelled by the caller or by the peer */
     RDMIG_ERROR_AUTH,        /* the peer is not the session it claims to be */
@@ -26,6 +26,8 @@ typedef enum {
     RDMIG_ERROR_LAYOUT,      /* RAM layouts of source and destination differ */
     RDMIG_ERROR_CONVERGE,    /* precopy did not converge within the limits */
     RDMIG_ERROR_VERIFY,      /* destination memory differs from the source's */
+    RDMIG_ERROR_LINK,        /* a connection to the peer broke: closed, reset, unreachable,
+                              * retries exhausted (a silent peer is RDMIG_ERROR_PEER) */
 } RdmigErrorCode;
 
 /** rdmig_error_quark: the GQuark of RDMIG_ERROR. Any thread. */

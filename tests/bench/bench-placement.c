@@ -36,7 +36,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "engine/postcopy.h"
 #include "engine/uffd.h"
 
 #define BULK_BYTES (256u << 10)

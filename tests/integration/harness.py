@@ -79,7 +79,7 @@ FEATURE_RECOVERY = 1 << 5
 
 # rdmig error codes (include/rdmig/error.h), as sent in ERROR frames
 ERROR_CODES = ["connect", "protocol", "version", "unsupported", "peer", "resource",
-               "cancelled", "auth", "invalid", "layout", "converge", "verify"]
+               "cancelled", "auth", "invalid", "layout", "converge", "verify", "link"]
 
 # TCP data connection (transport/tcp.c): 32-byte header
 TCP_MAGIC = 0x52445444  # "RDTD"
@@ -406,32 +406,47 @@ class NetPair:
             self.ns = None
 
 
-def monitor(path, cmd, timeout=10):
-    """One command to a running send/recv's monitor socket; its reply line."""
+def monitor(path, cmd, timeout=10, **args):
+    """One command to a running send/recv's monitor socket (tools/rdmig-monitor.h):
+    sends {"execute": @cmd, "arguments": @args} (no "arguments" when @args
+    is empty) as one line and returns the reply, parsed: {"return": {...}}
+    or {"error": {"class": ..., "desc": ...}}.  Raises OSError if the
+    socket cannot be reached within @timeout or says nothing, ValueError if
+    the reply is not one JSON object on a line."""
+    request = {"execute": cmd}
+    if args:
+        request["arguments"] = args
     deadline = time.monotonic() + timeout
     while True:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
                 c.settimeout(timeout)
                 c.connect(path)
-                c.sendall((cmd + "\n").encode())
+                c.sendall((json.dumps(request) + "\n").encode())
                 data = b""
                 while not data.endswith(b"\n"):
                     chunk = c.recv(4096)
                     if not chunk:
                         break
                     data += chunk
-                return data.decode().strip()
+                break
         except (FileNotFoundError, ConnectionRefusedError):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+    if not data:
+        raise OSError("no reply from the monitor at %s to %r" % (path, request))
+    reply = json.loads(data.decode())
+    if not isinstance(reply, dict) or ("return" in reply) == ("error" in reply):
+        raise ValueError("the monitor at %s replied %r to %r" % (path, reply, request))
+    return reply
 
 
 def monitor_status(path):
-    """The state of a running send/recv, or None once it has gone."""
+    """The state of a running send/recv (the "return" of its status
+    command), or None once it has gone."""
     try:
-        return json.loads(monitor(path, "status", timeout=2))
+        return monitor(path, "status", timeout=2).get("return")
     except (OSError, ValueError):
         return None
 

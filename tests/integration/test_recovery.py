@@ -10,9 +10,11 @@ seconds.  The operator's commands (`rdmig recover`, `rdmig send --resume`,
 `rdmig cancel`) drive recovery, as a person would.  Every migration that
 survives is verified page by page on both sides and its guest checked.
 """
+import json
 import os
 import random
 import signal
+import socket
 import struct
 import sys
 import tempfile
@@ -243,9 +245,9 @@ class Unrecoverable(Recovery):
         self.start()
         self.cut()
         self.net.up()
-        reply = monitor(self.dmon, "recover %s:0" % self.net.addr_there)
-        self.assertTrue(reply.startswith("ok "), reply)
-        addr = reply[3:]
+        reply = monitor(self.dmon, "recover", address="%s:0" % self.net.addr_there)
+        self.assertIn("return", reply, reply)
+        addr = reply["return"]["address"]
         host, port = addr.rsplit(":", 1)
         feats = FEATURE_VERIFY | FEATURE_ZERO_PAGES | FEATURE_KEEPALIVE | FEATURE_POSTCOPY | \
             FEATURE_RECOVERY
@@ -314,13 +316,62 @@ class Unrecoverable(Recovery):
         for mon in (self.dmon, self.smon):
             reply = monitor(mon, "cancel")
             self.note("cancel on %s: %s" % (os.path.basename(mon), reply))
-            self.assertTrue(reply.startswith("error cancel refused in postcopy-"),
-                            reply + self.ctx())
-            self.assertIn("split between the hosts", reply)
+            self.assertIn("error", reply, "%s%s" % (reply, self.ctx()))
+            desc = reply["error"]["desc"]
+            self.assertTrue(desc.startswith("cancel refused in postcopy-"), desc + self.ctx())
+            self.assertIn("split between the hosts", desc)
+            self.assertEqual(reply["error"]["class"], "invalid", reply)
         self.send.signal(signal.SIGINT)
         self.note("SIGINT to the source")
         src, dst = self.finish_both()
         self.assertIn("cancel refused", self.send.stderr(), self.ctx())
+
+    def test_monitor_refuses_malformed_requests(self):
+        """Whatever a client sends the monitor, it answers one error line
+        naming the problem (class and desc), and the process runs on."""
+        recv, _ = self.start_recv("--monitor", self.dmon, guest=["--ram-size", "32M"])
+        cases = [  # request bytes, error class, words the desc must contain
+            (b"status\n", "protocol", "not valid JSON"),
+            (b"[1, 2]\n", "protocol", "not a JSON object"),
+            (b"\n", "protocol", "empty"),
+            (b'{"execute": 5}\n', "protocol", '"execute"'),
+            (b'{"execute": "status", "id": 1}\n', "protocol", '"id"'),
+            (b'{"execute": "status\xff"}\n', "protocol", "UTF-8"),
+            (b'{"execute": "frob"}\n', "invalid", "unknown command \"frob\""),
+            (b'{"execute": "status", "arguments": {"x": 1}}\n', "invalid", '"x"'),
+            (b'{"execute": "recover"}\n', "invalid", "address"),
+            (b'{"execute": "recover", "arguments": {"address": 7}}\n', "invalid", "address"),
+            (b'{"execute": "recover", "arguments": "x"}\n', "protocol", "arguments"),
+            (b"x" * 5000, "protocol", "longer than"),
+            (b"[" * 4000 + b"\n", "protocol", "not valid JSON"),
+        ]
+        for request, cls, words in cases:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+                c.settimeout(10)
+                c.connect(self.dmon)
+                c.sendall(request)
+                c.shutdown(socket.SHUT_WR)
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = c.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+            self.assertEqual(data.count(b"\n"), 1, "%r: %r" % (request[:80], data))
+            reply = json.loads(data)
+            self.assertEqual(list(reply), ["error"], "%r: %r" % (request[:80], reply))
+            self.assertEqual(reply["error"]["class"], cls, "%r: %r" % (request[:80], reply))
+            self.assertIn(words, reply["error"]["desc"], "%r: %r" % (request[:80], reply))
+        self.assertTrue(recv.alive(), recv.describe())
+        st = monitor_status(self.dmon)
+        self.assertEqual(st["state"], "setup", st)
+        refused = monitor(self.dmon, "recover", address="127.0.0.1:0")
+        self.assertEqual(refused["error"]["class"], "invalid", refused)
+        self.assertIn("postcopy-paused", refused["error"]["desc"])
+        self.assertEqual(monitor(self.dmon, "cancel"), {"return": {}})
+        self.assertEqual(self.finish(recv, 20), 3, recv.describe())
+        self.assertEqual(recv.report()["result"], "cancelled")
+        self.assertFalse(os.path.exists(self.dmon), "the monitor socket was left behind")
 
     def test_recover_refused_outside_pause(self):
         """rdmig recover on a migration that is not paused says so."""

@@ -324,7 +324,7 @@ static void test_peer_closed_between_frames(void)
     g_assert_cmpint(rdmig_control_recv(b, &f, 1000, &err), ==, 1);
     g_assert_no_error(err);
     g_assert_cmpint(rdmig_control_recv(b, &f, 1000, &err), ==, -1);
-    assert_error(err, RDMIG_ERROR_PEER, "closed");
+    assert_error(err, RDMIG_ERROR_LINK, "closed");
     /* A clean close is not reported as a truncation. */
     g_assert_null(strstr(err->message, "middle"));
     rdmig_control_free(b);
@@ -346,7 +346,7 @@ static void test_peer_closed_mid_header(void)
     RdmigFrame f;
     g_autoptr(GError) err = NULL;
     g_assert_cmpint(rdmig_control_recv(b, &f, 30000, &err), ==, -1);
-    assert_error(err, RDMIG_ERROR_PEER, "middle of a frame");
+    assert_error(err, RDMIG_ERROR_LINK, "middle of a frame");
     g_assert_null(strstr(err->message, "stalled"));
     g_assert_nonnull(strstr(err->message, "8 of 16"));
     rdmig_control_free(b);
@@ -366,7 +366,7 @@ static void test_peer_closed_mid_payload(void)
     RdmigFrame f;
     g_autoptr(GError) err = NULL;
     g_assert_cmpint(rdmig_control_recv(b, &f, 1000, &err), ==, -1);
-    assert_error(err, RDMIG_ERROR_PEER, "middle of a frame");
+    assert_error(err, RDMIG_ERROR_LINK, "middle of a frame");
     g_assert_nonnull(strstr(err->message, "10 of 100"));
     rdmig_control_free(b);
 }

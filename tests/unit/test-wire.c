@@ -1450,9 +1450,13 @@ static void test_doc_feature_bits_and_codes(void)
 
     static const char *const doc_codes[] = { "connect", "protocol", "version", "unsupported",
                                              "peer",    "resource", "cancelled", "auth",
-                                             "invalid", "layout",   "converge", "verify" };
+                                             "invalid", "layout",   "converge", "verify",
+                                             "link" };
     for (uint32_t c = 0; c < G_N_ELEMENTS(doc_codes); c++)
         g_assert_cmpstr(rdmig_error_code_str((RdmigErrorCode)c), ==, doc_codes[c]);
+    /* One past the last: not a name of a code. */
+    g_assert_cmpstr(rdmig_error_code_str((RdmigErrorCode)G_N_ELEMENTS(doc_codes)), ==,
+                    "unknown");
 }
 
 int main(int argc, char **argv)

@@ -18,13 +18,11 @@
  * dropped, and the epoch moves on, so that no completion of the old link can
  * place a page any more.  Paused, it still serves faults on pages it need not
  * pull (zero fill) and keeps the list of threads waiting for pulled ones.  A
- * new link (rdmig_destination_recover_link) gets the received bitmap; after
+ * new link (recovery.c) gets the received bitmap; after
  * the source's POSTCOPY_RESUME the waiting threads' pages are requested
  * first.  A page that arrives twice is placed once.
  */
 #define G_LOG_DOMAIN "rdmig-engine"
-
-#include "postcopy.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -35,7 +33,11 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include "session.h"
+#include "channel.h"
+#include "dataplane.h"
+#include "destination.h"
+#include "recovery.h"
+#include "state.h"
 #include "uffd.h"
 
 #define FAULT_SLOTS 16
@@ -47,42 +49,6 @@
 #define MAX_WAITERS 512
 #define MAX_SAMPLES (1u << 16)
 
-static inline gint64 now_us(void) { return g_get_monotonic_time(); }
-
-/* ------------------------------------------------------------ userfaultfd */
-
-static const uint64_t wanted_features =
-    UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MISSING_HUGETLBFS |
-    UFFD_FEATURE_MINOR_SHMEM;
-
-/* A userfaultfd with the features we want that the kernel has (asking for an
- * unknown one would fail the handshake). */
-static int uffd_open_missing(GError **error)
-{
-    uint64_t have;
-    if (!rdmig_uffd_features(&have, error))
-        return -1;
-    return rdmig_uffd_open_api(have & wanted_features, error);
-}
-
-void rdmig_postcopy_choose_placement(RdmigSession *s)
-{
-    uint64_t have = 0;
-    bool minor = rdmig_uffd_features(&have, NULL) && (have & UFFD_FEATURE_MINOR_SHMEM);
-    for (guint bi = 0; bi < s->blocks->len; bi++) {
-        RdmigRamBlock *b = s->blocks->pdata[bi];
-        b->zero_copy = s->params.postcopy_zero_copy && minor && b->fd >= 0;
-    }
-}
-
-bool rdmig_postcopy_probe(GError **error)
-{
-    int fd = uffd_open_missing(error);
-    if (fd < 0)
-        return false;
-    close(fd);
-    return true;
-}
 
 /* ------------------------------------------------------------ pager */
 
@@ -110,7 +76,8 @@ typedef struct {
 } Waiter;
 
 typedef struct {
-    RdmigSession *s;
+    RdmigDestination *dst;
+    RdmigSession *s;            /* &dst->s */
     int uffd;
     uint8_t *staging;
     size_t staging_len;
@@ -137,26 +104,9 @@ typedef struct {
 
 static RdmigRamBlock *blk(Pager *pg, guint i) { return pg->s->blocks->pdata[i]; }
 
-bool rdmig_postcopy_drop(RdmigRamBlock *b, uint64_t first, uint64_t n, GError **error)
+bool rdmig_pager_map_aliases(RdmigDestination *dst, GError **error)
 {
-    void *at = b->host + first * b->page_size;
-    size_t len = n * b->page_size;
-    /* Shared memory (memfd, hugetlbfs) needs its pages punched out of the
-     * file; private anonymous memory is dropped by DONTNEED.  Zero copy keeps
-     * them in the file (the pull overwrites them there) and only unmaps them
-     * from the guest, whose next touch is then a minor fault. */
-    if (b->zero_copy ? madvise(at, len, MADV_DONTNEED) < 0
-                     : madvise(at, len, MADV_REMOVE) < 0 && madvise(at, len, MADV_DONTNEED) < 0) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
-                    "dropping stale pages %" G_GUINT64_FORMAT "..%" G_GUINT64_FORMAT
-                    " of block '%s': %s", first, first + n - 1, b->name, g_strerror(errno));
-        return false;
-    }
-    return true;
-}
-
-bool rdmig_postcopy_map_aliases(RdmigSession *s, GError **error)
-{
+    RdmigSession *s = &dst->s;
     for (guint bi = 0; bi < s->blocks->len; bi++) {
         RdmigRamBlock *b = s->blocks->pdata[bi];
         if (!b->zero_copy)
@@ -185,8 +135,10 @@ bool rdmig_postcopy_map_aliases(RdmigSession *s, GError **error)
     return true;
 }
 
-static bool pager_init(Pager *pg, RdmigSession *s, GError **error)
+static bool pager_init(Pager *pg, RdmigDestination *dst, GError **error)
 {
+    RdmigSession *s = &dst->s;
+    pg->dst = dst;
     pg->s = s;
     pg->uffd = -1;
     pg->bad = g_string_new(NULL);
@@ -228,10 +180,10 @@ static bool pager_init(Pager *pg, RdmigSession *s, GError **error)
     pg->samples = g_new(uint32_t, MAX_SAMPLES);
     pg->snapshot = g_malloc(max_ps);
 
-    if (!rdmig_postcopy_map_aliases(s, error)) /* done at PREPARE, unless that failed */
+    if (!rdmig_pager_map_aliases(dst, error)) /* done at PREPARE, unless that failed */
         return false;
 
-    pg->uffd = uffd_open_missing(error);
+    pg->uffd = rdmig_uffd_open_postcopy(error);
     if (pg->uffd < 0)
         return false;
     for (guint bi = 0; bi < s->blocks->len; bi++) {
@@ -277,7 +229,7 @@ static void pager_fini(Pager *pg, bool ok)
             }
             close(pg->uffd);
         } else {
-            s->postcopy_uffd = pg->uffd;
+            pg->dst->postcopy_uffd = pg->uffd;
         }
     }
     if (pg->staging_region)
@@ -325,44 +277,19 @@ static void record_latency(Pager *pg, uint32_t tid, uint64_t us)
     g_mutex_unlock(&s->lock);
 }
 
-static void wake_range(Pager *pg, uint64_t start, uint64_t len)
-{
-    struct uffdio_range r = { .start = start, .len = len };
-    ioctl(pg->uffd, UFFDIO_WAKE, &r);
-}
-
 /* Places @n pages from @src at page @first of block @bi, atomically per page
  * (the faulting threads wake when their page is in). */
 static bool place(Pager *pg, guint bi, uint64_t first, uint32_t n, const uint8_t *src,
                   GError **error)
 {
     RdmigRamBlock *b = blk(pg, bi);
-    uint64_t dst = (uintptr_t)b->host + first * b->page_size;
-    uint64_t len = (uint64_t)n * b->page_size, done = 0;
-    while (done < len) {
-        struct uffdio_copy c = { .dst = dst + done, .src = (uintptr_t)src + done,
-                                 .len = len - done };
-        if (ioctl(pg->uffd, UFFDIO_COPY, &c) == 0) {
-            done = len;
-        } else if (errno == EAGAIN && c.copy > 0) {
-            done += (uint64_t)c.copy;
-        } else if (errno == EAGAIN) {
-            continue;
-        } else if (errno == EEXIST) {
-            /* Placed already: cannot happen for a needed page pulled once,
-             * but must not stall the rest of the run. */
-            if (c.copy > 0)
-                done += (uint64_t)c.copy;
-            wake_range(pg, dst + done, b->page_size);
-            done += b->page_size;
-        } else {
-            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
-                        "UFFDIO_COPY of %u pages at page %" G_GUINT64_FORMAT " of '%s': %s", n,
-                        first, b->name, g_strerror(errno));
-            return false;
-        }
-    }
-    return true;
+    int r = rdmig_uffd_copy(pg->uffd, (uintptr_t)b->host + first * b->page_size, src,
+                            (uint64_t)n * b->page_size, b->page_size);
+    if (r < 0)
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
+                    "UFFDIO_COPY of %u pages at page %" G_GUINT64_FORMAT " of '%s': %s", n,
+                    first, b->name, g_strerror(-r));
+    return r == 0;
 }
 
 static void check_page(Pager *pg, RdmigRamBlock *b, uint64_t p, uint64_t got, uint64_t want)
@@ -403,7 +330,7 @@ static bool late_hashes(Pager *pg, const RdmigFrame *f, GError **error)
     guint bi;
     uint64_t first;
     uint32_t n;
-    if (!rdmig_destination_store_hashes(pg->s, f, &bi, &first, &n, error))
+    if (!rdmig_apply_hashes(pg->dst, f, &bi, &first, &n, error))
         return false;
     RdmigRamBlock *b = blk(pg, bi);
     RdmigHashesMsg m;
@@ -425,28 +352,13 @@ static bool late_hashes(Pager *pg, const RdmigFrame *f, GError **error)
 /* Maps @n pulled pages, already in the memory file, into the guest. */
 static bool map_pulled(Pager *pg, RdmigRamBlock *b, uint64_t first, uint64_t n, GError **error)
 {
-    uint64_t start = (uintptr_t)b->host + first * b->page_size, len = n * b->page_size;
-    uint64_t done = 0;
-    while (done < len) {
-        struct uffdio_continue c = { .range = { .start = start + done, .len = len - done } };
-        if (ioctl(pg->uffd, UFFDIO_CONTINUE, &c) == 0) {
-            done = len;
-        } else if (errno == EAGAIN) {
-            done += c.mapped > 0 ? (uint64_t)c.mapped : 0;
-        } else if (errno == EEXIST) {
-            /* Mapped already: cannot happen for a page pulled once, but must
-             * not stall the rest. */
-            done += (c.mapped > 0 ? (uint64_t)c.mapped : 0);
-            wake_range(pg, start + done, b->page_size);
-            done += b->page_size;
-        } else {
-            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
-                        "UFFDIO_CONTINUE of %" G_GUINT64_FORMAT " pages at page %"
-                        G_GUINT64_FORMAT " of '%s': %s", n, first, b->name, g_strerror(errno));
-            return false;
-        }
-    }
-    return true;
+    int r = rdmig_uffd_continue(pg->uffd, (uintptr_t)b->host + first * b->page_size,
+                                n * b->page_size, b->page_size);
+    if (r < 0)
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
+                    "UFFDIO_CONTINUE of %" G_GUINT64_FORMAT " pages at page %" G_GUINT64_FORMAT
+                    " of '%s': %s", n, first, b->name, g_strerror(-r));
+    return r == 0;
 }
 
 /* @n pages at @first of block @bi are in the guest now: count them, and
@@ -463,7 +375,7 @@ static void now_placed(Pager *pg, guint bi, uint64_t first, uint64_t n)
         if (b->zero_copy)
             s->stats.pages_zero_copy += n;
     });
-    gint64 now = now_us();
+    gint64 now = rdmig_now_us();
     for (uint32_t i = 0; i < pg->nwaiters;) {
         Waiter *w = &pg->waiters[i];
         if (w->block == bi && w->page >= first && w->page < first + n) {
@@ -622,10 +534,8 @@ static bool reap(Pager *pg, uint32_t ci, GError **error)
         RdmigIoReq *done[16];
         int n = s->tp->poll(s->conns[ci], done, G_N_ELEMENTS(done));
         if (n < 0 || (n > 0 && done[0]->status < 0)) {
-            const char *why = s->tp->conn_error(s->conns[ci]);
-            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER,
-                        "pulling pages from the source: data connection %u failed: %s", ci,
-                        why ? why : g_strerror(n < 0 ? -n : -done[0]->status));
+            rdmig_dataplane_conn_failed(s, ci, n < 0 ? n : done[0]->status,
+                                        "pulling pages from the source: ", error);
             return false;
         }
         for (int i = 0; i < n; i++) {
@@ -633,10 +543,8 @@ static bool reap(Pager *pg, uint32_t ci, GError **error)
             if (r->epoch != pg->epoch)
                 continue; /* a lost link's: its pages were asked for again */
             if (done[i]->status < 0) {
-                const char *why = s->tp->conn_error(s->conns[ci]);
-                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER,
-                            "pulling pages from the source: data connection %u failed: %s", ci,
-                            why ? why : g_strerror(-done[i]->status));
+                rdmig_dataplane_conn_failed(s, ci, done[i]->status,
+                                            "pulling pages from the source: ", error);
                 return false;
             }
             if (!completed(pg, r, error))
@@ -662,10 +570,9 @@ static int pull(Pager *pg, PullReq *r, uint32_t ci, guint bi, uint64_t first, ui
     if (rc == -EAGAIN)
         return 0;
     if (rc < 0) {
-        const char *why = s->tp->conn_error(s->conns[ci]);
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER,
-                    "cannot post a read of %u pages at page %" G_GUINT64_FORMAT " of '%s' on "
-                    "data connection %u: %s", n, first, b->name, ci, why ? why : g_strerror(-rc));
+        g_autofree char *what = g_strdup_printf("cannot post a read of %u pages at page %"
+                                                G_GUINT64_FORMAT " of '%s': ", n, first, b->name);
+        rdmig_dataplane_conn_failed(s, ci, rc, what, error);
         return -1;
     }
     g_assert(!r->unsettled); /* a slot with pages to settle is never reposted */
@@ -733,6 +640,45 @@ static bool pull_background(Pager *pg, GError **error)
     return true;
 }
 
+/* A fault on a page this side can serve without a pull: placed meanwhile,
+ * held in the file (zero copy), or zero on the source.  True with *@served
+ * when it was one of those. */
+static bool serve_here(Pager *pg, RdmigRamBlock *b, uint64_t page, uint32_t tid, bool minor,
+                       bool *served, GError **error)
+{
+    RdmigSession *s = pg->s;
+    uint64_t start = (uintptr_t)b->host + page * b->page_size;
+    int r = 0;
+    *served = true;
+    if (rdmig_bitmap_test(b->received, page)) {
+        /* Placed between the fault and now: just let the thread go on.  A
+         * minor fault on a placed page means it lost its mapping since (the
+         * file page was swapped out): map it again, or the thread spins. */
+        if (minor && !map_pulled(pg, b, page, 1, error))
+            return false;
+        if (!minor)
+            rdmig_uffd_wake(pg->uffd, start, b->page_size);
+        record_latency(pg, tid, 0);
+        return true;
+    }
+    if (rdmig_bitmap_test(b->needed, page)) {
+        *served = false;
+        return true;
+    }
+    /* Zero copy: in the file and right there (zero, or held since precopy),
+     * only not mapped.  Else zero on the source, or never touched there. */
+    if (minor && !map_pulled(pg, b, page, 1, error))
+        return false;
+    if (!minor && (r = rdmig_uffd_zeropage(pg->uffd, start, b->page_size)) < 0) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
+                    "UFFDIO_ZEROPAGE at page %" G_GUINT64_FORMAT " of '%s': %s", page, b->name,
+                    g_strerror(-r));
+        return false;
+    }
+    RDMIG_STATS_UPDATE(s, s->stats.faults_zero++);
+    return true;
+}
+
 static bool handle_fault(Pager *pg, const struct uffd_msg *m, GError **error)
 {
     RdmigSession *s = pg->s;
@@ -748,47 +694,15 @@ static bool handle_fault(Pager *pg, const struct uffd_msg *m, GError **error)
     }
     RdmigRamBlock *b = blk(pg, bi);
     uint32_t tid = m->arg.pagefault.feat.ptid;
-    uint64_t start = (uintptr_t)b->host + page * b->page_size;
     RDMIG_STATS_UPDATE(s, s->stats.faults++);
-    bool minor = m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR;
-    if (rdmig_bitmap_test(b->received, page)) {
-        /* Placed between the fault and now: just let the thread go on.  A
-         * minor fault on a placed page means it lost its mapping since (the
-         * file page was swapped out): map it again, or the thread spins. */
-        if (minor) {
-            if (!map_pulled(pg, b, page, 1, error))
-                return false;
-        } else {
-            wake_range(pg, start, b->page_size);
-        }
-        record_latency(pg, tid, 0);
+    bool served;
+    if (!serve_here(pg, b, page, tid, m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR,
+                    &served, error))
+        return false;
+    if (served)
         return true;
-    }
-    if (!rdmig_bitmap_test(b->needed, page) && minor) {
-        /* Zero copy: in the file and right there (zero, or held since
-         * precopy), only not mapped. */
-        if (!map_pulled(pg, b, page, 1, error))
-            return false;
-        RDMIG_STATS_UPDATE(s, s->stats.faults_zero++);
-        return true;
-    }
-    if (!rdmig_bitmap_test(b->needed, page)) {
-        /* Zero on the source, or never touched there: nothing to pull. */
-        struct uffdio_zeropage z = { .range = { .start = start, .len = b->page_size } };
-        if (ioctl(pg->uffd, UFFDIO_ZEROPAGE, &z) < 0) {
-            if (errno != EEXIST) {
-                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
-                            "UFFDIO_ZEROPAGE at page %" G_GUINT64_FORMAT " of '%s': %s", page,
-                            b->name, g_strerror(errno));
-                return false;
-            }
-            wake_range(pg, start, b->page_size); /* another thread's fault filled it */
-        }
-        RDMIG_STATS_UPDATE(s, s->stats.faults_zero++);
-        return true;
-    }
     if (pg->nwaiters < MAX_WAITERS)
-        pg->waiters[pg->nwaiters++] = (Waiter){ bi, page, tid, now_us() };
+        pg->waiters[pg->nwaiters++] = (Waiter){ bi, page, tid, rdmig_now_us() };
     PullReq *r = b->zero_copy ? arrived_unsettled(pg, bi, page) : NULL;
     if (r) /* here, waiting in the background's queue: this one first */
         return settle_run(pg, r, (uint32_t)(page - r->first), 1, true, error);
@@ -821,82 +735,92 @@ static int cmp_u32(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* POSTCOPY_RESUME: the source resent its keys and hashes on the new link
+ * of this epoch; pulling goes on. */
+static bool resume_pulling(Pager *pg, const RdmigFrame *f, GError **error)
+{
+    RdmigSession *s = pg->s;
+    uint64_t epoch;
+    if (!rdmig_u64_decode(f->payload, f->hdr.length, &epoch, "POSTCOPY_RESUME", error))
+        return false;
+    if (epoch != s->epoch) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "POSTCOPY_RESUME for epoch %" G_GUINT64_FORMAT " on the link of epoch %"
+                    G_GUINT64_FORMAT, epoch, s->epoch);
+        return false;
+    }
+    g_autoptr(GError) refused = NULL;
+    if (!rdmig_recovery_resumed(s, &refused)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL, "POSTCOPY_RESUME outside recovery");
+        return false;
+    }
+    pg->pulling = true;
+    return true;
+}
+
+/* A control message during postcopy: final hashes, and on a recovered link
+ * the source's keys and POSTCOPY_RESUME. */
+static bool control_message(Pager *pg, GError **error)
+{
+    RdmigFrame f;
+    int r = rdmig_channel_recv(pg->s, &f, 0, error);
+    if (r <= 0)
+        return r == 0;
+    if (f.hdr.type == RDMIG_MSG_HASHES)
+        return late_hashes(pg, &f, error);
+    if (!pg->pulling && f.hdr.type == RDMIG_MSG_SOURCE_REGIONS)
+        return rdmig_apply_source_keys(pg->dst, &f, error);
+    if (!pg->pulling && f.hdr.type == RDMIG_MSG_POSTCOPY_RESUME)
+        return resume_pulling(pg, &f, error);
+    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                "unexpected %s from the source during postcopy", rdmig_msg_type_str(f.hdr.type));
+    return false;
+}
+
+/* Waits for what comes next: completions, faults, control, a cancel. */
+static bool pull_wait(Pager *pg, GError **error)
+{
+    RdmigSession *s = pg->s;
+    struct pollfd p[RDMIG_MAX_DATA_CONNS + 3];
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < s->nconns; i++) {
+        short ev;
+        p[n].fd = s->tp->conn_fd(s->conns[i], &ev);
+        p[n++].events = ev;
+    }
+    p[n++] = (struct pollfd){ .fd = pg->uffd, .events = POLLIN };
+    p[n++] = (struct pollfd){ .fd = rdmig_control_fd(s->ctl), .events = POLLIN };
+    p[n++] = (struct pollfd){ .fd = pg->cancel_seen ? -1 : s->wake_fd, .events = POLLIN };
+    if (poll(p, n, backlog(pg) ? 0 : (int)s->params.keepalive_ms) < 0 && errno != EINTR) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s", g_strerror(errno));
+        return false;
+    }
+    if (p[s->nconns].revents && !read_faults(pg, error))
+        return false;
+    for (uint32_t i = 0; i < s->nconns; i++)
+        if (p[i].revents && !reap(pg, i, error))
+            return false;
+    if (p[s->nconns + 1].revents && !control_message(pg, error))
+        return false;
+    if (!settle_backlog(pg, HASH_SLICE_PAGES, error))
+        return false;
+    if (p[s->nconns + 2].revents && rdmig_session_cancelled(s) && !pg->cancel_seen) {
+        /* The guest runs here and part of its memory is still there. */
+        g_warning("cancel ignored: postcopy cannot be cancelled once the guest runs here");
+        pg->cancel_seen = true;
+    }
+    return rdmig_channel_check_silence(s, error);
+}
+
 static bool pull_loop(Pager *pg, GError **error)
 {
     RdmigSession *s = pg->s;
     while (pg->received < pg->needed || pg->unverified || backlog(pg)) {
         /* Faults first: while a guest thread waits, no new bulk read goes
          * out to share the link with its page. */
-        if (!pull_faulted(pg, error) || (!pg->nwaiters && !pull_background(pg, error)))
+        if (!pull_faulted(pg, error) || (!pg->nwaiters && !pull_background(pg, error)) ||
+            !pull_wait(pg, error))
             return false;
-        struct pollfd p[RDMIG_MAX_DATA_CONNS + 3];
-        uint32_t n = 0;
-        for (uint32_t i = 0; i < s->nconns; i++) {
-            short ev;
-            p[n].fd = s->tp->conn_fd(s->conns[i], &ev);
-            p[n++].events = ev;
-        }
-        p[n++] = (struct pollfd){ .fd = pg->uffd, .events = POLLIN };
-        p[n++] = (struct pollfd){ .fd = rdmig_control_fd(s->ctl), .events = POLLIN };
-        p[n++] = (struct pollfd){ .fd = pg->cancel_seen ? -1 : s->wake_fd, .events = POLLIN };
-        if (poll(p, n, backlog(pg) ? 0 : (int)s->params.keepalive_ms) < 0 &&
-            errno != EINTR) {
-            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s", g_strerror(errno));
-            return false;
-        }
-        if (p[s->nconns].revents && !read_faults(pg, error))
-            return false;
-        for (uint32_t i = 0; i < s->nconns; i++)
-            if (p[i].revents && !reap(pg, i, error))
-                return false;
-        if (p[s->nconns + 1].revents) {
-            RdmigFrame f;
-            int r = rdmig_session_recv(s, &f, 0, error);
-            if (r < 0)
-                return false;
-            if (r > 0 && f.hdr.type == RDMIG_MSG_HASHES) {
-                if (!late_hashes(pg, &f, error))
-                    return false;
-            } else if (r > 0 && !pg->pulling && f.hdr.type == RDMIG_MSG_SOURCE_REGIONS) {
-                if (!rdmig_destination_store_source_keys(s, &f, error))
-                    return false;
-            } else if (r > 0 && !pg->pulling && f.hdr.type == RDMIG_MSG_POSTCOPY_RESUME) {
-                uint64_t epoch;
-                if (!rdmig_u64_decode(f.payload, f.hdr.length, &epoch, "POSTCOPY_RESUME", error))
-                    return false;
-                if (epoch != s->epoch) {
-                    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
-                                "POSTCOPY_RESUME for epoch %" G_GUINT64_FORMAT " on the link of "
-                                "epoch %" G_GUINT64_FORMAT, epoch, s->epoch);
-                    return false;
-                }
-                if (!rdmig_session_resumed(s)) {
-                    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
-                                "POSTCOPY_RESUME outside recovery");
-                    return false;
-                }
-                pg->pulling = true;
-            } else if (r > 0) {
-                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
-                            "unexpected %s from the source during postcopy",
-                            rdmig_msg_type_str(f.hdr.type));
-                return false;
-            }
-        }
-        if (!settle_backlog(pg, HASH_SLICE_PAGES, error))
-            return false;
-        if (p[s->nconns + 2].revents && rdmig_session_cancelled(s) && !pg->cancel_seen) {
-            /* The guest runs here and part of its memory is still there. */
-            g_warning("cancel ignored: postcopy cannot be cancelled once the guest runs here");
-            pg->cancel_seen = true;
-        }
-        gint64 silent = (now_us() - g_atomic_pointer_get(&s->last_rx_us)) / 1000;
-        if (silent > s->params.peer_timeout_ms) {
-            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER,
-                        "source silent for %" G_GINT64_FORMAT " ms during postcopy (peer "
-                        "timeout %u ms)", silent, s->params.peer_timeout_ms);
-            return false;
-        }
     }
     if (pg->nsamples) {
         qsort(pg->samples, pg->nsamples, sizeof(uint32_t), cmp_u32);
@@ -931,22 +855,9 @@ static void update_missing(Pager *pg)
     RDMIG_STATS_UPDATE(pg->s, pg->s->stats.pages_missing = pg->needed - pg->received);
 }
 
-/* The link is gone: fence it off and keep what we have. */
-static void pager_pause(Pager *pg, const GError *why)
+/* Reads in flight go back to "unrequested": the next link asks again. */
+static void requeue_in_flight(Pager *pg)
 {
-    RdmigSession *s = pg->s;
-    rdmig_session_pause(s, why, false);
-    pg->epoch++;
-    pg->pulling = false;
-    /* Arrived whole: settled now, before their buffers can be reused.  If
-     * that fails, what is left is pulled again on the next link. */
-    GError *err = NULL;
-    if (!settle_backlog(pg, UINT32_MAX, &err)) {
-        g_warning("settling pulled pages at the pause: %s", err->message);
-        g_error_free(err);
-        for (int k = 0; k < BULK_SLOTS; k++)
-            pg->bulk[k].unsettled = 0;
-    }
     PullReq *all[FAULT_SLOTS + BULK_SLOTS];
     for (int i = 0; i < FAULT_SLOTS; i++)
         all[i] = &pg->faults[i];
@@ -964,6 +875,25 @@ static void pager_pause(Pager *pg, const GError *why)
     }
     pg->bg_block = 0;
     pg->bg_cursor = 0;
+}
+
+/* The link is gone: fence it off and keep what we have. */
+static void pager_pause(Pager *pg, const GError *why)
+{
+    RdmigSession *s = pg->s;
+    rdmig_recovery_pause(s, why, false);
+    pg->epoch++;
+    pg->pulling = false;
+    /* Arrived whole: settled now, before their buffers can be reused.  If
+     * that fails, what is left is pulled again on the next link. */
+    GError *err = NULL;
+    if (!settle_backlog(pg, UINT32_MAX, &err)) {
+        g_warning("settling pulled pages at the pause: %s", err->message);
+        g_error_free(err);
+        for (int k = 0; k < BULK_SLOTS; k++)
+            pg->bulk[k].unsettled = 0;
+    }
+    requeue_in_flight(pg);
     /* What the old connections still complete is dropped by the epoch;
      * reaped before the staging buffer they read into is deregistered. */
     for (uint32_t i = 0; i < s->nconns; i++) {
@@ -977,14 +907,15 @@ static void pager_pause(Pager *pg, const GError *why)
     if (pg->staging_region)
         s->tp->deregister_region(pg->staging_region);
     pg->staging_region = NULL;
-    rdmig_destination_drop_link(s); /* the aliases' registrations go with the transport */
+    rdmig_destination_drop_link(pg->dst); /* the aliases' registrations go with it */
     update_missing(pg);
 }
 
 /* A new link is up: our staging buffer in its transport, and the source
  * learns what we hold. */
-static bool link_ready(Pager *pg, GError **error)
+static bool link_ready(void *opaque, GError **error)
 {
+    Pager *pg = opaque;
     RdmigSession *s = pg->s;
     pg->fault_conn = s->nconns - 1;
     pg->bulk_conns = s->nconns > 1 ? s->nconns - 1 : 1;
@@ -994,20 +925,20 @@ static bool link_ready(Pager *pg, GError **error)
         g_prefix_error(error, "registering the postcopy staging buffer: ");
         return false;
     }
-    if (!rdmig_postcopy_map_aliases(s, error))
+    if (!rdmig_pager_map_aliases(pg->dst, error))
         return false;
     for (guint bi = 0; bi < s->blocks->len; bi++) {
         RdmigRamBlock *b = blk(pg, bi);
         size_t words = rdmig_bitmap_words(b->npages);
         for (size_t w = 0; w < words; w += RDMIG_RECEIVED_WORDS_PER_MSG) {
             uint32_t n = (uint32_t)MIN((size_t)RDMIG_RECEIVED_WORDS_PER_MSG, words - w);
-            if (!rdmig_session_send(s, RDMIG_MSG_RECEIVED,
+            if (!rdmig_channel_send(s, RDMIG_MSG_RECEIVED,
                                     rdmig_received_encode(bi, (uint64_t)w * 64, b->received + w,
                                                           n), error))
                 return false;
         }
     }
-    return rdmig_session_send(s, RDMIG_MSG_RECEIVED_END, rdmig_u64_encode(pg->received), error);
+    return rdmig_channel_send(s, RDMIG_MSG_RECEIVED_END, rdmig_u64_encode(pg->received), error);
 }
 
 /* Paused and asked to give up: the pages only the source had are lost. */
@@ -1043,65 +974,50 @@ static void give_up(Pager *pg, GError **error)
     g_string_free(lost, TRUE);
 }
 
+/* A failed recovery attempt: the staging buffer's registration goes with
+ * its transport. */
+static void link_undo(void *opaque)
+{
+    Pager *pg = opaque;
+    if (pg->staging_region)
+        pg->s->tp->deregister_region(pg->staging_region);
+    pg->staging_region = NULL;
+}
+
+/* Faults while paused: those on pages it need not pull are served. */
+static bool serve_faults(void *opaque, GError **error)
+{
+    return read_faults(opaque, error);
+}
+
 /* Paused: serves what faults it can and waits for the source to come back
  * on a listener handed over by rdmig_session_recover(). */
 static bool wait_recovery(Pager *pg, GError **error)
 {
-    RdmigSession *s = pg->s;
-    int lfd = -1;
-    bool ok = false;
-    for (;;) {
-        lfd = rdmig_destination_recover_listener(s, lfd);
-        struct pollfd p[3] = { { .fd = pg->uffd, .events = POLLIN },
-                               { .fd = s->wake_fd, .events = POLLIN },
-                               { .fd = lfd, .events = POLLIN } };
-        if (poll(p, 3, 1000) < 0 && errno != EINTR) {
-            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s", g_strerror(errno));
-            break;
-        }
-        if (p[0].revents && !read_faults(pg, error))
-            break;
-        if (p[1].revents) {
-            uint64_t v;
-            if (read(s->wake_fd, &v, sizeof(v)) < 0) {
-                /* Drained already. */
-            }
-            if (rdmig_session_cancelled(s)) {
-                give_up(pg, error);
-                break;
-            }
-        }
-        if (lfd >= 0 && p[2].revents) {
-            GError *err = NULL;
-            if (rdmig_destination_recover_link(s, lfd, &err) && link_ready(pg, &err)) {
-                ok = true;
-                break;
-            }
-            if (pg->staging_region)
-                s->tp->deregister_region(pg->staging_region);
-            pg->staging_region = NULL;
-            rdmig_destination_drop_link(s);
-            rdmig_session_pause(s, err, true);
-            g_error_free(err);
-        }
+    const RdmigRecoveryWaiter waiter = { .fd = pg->uffd, .serve = serve_faults,
+                                         .resync = link_ready, .undo = link_undo, .opaque = pg };
+    if (rdmig_recovery_destination(pg->dst, &waiter, error))
+        return true;
+    if (g_error_matches(*error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED)) {
+        g_clear_error(error);
+        give_up(pg, error);
     }
-    if (lfd >= 0)
-        close(lfd);
-    return ok;
+    return false;
 }
 
-bool rdmig_postcopy_pull(RdmigSession *s, bool (*resume)(RdmigSession *, GError **),
-                         RdmigCompleteAck *ack, GError **error)
+bool rdmig_pager_run(RdmigDestination *dst, bool (*resume)(RdmigDestination *, GError **),
+                     RdmigCompleteAck *ack, GError **error)
 {
+    RdmigSession *s = &dst->s;
     Pager *pg = g_new0(Pager, 1);
-    bool ok = pager_init(pg, s, error) && resume(s, error);
+    bool ok = pager_init(pg, dst, error) && resume(dst, error);
     pg->pulling = ok;
     update_missing(pg);
     while (ok) {
         GError *lost = NULL;
         if (pull_loop(pg, &lost))
             break;
-        if (!rdmig_session_link_lost(s, lost, RDMIG_FEATURE_RECOVERY)) {
+        if (!rdmig_recovery_link_lost(s, lost, RDMIG_FEATURE_RECOVERY)) {
             g_propagate_error(error, lost);
             ok = false;
             break;

@@ -1,0 +1,38 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A session's data plane, as both roles use it: which transports this side
+ * may use (by capability, through the registry's one chooser), registering
+ * the RAM blocks with the chosen one, telling a broken connection from a
+ * misbehaving peer by errno, and tearing it all down.
+ */
+#ifndef RDMIG_ENGINE_DATAPLANE_H
+#define RDMIG_ENGINE_DATAPLANE_H
+
+#include "session.h"
+
+/** rdmig_dataplane_transports: the transports this side may move pages
+ *  with (one-sided writes), best first, as params.transport allows; 0 with
+ *  @error naming why each was left out. */
+uint32_t rdmig_dataplane_transports(RdmigSession *s, const RdmigTransportOps **out,
+                                    uint32_t max, GError **error);
+/** rdmig_dataplane_config: what s->tp->create() is given. */
+RdmigTransportConfig rdmig_dataplane_config(RdmigSession *s, uint64_t conn_token);
+/** rdmig_dataplane_register_blocks: every RAM block as one region with
+ *  @access, large blocks in parallel threads.  On failure the error names
+ *  the block; those registered stay so (rdmig_dataplane_close() drops them). */
+bool rdmig_dataplane_register_blocks(RdmigSession *s, uint32_t access, GError **error);
+/** rdmig_dataplane_conn_failed: the error for data connection @ci failing
+ *  with negative errno @err in @what: RDMIG_ERROR_LINK when the connection
+ *  broke (closed, reset, timed out, flushed), RDMIG_ERROR_PROTOCOL when the
+ *  peer broke the rules. */
+void rdmig_dataplane_conn_failed(RdmigSession *s, uint32_t ci, int err, const char *what,
+                                 GError **error);
+/** rdmig_dataplane_close: disconnects and frees the data connections
+ *  (@drain: reaping what they still complete first), deregisters the RAM
+ *  blocks, destroys the transport. */
+void rdmig_dataplane_close(RdmigSession *s, bool drain);
+/** rdmig_session_drop_link: the keepalive, the data plane and the control
+ *  channel, all gone; guest RAM and the session's bookkeeping stay. */
+void rdmig_session_drop_link(RdmigSession *s);
+
+#endif

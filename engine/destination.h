@@ -1,0 +1,99 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The destination: the side that receives the guest's memory and then runs
+ * it.  RdmigDestination embeds the common session first and adds what only
+ * a destination has; the functions below are shared between its modules:
+ *
+ *   destination.c       the thread: the messages of a migration in order,
+ *                       completion, the switch to postcopy, the end
+ *   destination-link.c  the listener, the handshake (layout, features,
+ *                       transport, keys of its RAM, data connections) and the
+ *                       data pollers
+ *   apply.c             what each message does here: zero runs, hashes,
+ *                       discards, the source's keys
+ *   verify.c            every page against the source's hash
+ *   pager.c             postcopy: faults caught, missing pages pulled and placed
+ */
+#ifndef RDMIG_ENGINE_DESTINATION_H
+#define RDMIG_ENGINE_DESTINATION_H
+
+#include "session.h"
+
+typedef struct {
+    RdmigSession s;             /* first: a session pointer is a destination pointer */
+
+    int listen_fd;              /* control listener, until the source arrives */
+    char *listen_address;       /* its bound address (after a recover(): the recovery one) */
+    int recover_fd_new;         /* a recovery listener handed over by rdmig_session_recover() */
+
+    RdmigListener *data_listener;
+    GThread *data_threads[RDMIG_MAX_DATA_CONNS]; /* pollers: TCP places pages there */
+    int stop_fd;                /* eventfd: tells the pollers to exit */
+    gint stop_threads;
+
+    GByteArray *device_state;
+    uint64_t round_applied;     /* last ROUND_END applied */
+
+    /* postcopy */
+    bool have_src_keys;         /* SOURCE_REGIONS arrived */
+    bool postcopy_prepared;     /* held pages dropped or checked, guest RAM unregistered */
+    bool postcopy_fresh_hashes; /* after POSTCOPY_START: hashes of needed pages are final */
+    uint64_t held_verified;     /* pages held (not pulled) that matched at PREPARE */
+    int postcopy_uffd;          /* kept open after a failed postcopy: see pager.c */
+} RdmigDestination;
+
+static inline RdmigDestination *rdmig_destination(RdmigSession *s)
+{
+    g_assert(s->role == RDMIG_ROLE_DESTINATION);
+    return (RdmigDestination *)s;
+}
+
+/** rdmig_destination_new / rdmig_destination_free: the session's lifetime. */
+RdmigSession *rdmig_destination_new(const RdmigParams *params, GError **error);
+void rdmig_destination_free(RdmigDestination *dst);
+/** rdmig_destination_thread: the destination's thread (data: the session). */
+gpointer rdmig_destination_thread(gpointer data);
+
+/* destination-link.c */
+/** Waits for a source on the listener; drops connections that do not open
+ *  with a HELLO (a stranger must not end the migration). */
+bool rdmig_destination_accept(RdmigDestination *dst, RdmigHello *hello, GError **error);
+/** The handshake of a new migration, or (@recovering) of the paused one's
+ *  source on a new link: layout, features, the data transport (chosen
+ *  again), REGIONS (precopy), the data connections and their pollers. */
+bool rdmig_destination_handshake(RdmigDestination *dst, RdmigHello *hello, bool recovering,
+                                 GError **error);
+/** Stops the data pollers (joins them). */
+void rdmig_destination_stop_pollers(RdmigDestination *dst);
+/** The pollers, the data listener, the keepalive, the data plane and the
+ *  control channel, all gone. */
+void rdmig_destination_drop_link(RdmigDestination *dst);
+
+/* apply.c */
+bool rdmig_apply_zero(RdmigDestination *dst, const RdmigFrame *f, GError **error);
+/** HASHES: stores the expected hashes; @block, @first, @n say which. */
+bool rdmig_apply_hashes(RdmigDestination *dst, const RdmigFrame *f, guint *block,
+                        uint64_t *first, uint32_t *n, GError **error);
+/** SOURCE_REGIONS: the keys to pull the source's pages with. */
+bool rdmig_apply_source_keys(RdmigDestination *dst, const RdmigFrame *f, GError **error);
+/** DISCARD: drops the stale pages now; they are to be pulled. */
+bool rdmig_apply_discard(RdmigDestination *dst, const RdmigFrame *f, GError **error);
+
+/* verify.c */
+/** Every page not still to be pulled against the source's hash, on two
+ *  threads; the result in @ack.  True when all match. */
+bool rdmig_verify_all(RdmigDestination *dst, RdmigCompleteAck *ack);
+
+/* pager.c */
+/** Zero copy: a second mapping of each block's memory file, registered with
+ *  the data transport (reads land there).  At PREPARE, outside the
+ *  downtime; again after a recovery. */
+bool rdmig_pager_map_aliases(RdmigDestination *dst, GError **error);
+/** Arms userfaultfd over every block, calls @resume (which runs the guest
+ *  and tells the source), then pulls every needed page, verifying each
+ *  into @ack, and pauses and recovers on a broken link.  After a failure
+ *  the threads that wait on missing pages keep waiting. */
+bool rdmig_pager_run(RdmigDestination *dst, bool (*resume)(RdmigDestination *, GError **),
+                     RdmigCompleteAck *ack, GError **error);
+
+#endif

@@ -1,0 +1,314 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Recovery for both roles (recovery.h).  A link error in postcopy (with
+ * RECOVERY) or in precopy (with PRECOPY_RESUME) pauses the migration; an
+ * ERROR from the peer, a verification mismatch or a cancel still ends it.
+ * Paused, each side keeps its half: the source its stopped guest (postcopy)
+ * or its running one (precopy), the destination what it received.  A new
+ * link must be the same session with a newer epoch.
+ */
+#define G_LOG_DOMAIN "rdmig-engine"
+
+#include "recovery.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "channel.h"
+#include "dataplane.h"
+#include "state.h"
+#include "transport/address.h"
+
+bool rdmig_recovery_link_lost(RdmigSession *s, const GError *err, uint64_t feature)
+{
+    if (!(s->features & feature) || g_atomic_int_get(&s->peer_reported) ||
+        err->domain != RDMIG_ERROR)
+        return false;
+    /* The network's fault, not the migration's: a connection that broke, a
+     * peer gone silent (stalled, or the link down), one not made. */
+    return err->code == RDMIG_ERROR_LINK || err->code == RDMIG_ERROR_PEER ||
+           err->code == RDMIG_ERROR_CONNECT;
+}
+
+void rdmig_recovery_pause(RdmigSession *s, const GError *why, bool attempt)
+{
+    RdmigState st = rdmig_session_state(s);
+    bool precopy = st == RDMIG_STATE_ACTIVE || st == RDMIG_STATE_PRECOPY_PAUSED;
+    RdmigState to = precopy ? RDMIG_STATE_PRECOPY_PAUSED : RDMIG_STATE_POSTCOPY_PAUSED;
+    g_warning("%s %s: %s", precopy ? "precopy" : "postcopy",
+              attempt ? "recovery attempt failed" : "paused", why->message);
+    if (st != to)
+        rdmig_session_set_state(s, st, to);
+    RDMIG_STATS_UPDATE(s, {
+        if (attempt) {
+            s->stats.recover_failures++;
+        } else {
+            s->stats.pauses++;
+            s->t_pause = rdmig_now_us();
+        }
+        g_strlcpy(s->stats.pause_reason, why->message, sizeof(s->stats.pause_reason));
+    });
+    /* A new link starts with a clean slate for these. */
+    g_atomic_int_set(&s->error_sent, 0);
+    g_atomic_int_set(&s->peer_reported, 0);
+    rdmig_session_clear_failure(s);
+}
+
+bool rdmig_recovery_resumed(RdmigSession *s, GError **error)
+{
+    bool precopy = rdmig_session_state(s) == RDMIG_STATE_PRECOPY_PAUSED;
+    if (!(precopy ? rdmig_session_set_state_or_cancelled(s, RDMIG_STATE_PRECOPY_PAUSED,
+                                                         RDMIG_STATE_ACTIVE, error)
+                  : rdmig_session_set_state_or_cancelled(s, RDMIG_STATE_POSTCOPY_RECOVER,
+                                                         RDMIG_STATE_POSTCOPY_ACTIVE, error)))
+        return false;
+    gint64 now = rdmig_now_us();
+    RDMIG_STATS_UPDATE(s, {
+        s->stats.paused_ms += (uint64_t)(now - s->t_pause) / 1000;
+        s->stats.last_recovery_ms = (uint64_t)(now - s->t_recover) / 1000;
+    });
+    g_message("%s resumed after %" G_GINT64_FORMAT " ms paused", precopy ? "precopy" : "postcopy",
+              (now - s->t_pause) / 1000);
+    return true;
+}
+
+/* The operator gave up on a paused migration. */
+static void given_up(RdmigSession *s, GError **error)
+{
+    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "%s",
+                rdmig_session_state(s) == RDMIG_STATE_PRECOPY_PAUSED
+                    ? "migration cancelled while precopy was paused"
+                    : "postcopy given up while paused");
+}
+
+/* Drains the wake eventfd; true when it meant a cancel. */
+static bool woken_to_cancel(RdmigSession *s)
+{
+    uint64_t v;
+    if (read(s->wake_fd, &v, sizeof(v)) < 0) {
+        /* Drained already. */
+    }
+    return rdmig_session_cancelled(s);
+}
+
+/* ---------------------------------------------------------------- source */
+
+/* One attempt toward @address: a new epoch, the control channel, HELLO +
+ * RESUME, HELLO_ACK; then @resync.  Postcopy goes through recover-setup
+ * (connecting) and recover (resyncing). */
+static bool source_attempt(RdmigSource *src, const char *address, const RdmigTransportOps *skip,
+                           RdmigSourceResync resync, const RdmigTransportOps **failed,
+                           GError **error)
+{
+    RdmigSession *s = &src->s;
+    bool postcopy = rdmig_session_state(s) != RDMIG_STATE_PRECOPY_PAUSED;
+    if (postcopy && !rdmig_session_set_state_or_cancelled(s, RDMIG_STATE_POSTCOPY_PAUSED,
+                                                          RDMIG_STATE_POSTCOPY_RECOVER_SETUP,
+                                                          error))
+        return false;
+    s->epoch++;
+    int fd = rdmig_socket_connect(address, (int)s->params.connect_timeout_ms, s->wake_fd, error);
+    if (fd < 0)
+        return false;
+    rdmig_channel_open(s, fd);
+    RdmigHelloAck ack;
+    if (!rdmig_source_hello(src, true, skip, &ack, error))
+        return false;
+    if (postcopy && !rdmig_session_set_state_or_cancelled(s, RDMIG_STATE_POSTCOPY_RECOVER_SETUP,
+                                                          RDMIG_STATE_POSTCOPY_RECOVER, error))
+        return false;
+    return resync(src, &ack, failed, error);
+}
+
+/* Tries @address, and once more without a transport that could not connect
+ * (RDMA gone: go on over TCP).  Every failed attempt drops its link and
+ * counts, and the session stays paused. */
+static bool source_try(RdmigSource *src, const char *address, RdmigSourceResync resync)
+{
+    RdmigSession *s = &src->s;
+    const RdmigTransportOps *failed = NULL;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        GError *err = NULL;
+        const RdmigTransportOps *skip = failed;
+        failed = NULL;
+        if (source_attempt(src, address, skip, resync, &failed, &err))
+            return true;
+        rdmig_session_drop_link(s);
+        if (failed && attempt == 0)
+            g_prefix_error(&err, "data transport %s did not come back (trying without it): ",
+                           failed->name);
+        rdmig_recovery_pause(s, err, true);
+        g_error_free(err);
+        if (!failed || rdmig_session_cancelled(s))
+            break;
+    }
+    return false;
+}
+
+/* Paused: waits for rdmig_session_recover() and tries each address it
+ * gives.  Fails only when asked to give up. */
+static bool source_wait(RdmigSource *src, RdmigSourceResync resync, GError **error)
+{
+    RdmigSession *s = &src->s;
+    for (;;) {
+        struct pollfd p = { .fd = s->wake_fd, .events = POLLIN };
+        if (poll(&p, 1, 1000) < 0 && errno != EINTR) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s", g_strerror(errno));
+            return false;
+        }
+        if ((p.revents && woken_to_cancel(s)) || rdmig_session_cancelled(s)) {
+            given_up(s, error);
+            return false;
+        }
+        g_mutex_lock(&s->lock);
+        g_autofree char *address = g_steal_pointer(&src->recover_address);
+        g_mutex_unlock(&s->lock);
+        if (address && source_try(src, address, resync))
+            return true;
+    }
+}
+
+bool rdmig_recovery_source(RdmigSource *src, GError *err, bool may_pause, RdmigSourcePause pause,
+                           RdmigSourceResync resync, GError **error)
+{
+    if (!may_pause) {
+        g_propagate_error(error, err);
+        return false;
+    }
+    pause(src, err);
+    g_error_free(err);
+    return source_wait(src, resync, error);
+}
+
+/* ---------------------------------------------------------------- destination */
+
+/* The recovery listener to poll: a new one handed over by
+ * rdmig_session_recover() replaces (and closes) @current. */
+static int take_listener(RdmigDestination *dst, int current)
+{
+    RdmigSession *s = &dst->s;
+    g_mutex_lock(&s->lock);
+    if (dst->recover_fd_new >= 0) {
+        if (current >= 0)
+            close(current);
+        current = dst->recover_fd_new;
+        dst->recover_fd_new = -1;
+    }
+    g_mutex_unlock(&s->lock);
+    return current;
+}
+
+/* HELLO of the paused migration's own source, asking to recover it. */
+static bool own_source(RdmigDestination *dst, const RdmigHello *hello, GError **error)
+{
+    RdmigSession *s = &dst->s;
+    if (memcmp(hello->session_id, s->session_id, sizeof(s->session_id))) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_AUTH,
+                    "recovery refused: the connecting source belongs to another session, not "
+                    "to the paused migration");
+        return false;
+    }
+    uint64_t want = rdmig_session_state(s) == RDMIG_STATE_PRECOPY_PAUSED
+                        ? RDMIG_FEATURE_PRECOPY_RESUME : RDMIG_FEATURE_RECOVERY;
+    if (!(hello->features_required & want)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "the paused migration's source came back without asking to %s",
+                    want == RDMIG_FEATURE_RECOVERY ? "recover postcopy" : "resume precopy");
+        return false;
+    }
+    return true;
+}
+
+/* RESUME: an epoch newer than the last link's. */
+static bool newer_epoch(RdmigSession *s, uint64_t *epoch, GError **error)
+{
+    RdmigFrame f;
+    if (!rdmig_channel_expect(s, RDMIG_MSG_RESUME, "after HELLO", (int)s->params.peer_timeout_ms,
+                              &f, error) ||
+        !rdmig_u64_decode(f.payload, f.hdr.length, epoch, "RESUME", error))
+        return false;
+    if (*epoch > s->epoch)
+        return true;
+    /* A replay, or a source that lost count: either could drive the pages
+     * of a link given up on. */
+    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_AUTH,
+                "recovery refused: epoch %" G_GUINT64_FORMAT " is not newer than the last "
+                "one accepted (%" G_GUINT64_FORMAT ")", *epoch, s->epoch);
+    return false;
+}
+
+/* A connection on the recovery listener: this session's source coming back
+ * with a newer epoch, or refused (the peer is told why). */
+static bool take_source_back(RdmigDestination *dst, int listen_fd, GError **error)
+{
+    RdmigSession *s = &dst->s;
+    int fd = rdmig_socket_accept(listen_fd, (int)s->params.connect_timeout_ms, s->wake_fd, error);
+    if (fd < 0)
+        return false;
+    rdmig_channel_open(s, fd);
+    RdmigFrame f;
+    RdmigHello hello = { 0 };
+    uint64_t epoch;
+    bool ok = rdmig_channel_expect(s, RDMIG_MSG_HELLO, "on the recovery link",
+                                   (int)s->params.peer_timeout_ms, &f, error) &&
+              rdmig_hello_decode(f.payload, f.hdr.length, &hello, error) &&
+              own_source(dst, &hello, error) && newer_epoch(s, &epoch, error) &&
+              rdmig_destination_handshake(dst, &hello, true, error);
+    if (ok)
+        s->epoch = epoch;
+    rdmig_hello_clear(&hello);
+    if (!ok)
+        rdmig_channel_send_error(s, *error);
+    return ok;
+}
+
+/* A connection waits on @lfd: the source back, resynced; or the attempt
+ * fails, its link is dropped, and the session stays paused. */
+static bool try_link(RdmigDestination *dst, int lfd, const RdmigRecoveryWaiter *w)
+{
+    RdmigSession *s = &dst->s;
+    GError *err = NULL;
+    if (take_source_back(dst, lfd, &err) && (!w->resync || w->resync(w->opaque, &err)))
+        return true;
+    if (!err)
+        rdmig_set_cancelled(&err);
+    if (w->undo)
+        w->undo(w->opaque);
+    rdmig_destination_drop_link(dst);
+    rdmig_recovery_pause(s, err, true);
+    g_error_free(err);
+    return false;
+}
+
+bool rdmig_recovery_destination(RdmigDestination *dst, const RdmigRecoveryWaiter *w,
+                                GError **error)
+{
+    RdmigSession *s = &dst->s;
+    int lfd = -1;
+    bool ok = false;
+    for (;;) {
+        lfd = take_listener(dst, lfd);
+        struct pollfd p[3] = { { .fd = s->wake_fd, .events = POLLIN },
+                               { .fd = lfd, .events = POLLIN },
+                               { .fd = w->fd, .events = POLLIN } };
+        if (poll(p, 3, 1000) < 0 && errno != EINTR) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s", g_strerror(errno));
+            break;
+        }
+        if (p[2].revents && !w->serve(w->opaque, error))
+            break;
+        if (p[0].revents && woken_to_cancel(s)) {
+            given_up(s, error);
+            break;
+        }
+        if (lfd >= 0 && p[1].revents && try_link(dst, lfd, w)) {
+            ok = true;
+            break;
+        }
+    }
+    if (lfd >= 0)
+        close(lfd);
+    return ok;
+}

@@ -1,0 +1,92 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The destination's verification: every page it holds against the hash the
+ * source took, on two threads.  A page never touched here counts as zero
+ * without being read (reading would allocate it).  Pages still to be pulled
+ * (postcopy) are the pager's to check as they arrive.
+ */
+#define G_LOG_DOMAIN "rdmig-engine"
+
+#include <string.h>
+
+#include "destination.h"
+
+typedef struct {
+    RdmigSession *s;
+    guint block;
+    uint64_t first, end;
+    uint64_t bad, verified;
+    uint64_t bad_pages[8];
+    bool accounted; /* runs on a thread of its own: add its CPU time */
+} VerifySlice;
+
+static gpointer verify_slice(gpointer data)
+{
+    VerifySlice *v = data;
+    RdmigRamBlock *b = v->s->blocks->pdata[v->block];
+    if (v->end <= v->first)
+        return NULL;
+    /* A page this side never touched is zero without reading it (reading
+     * would allocate it); it passes if the source's page was zero too. */
+    g_autofree uint8_t *zero = g_malloc0(b->page_size);
+    uint64_t zero_hash = rdmig_page_hash(zero, b->page_size);
+    uint64_t n = v->end - v->first;
+    g_autofree uint64_t *resident = rdmig_bitmap_new(n);
+    if (!rdmig_ram_resident(b->host + v->first * b->page_size, n * b->page_size, b->page_size,
+                            resident, NULL))
+        memset(resident, 0xff, rdmig_bitmap_words(n) * 8);
+    for (uint64_t p = v->first; p < v->end; p++) {
+        /* Postcopy: pages still to come are checked when they arrive. */
+        if (b->needed && rdmig_bitmap_test(b->needed, p))
+            continue;
+        uint64_t h = rdmig_bitmap_test(resident, p - v->first)
+                         ? rdmig_page_hash(b->host + p * b->page_size, b->page_size)
+                         : zero_hash;
+        bool ok = rdmig_bitmap_test(b->hash_known, p) && h == b->hashes[p];
+        if (ok) {
+            v->verified++;
+        } else {
+            if (v->bad < G_N_ELEMENTS(v->bad_pages))
+                v->bad_pages[v->bad] = p;
+            v->bad++;
+        }
+    }
+    if (v->accounted)
+        rdmig_session_account_thread_cpu(v->s);
+    return NULL;
+}
+
+/* Checks every page against the source's hash, on two threads: this runs
+ * while the guest is stopped on both sides. */
+bool rdmig_verify_all(RdmigDestination *dst, RdmigCompleteAck *ack)
+{
+    RdmigSession *s = &dst->s;
+    gint64 t0 = rdmig_now_us();
+    GString *list = g_string_new(NULL);
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        VerifySlice v[2] = { { s, bi, 0, b->npages / 2, 0, 0, { 0 }, false },
+                             { s, bi, b->npages / 2, b->npages, 0, 0, { 0 }, true } };
+        GThread *t = g_thread_new("rdmig-verify", verify_slice, &v[1]);
+        verify_slice(&v[0]);
+        g_thread_join(t);
+        for (int k = 0; k < 2; k++) {
+            ack->pages_verified += v[k].verified;
+            ack->mismatches += v[k].bad;
+            for (uint64_t j = 0; j < MIN(v[k].bad, (uint64_t)G_N_ELEMENTS(v[k].bad_pages)); j++)
+                if (list->len < 300)
+                    g_string_append_printf(list, "%s%s:%" G_GUINT64_FORMAT,
+                                           list->len ? ", " : "", b->name, v[k].bad_pages[j]);
+        }
+    }
+    ack->verify_us = (uint64_t)(rdmig_now_us() - t0);
+    if (ack->mismatches) {
+        ack->status = 1 + RDMIG_ERROR_VERIFY;
+        g_snprintf(ack->message, sizeof(ack->message),
+                   "%" G_GUINT64_FORMAT " of %" G_GUINT64_FORMAT " pages differ from the source "
+                   "(block:page %s%s)", ack->mismatches, ack->mismatches + ack->pages_verified,
+                   list->str, ack->mismatches > 16 ? ", ..." : "");
+    }
+    g_string_free(list, TRUE);
+    return ack->mismatches == 0;
+}

@@ -1,0 +1,110 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The synthetic guest behind a session: RAM blocks, guest hooks, oracle
+ * records and the final check.  See rdmig-guest.h.
+ */
+#define G_LOG_DOMAIN "rdmig"
+
+#include <stdio.h>
+
+#include "rdmig-guest.h"
+
+/* Source: the switchover's stop (state device or postcopy-active), or a
+ * pause across a soft-dirty sync (setup, active).  The oracle's record is
+ * taken at the switchover, the last moment this side's memory can change. */
+static bool guest_stop(void *opaque, GError **error)
+{
+    CliGuest *gu = opaque;
+    (void)error;
+    sg_pause(gu->g);
+    RdmigStats st;
+    rdmig_session_get_stats(gu->s, &st);
+    if (gu->oracle &&
+        (st.state == RDMIG_STATE_DEVICE || st.state == RDMIG_STATE_POSTCOPY_ACTIVE))
+        sg_oracle_take_all(gu->oracle);
+    return true;
+}
+
+/* Destination: the oracle digests each page before the guest first changes
+ * it (in postcopy, pages are still arriving). */
+static void guest_resume(void *opaque)
+{
+    CliGuest *gu = opaque;
+    if (gu->oracle && gu->destination)
+        sg_oracle_arm(gu->oracle);
+    sg_resume(gu->g);
+}
+
+static bool guest_save(void *opaque, GByteArray *out, GError **error)
+{
+    (void)error;
+    sg_save_device_state(((CliGuest *)opaque)->g, out);
+    return true;
+}
+
+/* The guest's own error, in the session's domain: a bad blob is the peer's
+ * protocol error. */
+static bool guest_load(void *opaque, const uint8_t *data, size_t len, GError **error)
+{
+    g_autoptr(GError) e = NULL;
+    if (sg_load_device_state(((CliGuest *)opaque)->g, data, len, &e))
+        return true;
+    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL, "%s", e->message);
+    return false;
+}
+
+const RdmigGuestOps cli_guest_ops = {
+    .stop = guest_stop, .resume = guest_resume,
+    .save_device_state = guest_save, .load_device_state = guest_load,
+};
+
+bool cli_guest_add_blocks(RdmigSession *s, SyntheticGuest *g, int blocks, GError **error)
+{
+    uint64_t per = sg_ram_size(g) / (uint64_t)blocks;
+    for (int i = 0; i < blocks; i++) {
+        g_autofree char *name = blocks == 1 ? g_strdup("pc.ram") : g_strdup_printf("ram%d", i);
+        if (!rdmig_session_add_ram_block(s, name, (uint8_t *)sg_ram(g) + per * (uint64_t)i, per,
+                                         sg_page_size(g), error))
+            return false;
+        /* The guest's RAM is a memfd: postcopy can pull into it directly. */
+        if (rdmig_session_is_destination(s) &&
+            !rdmig_session_set_ram_block_fd(s, name, sg_memfd(g), per * (uint64_t)i, error))
+            return false;
+    }
+    return true;
+}
+
+bool cli_guest_save_oracle(SgOracle *oracle, const char *dir, const char *name, CliReport *r)
+{
+    g_autofree char *path = g_build_filename(dir, name, NULL);
+    g_autoptr(GError) err = NULL;
+    if (!sg_oracle_save(oracle, path, &err)) {
+        fprintf(stderr, "rdmig: %s\n", err->message);
+        return false;
+    }
+    g_free(r->oracle);
+    r->oracle = g_steal_pointer(&path);
+    return true;
+}
+
+void cli_guest_check(CliGuest *gu, CliReport *r, int run_ms, double dirty_rate,
+                     const char *oracle_dir)
+{
+    SyntheticGuest *g = gu->g;
+    SgStats before, after;
+    sg_get_stats(g, &before);
+    if (run_ms > 0)
+        g_usleep((gulong)run_ms * 1000);
+    sg_get_stats(g, &after);
+    r->guest_running = sg_running(g) &&
+                       (dirty_rate <= 0 || after.pages_written > before.pages_written);
+    sg_pause(g);
+    if (gu->oracle && gu->destination) {
+        sg_oracle_take_all(gu->oracle);
+        if (!cli_guest_save_oracle(gu->oracle, oracle_dir, "destination.oracle", r))
+            r->ok = false;
+    }
+    r->guest_ok = sg_check(g, &r->guest);
+    r->guest.pages_written = after.pages_written;
+    r->guest_checked = true;
+}

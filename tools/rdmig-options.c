@@ -1,0 +1,273 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * rdmig's option table and what the options become: RdmigParams for the
+ * session, an SgConfig (then a SyntheticGuest) for the guest.  Every check
+ * of a value the user typed is here, so that a bad one is reported as bad
+ * usage (exit status 2) before anything starts.
+ */
+#define G_LOG_DOMAIN "rdmig"
+
+#include <errno.h>
+#include <string.h>
+
+#include "rdmig-options.h"
+
+CliOptions cli_opt = {
+    .pattern_str = NULL, .vcpus = 2, .blocks = 1, .seed = 1, .downtime_ms = 300,
+    .max_rounds = 30, .connections = 1, .keepalive_ms = 1000, .peer_timeout_ms = 10000,
+    .connect_timeout_ms = 10000, .rdma_ack_timeout = -1, .run_after_ms = 300,
+    .stop_after_failure_ms = 200,
+};
+
+static const char usage[] = "COMMAND [OPTIONS]\n\n"
+    "Commands:\n"
+    "  recv --listen ADDR   destination: receive a guest and run it\n"
+    "  send --to ADDR       source: start a synthetic guest and migrate it\n"
+    "  demo                 both ends as local processes over loopback\n"
+    "  recover --monitor PATH --listen ADDR   paused destination: await the source\n"
+    "  send --resume --monitor PATH --to ADDR paused source: reconnect there\n"
+    "  status --monitor PATH, cancel --monitor PATH\n\n"
+    "ADDR is HOST:PORT or [IPV6]:PORT. Exit status: 0 completed, 1 failed,\n"
+    "2 bad usage, 3 cancelled.";
+
+static const GOptionEntry entries[] = {
+    { "listen", 0, 0, G_OPTION_ARG_STRING, &cli_opt.address, "recv: address to listen on", "ADDR" },
+    { "to", 0, 0, G_OPTION_ARG_STRING, &cli_opt.address, "send: destination address", "ADDR" },
+    { "ram-size", 0, 0, G_OPTION_ARG_STRING, &cli_opt.ram_size_str, "guest RAM (default 256M)", "SIZE" },
+    { "blocks", 0, 0, G_OPTION_ARG_INT, &cli_opt.blocks, "split RAM into N blocks (default 1)", "N" },
+    { "dirty-rate", 0, 0, G_OPTION_ARG_DOUBLE, &cli_opt.dirty_rate, "MiB/s the guest writes (default 0)", "R" },
+    { "pattern", 0, 0, G_OPTION_ARG_STRING, &cli_opt.pattern_str, "uniform (default) or hot", "P" },
+    { "vcpus", 0, 0, G_OPTION_ARG_INT, &cli_opt.vcpus, "guest vCPU threads (default 2)", "N" },
+    { "seed", 0, 0, G_OPTION_ARG_INT64, &cli_opt.seed, "guest contents seed", "N" },
+    { "rezero-percent", 0, 0, G_OPTION_ARG_INT, &cli_opt.rezero_percent, "share of guest writes that zero a page (default 0)", "P" },
+    { "oracle", 0, 0, G_OPTION_ARG_FILENAME, &cli_opt.oracle_dir, "tests: the guest writes the SHA-256 of every page to DIR/source.oracle (at the final stop) or DIR/destination.oracle (as migrated)", "DIR" },
+    { "downtime-ms", 0, 0, G_OPTION_ARG_INT, &cli_opt.downtime_ms, "downtime limit (default 300)", "MS" },
+    { "max-bandwidth", 0, 0, G_OPTION_ARG_DOUBLE, &cli_opt.max_bandwidth_mib, "MiB/s cap (default none)", "R" },
+    { "max-rounds", 0, 0, G_OPTION_ARG_INT, &cli_opt.max_rounds, "precopy rounds before giving up (default 30)", "N" },
+    { "max-time-ms", 0, 0, G_OPTION_ARG_INT, &cli_opt.max_time_ms, "precopy time before giving up (default none)", "MS" },
+    { "on-no-converge", 0, 0, G_OPTION_ARG_STRING, &cli_opt.on_no_converge, "fail (default), switchover or postcopy", "WHAT" },
+    { "postcopy", 0, 0, G_OPTION_ARG_NONE, &cli_opt.postcopy, "send: allow postcopy (the destination must support it; SIGUSR1 starts it)", NULL },
+    { "postcopy-after", 0, 0, G_OPTION_ARG_STRING, &cli_opt.postcopy_after, "send: start postcopy after N rounds, or a time (2s, 500ms)", "N|TIME" },
+    { "connections", 0, 0, G_OPTION_ARG_INT, &cli_opt.connections, "parallel data connections (default 1)", "N" },
+    { "transport", 0, 0, G_OPTION_ARG_STRING, &cli_opt.transport, "auto (default), tcp or rdma", "T" },
+    { "dirty-method", 0, 0, G_OPTION_ARG_STRING, &cli_opt.dirty_method, "auto, uffd-wp or soft-dirty", "M" },
+    { "no-verify", 0, 0, G_OPTION_ARG_NONE, &cli_opt.no_verify, "skip the per-page hash check", NULL },
+    { "postcopy-placement", 0, 0, G_OPTION_ARG_STRING, &cli_opt.postcopy_placement, "recv: place pulled pages by 'continue' (zero copy, default where the kernel can) or 'copy' (from a staging buffer)", "HOW" },
+    { "keepalive-ms", 0, 0, G_OPTION_ARG_INT, &cli_opt.keepalive_ms, "keepalive period (default 1000)", "MS" },
+    { "peer-timeout-ms", 0, 0, G_OPTION_ARG_INT, &cli_opt.peer_timeout_ms, "peer silence limit (default 10000)", "MS" },
+    { "connect-timeout-ms", 0, 0, G_OPTION_ARG_INT, &cli_opt.connect_timeout_ms, "connect timeout (default 10000)", "MS" },
+    { "rdma-ack-timeout", 0, 0, G_OPTION_ARG_INT, &cli_opt.rdma_ack_timeout, "RDMA: resend an unacked packet after 4.096 us x 2^N (default 14: 67 ms; 0: rdma_cm's choice)", "N" },
+    { "json", 0, 0, G_OPTION_ARG_NONE, &cli_opt.json, "final report as JSON", NULL },
+    { "quiet", 'q', 0, G_OPTION_ARG_NONE, &cli_opt.quiet, "no progress line", NULL },
+    { "print-address", 0, 0, G_OPTION_ARG_NONE, &cli_opt.print_address, "recv: print the bound address on stdout first", NULL },
+    { "prealloc", 0, 0, G_OPTION_ARG_NONE, &cli_opt.prealloc, "recv: allocate all guest RAM before listening, like QEMU's -mem-prealloc", NULL },
+    { "run-after-ms", 0, 0, G_OPTION_ARG_INT, &cli_opt.run_after_ms, "recv: run the guest this long before checking it (default 300)", "MS" },
+    { "cancel-after-ms", 0, 0, G_OPTION_ARG_INT, &cli_opt.cancel_after_ms, "send: cancel after this long", "MS" },
+    { "monitor", 0, 0, G_OPTION_ARG_STRING, &cli_opt.monitor, "send/recv: monitor socket (default /tmp/rdmig-PID.sock); recover/status/cancel/send --resume: the one to talk to", "PATH" },
+    { "resume", 0, 0, G_OPTION_ARG_NONE, &cli_opt.resume, "send: resume a paused migration (with --monitor and --to)", NULL },
+    { "precopy-resume", 0, 0, G_OPTION_ARG_NONE, &cli_opt.precopy_resume, "send, recv: a broken precopy link pauses and can be resumed, rather than failing (both sides)", NULL },
+    { NULL },
+};
+
+GOptionContext *cli_options_context_new(void)
+{
+    GOptionContext *ctx = g_option_context_new(usage);
+    g_option_context_add_main_entries(ctx, entries, NULL);
+    return ctx;
+}
+
+const char *cli_options_ram_size(void)
+{
+    return cli_opt.ram_size_str ? cli_opt.ram_size_str : CLI_DEFAULT_RAM_SIZE;
+}
+
+/* "256M", "1G", "4096", "64K": bytes, or 0 with @error set. */
+static uint64_t parse_size(const char *s, const char *what, GError **error)
+{
+    char *end = NULL;
+    errno = 0;
+    double v = g_ascii_strtod(s ? s : "", &end);
+    uint64_t mul = 1;
+    if (end && *end) {
+        switch (g_ascii_toupper(*end)) {
+        case 'K': mul = 1ull << 10; break;
+        case 'M': mul = 1ull << 20; break;
+        case 'G': mul = 1ull << 30; break;
+        case 'T': mul = 1ull << 40; break;
+        default: mul = 0;
+        }
+        if (mul && end[1] && g_ascii_strcasecmp(end + 1, "iB") && g_ascii_strcasecmp(end + 1, "B"))
+            mul = 0;
+    }
+    if (!s || !*s || errno || end == s || !mul || v <= 0 || v * (double)mul > 1e15) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "invalid %s '%s': expected a positive size like 256M or 1G", what,
+                    s ? s : "");
+        return 0;
+    }
+    return (uint64_t)(v * (double)mul);
+}
+
+/* ------------------------------------------------------------------ params */
+
+/* The plain numbers: limits, counts and timeouts. */
+static bool params_numbers(RdmigParams *p, GError **error)
+{
+    if (cli_opt.downtime_ms <= 0 || cli_opt.max_rounds <= 0 || cli_opt.connections <= 0 ||
+        cli_opt.keepalive_ms <= 0 || cli_opt.peer_timeout_ms <= 0 ||
+        cli_opt.connect_timeout_ms <= 0 || cli_opt.max_time_ms < 0 ||
+        cli_opt.max_bandwidth_mib < 0) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "--downtime-ms, --max-rounds, --connections and the timeouts must be "
+                    "positive; --max-time-ms and --max-bandwidth not negative");
+        return false;
+    }
+    p->downtime_limit_ms = (uint32_t)cli_opt.downtime_ms;
+    p->max_bandwidth = (uint64_t)(cli_opt.max_bandwidth_mib * 1048576.0);
+    p->max_rounds = (uint32_t)cli_opt.max_rounds;
+    p->max_precopy_ms = (uint32_t)cli_opt.max_time_ms;
+    p->data_connections = (uint32_t)cli_opt.connections;
+    p->verify = !cli_opt.no_verify;
+    p->keepalive_ms = (uint32_t)cli_opt.keepalive_ms;
+    p->peer_timeout_ms = (uint32_t)cli_opt.peer_timeout_ms;
+    p->connect_timeout_ms = (uint32_t)cli_opt.connect_timeout_ms;
+    if (cli_opt.rdma_ack_timeout < -1 || cli_opt.rdma_ack_timeout > 31) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "--rdma-ack-timeout is an exponent (4.096 us x 2^N), 0..31, not %d",
+                    cli_opt.rdma_ack_timeout);
+        return false;
+    }
+    /* -1, the option's default, keeps the library's own default. */
+    if (cli_opt.rdma_ack_timeout >= 0)
+        p->rdma_ack_timeout = (uint8_t)cli_opt.rdma_ack_timeout;
+    return true;
+}
+
+/* The options that name a choice: placement, policy, transport, tracker. */
+static bool params_choices(RdmigParams *p, GError **error)
+{
+    const char *place = cli_opt.postcopy_placement;
+    if (place && strcmp(place, "continue") && strcmp(place, "copy")) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "--postcopy-placement is 'continue' (zero copy) or 'copy', not '%s'", place);
+        return false;
+    }
+    p->postcopy_zero_copy = !place || !strcmp(place, "continue");
+    const char *nc = cli_opt.on_no_converge;
+    if (!nc || !strcmp(nc, "fail"))
+        p->on_no_converge = RDMIG_NO_CONVERGE_FAIL;
+    else if (!strcmp(nc, "switchover"))
+        p->on_no_converge = RDMIG_NO_CONVERGE_SWITCHOVER;
+    else if (!strcmp(nc, "postcopy"))
+        p->on_no_converge = RDMIG_NO_CONVERGE_POSTCOPY;
+    else {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "--on-no-converge must be 'fail', 'switchover' or 'postcopy', not '%s'", nc);
+        return false;
+    }
+    /* The library checks the transport's name: it knows which it has. */
+    if (cli_opt.transport)
+        g_strlcpy(p->transport, cli_opt.transport, sizeof(p->transport));
+    const char *dm = cli_opt.dirty_method;
+    if (!dm || !strcmp(dm, "auto"))
+        p->dirty_method = RDMIG_DIRTY_AUTO;
+    else if (!strcmp(dm, "uffd-wp"))
+        p->dirty_method = RDMIG_DIRTY_UFFD_WP;
+    else if (!strcmp(dm, "soft-dirty"))
+        p->dirty_method = RDMIG_DIRTY_SOFT_DIRTY;
+    else {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "--dirty-method must be auto, uffd-wp or soft-dirty");
+        return false;
+    }
+    return true;
+}
+
+/* --postcopy, --postcopy-after N|TIME, --on-no-converge postcopy. */
+static bool params_postcopy(RdmigParams *p, GError **error)
+{
+    /* Any postcopy trigger implies postcopy. */
+    p->postcopy = cli_opt.postcopy || cli_opt.postcopy_after ||
+                  p->on_no_converge == RDMIG_NO_CONVERGE_POSTCOPY;
+    const char *after = cli_opt.postcopy_after;
+    if (!after)
+        return true;
+    char *end = NULL;
+    errno = 0;
+    double v = g_ascii_strtod(after, &end);
+    bool ok = !errno && end != after && v > 0 && v < 1e7;
+    if (ok && !*end && v == (double)(uint32_t)v)
+        p->postcopy_after_rounds = (uint32_t)v;
+    else if (ok && !strcmp(end, "s"))
+        p->postcopy_after_ms = (uint32_t)MAX(1.0, v * 1000);
+    else if (ok && !strcmp(end, "ms"))
+        p->postcopy_after_ms = (uint32_t)MAX(1.0, v);
+    else {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "--postcopy-after takes a number of rounds (3) or a time (2.5s, 800ms), "
+                    "not '%s'", after);
+        return false;
+    }
+    return true;
+}
+
+bool cli_options_build_params(RdmigParams *p, GError **error)
+{
+    rdmig_params_init(p);
+    if (!params_numbers(p, error) || !params_choices(p, error))
+        return false;
+    p->precopy_resume = cli_opt.precopy_resume;
+    return params_postcopy(p, error);
+}
+
+/* ------------------------------------------------------------------ guest */
+
+/* The guest options into @cfg, checked. */
+static bool guest_config(SgConfig *cfg, GError **error)
+{
+    sg_config_init(cfg);
+    cfg->ram_size = parse_size(cli_options_ram_size(), "--ram-size", error);
+    if (!cfg->ram_size)
+        return false;
+    if (cli_opt.blocks < 1 || cli_opt.blocks > 64 ||
+        cfg->ram_size % ((uint64_t)cli_opt.blocks * 4096)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "--blocks must be 1..64 and divide --ram-size into whole pages");
+        return false;
+    }
+    cfg->dirty_rate_mib = cli_opt.dirty_rate;
+    cfg->vcpus = (uint32_t)MAX(cli_opt.vcpus, 0);
+    if (cli_opt.rezero_percent < 0 || cli_opt.rezero_percent > 100) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "--rezero-percent must be 0..100, not %d", cli_opt.rezero_percent);
+        return false;
+    }
+    cfg->rezero_percent = (uint32_t)cli_opt.rezero_percent;
+    cfg->seed = (uint64_t)cli_opt.seed;
+    const char *pat = cli_opt.pattern_str;
+    if (!pat)
+        return true;
+    if (!strcmp(pat, "uniform"))
+        cfg->pattern = SG_PATTERN_UNIFORM;
+    else if (!strcmp(pat, "hot") || !strcmp(pat, "hotset"))
+        cfg->pattern = SG_PATTERN_HOTSET;
+    else {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "--pattern must be 'uniform' or 'hot', not '%s'", pat);
+        return false;
+    }
+    return true;
+}
+
+SyntheticGuest *cli_options_build_guest(GError **error)
+{
+    SgConfig cfg;
+    if (!guest_config(&cfg, error))
+        return NULL;
+    g_autoptr(GError) sgerr = NULL;
+    SyntheticGuest *g = sg_new(&cfg, &sgerr);
+    /* The guest's checks (vCPUs, dirty rate) are the user's values too. */
+    if (!g)
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID, "%s", sgerr->message);
+    return g;
+}
