@@ -3,6 +3,8 @@
 
 #include "wire.h"
 
+#include "util/be.h"
+
 #include <string.h>
 
 #include "rdmig/error.h"
@@ -42,18 +44,21 @@ const char *rdmig_msg_type_str(uint16_t type)
 static void w8(GByteArray *b, uint8_t v) { g_byte_array_append(b, &v, 1); }
 static void w16(GByteArray *b, uint16_t v)
 {
-    uint8_t x[2] = { v >> 8, (uint8_t)v };
+    uint8_t x[2];
+    rdmig_put_be16(x, v);
     g_byte_array_append(b, x, 2);
 }
 static void w32(GByteArray *b, uint32_t v)
 {
-    uint8_t x[4] = { v >> 24, v >> 16, v >> 8, (uint8_t)v };
+    uint8_t x[4];
+    rdmig_put_be32(x, v);
     g_byte_array_append(b, x, 4);
 }
 static void w64(GByteArray *b, uint64_t v)
 {
-    w32(b, v >> 32);
-    w32(b, (uint32_t)v);
+    uint8_t x[8];
+    rdmig_put_be64(x, v);
+    g_byte_array_append(b, x, 8);
 }
 static void wstr8(GByteArray *b, const char *s)
 {
@@ -101,7 +106,7 @@ static uint16_t r16(Rd *r, const char *f)
 {
     if (!need(r, 2, f))
         return 0;
-    uint16_t v = (uint16_t)(r->p[r->off] << 8 | r->p[r->off + 1]);
+    uint16_t v = rdmig_get_be16(r->p + r->off);
     r->off += 2;
     return v;
 }
@@ -109,9 +114,9 @@ static uint32_t r32(Rd *r, const char *f)
 {
     if (!need(r, 4, f))
         return 0;
-    const uint8_t *p = r->p + r->off;
+    uint32_t v = rdmig_get_be32(r->p + r->off);
     r->off += 4;
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+    return v;
 }
 static uint64_t r64(Rd *r, const char *f)
 {
@@ -389,19 +394,11 @@ bool rdmig_zero_decode(const uint8_t *p, size_t len, RdmigZeroMsg *z, GError **e
     return true;
 }
 
-static uint64_t be64(const uint8_t *q)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | q[i];
-    return v;
-}
-
 void rdmig_zero_run_get(const RdmigZeroMsg *z, uint32_t i, uint64_t *first, uint32_t *count)
 {
     const uint8_t *q = z->runs + (size_t)i * 12;
-    *first = be64(q);
-    *count = (uint32_t)q[8] << 24 | (uint32_t)q[9] << 16 | (uint32_t)q[10] << 8 | q[11];
+    *first = rdmig_get_be64(q);
+    *count = rdmig_get_be32(q + 8);
 }
 
 /* ------------------------------------------------------------ HASHES */
@@ -434,7 +431,7 @@ bool rdmig_hashes_decode(const uint8_t *p, size_t len, RdmigHashesMsg *m, GError
 
 uint64_t rdmig_hashes_get(const RdmigHashesMsg *m, uint32_t i)
 {
-    return be64(m->hashes + (size_t)i * 8);
+    return rdmig_get_be64(m->hashes + (size_t)i * 8);
 }
 
 /* ------------------------------------------------------------ received bitmap */
@@ -470,7 +467,7 @@ bool rdmig_received_decode(const uint8_t *p, size_t len, RdmigReceivedMsg *m, GE
 
 uint64_t rdmig_received_word(const RdmigReceivedMsg *m, uint32_t i)
 {
-    return be64(m->words + (size_t)i * 8);
+    return rdmig_get_be64(m->words + (size_t)i * 8);
 }
 
 /* ------------------------------------------------------------ u64 */

@@ -12,6 +12,8 @@
 
 #include "guest-oracle.h"
 
+#include "util/be.h"
+
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -166,18 +168,6 @@ void sg_oracle_take_all(SgOracle *o)
     }
 }
 
-static void put_be32(uint8_t *p, uint32_t v)
-{
-    v = GUINT32_TO_BE(v);
-    memcpy(p, &v, sizeof(v));
-}
-
-static void put_be64(uint8_t *p, uint64_t v)
-{
-    v = GUINT64_TO_BE(v);
-    memcpy(p, &v, sizeof(v));
-}
-
 bool sg_oracle_save(SgOracle *o, const char *path, GError **error)
 {
     for (uint64_t p = 0; p < o->npages; p++) {
@@ -189,10 +179,10 @@ bool sg_oracle_save(SgOracle *o, const char *path, GError **error)
     }
     uint8_t head[32];
     memcpy(head, SG_ORACLE_MAGIC, 8);
-    put_be32(head + 8, SG_ORACLE_VERSION);
-    put_be32(head + 12, o->page_size);
-    put_be64(head + 16, o->npages);
-    put_be64(head + 24, atomic_load(&o->lazy));
+    rdmig_put_be32(head + 8, SG_ORACLE_VERSION);
+    rdmig_put_be32(head + 12, o->page_size);
+    rdmig_put_be64(head + 16, o->npages);
+    rdmig_put_be64(head + 24, atomic_load(&o->lazy));
     g_autoptr(GByteArray) out = g_byte_array_sized_new((guint)(sizeof(head) +
                                                                o->npages * (SG_ORACLE_DIGEST + 1)));
     g_byte_array_append(out, head, sizeof(head));

@@ -29,6 +29,8 @@
 
 #include "synthetic-guest.h"
 
+#include "util/be.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdatomic.h>
@@ -821,32 +823,6 @@ void sg_get_stats(SyntheticGuest *g, SgStats *stats)
 
 /* ---- device state ---- */
 
-static void sg_put_be64(uint8_t *p, uint64_t v)
-{
-    v = GUINT64_TO_BE(v);
-    memcpy(p, &v, sizeof(v));
-}
-
-static void sg_put_be32(uint8_t *p, uint32_t v)
-{
-    v = GUINT32_TO_BE(v);
-    memcpy(p, &v, sizeof(v));
-}
-
-static uint64_t sg_get_be64(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, sizeof(v));
-    return GUINT64_FROM_BE(v);
-}
-
-static uint32_t sg_get_be32(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, sizeof(v));
-    return GUINT32_FROM_BE(v);
-}
-
 static uint64_t sg_fnv1a64(const uint8_t *p, size_t len)
 {
     uint64_t h = UINT64_C(0xcbf29ce484222325);
@@ -874,23 +850,23 @@ void sg_save_device_state(SyntheticGuest *g, GByteArray *out)
     if (g->running) {
         g_warning("sg_save_device_state: guest is running; the state may be stale");
     }
-    sg_put_be64(b + 0, SG_DS_MAGIC);
-    sg_put_be32(b + 8, SG_DS_VERSION);
-    sg_put_be32(b + 12, g->cfg.vcpus);
-    sg_put_be32(b + 16, g->cfg.page_size);
-    sg_put_be32(b + 20, 0);
-    sg_put_be64(b + 24, g->cfg.ram_size);
-    sg_put_be64(b + 32, atomic_load(&g->pages_written));
+    rdmig_put_be64(b + 0, SG_DS_MAGIC);
+    rdmig_put_be32(b + 8, SG_DS_VERSION);
+    rdmig_put_be32(b + 12, g->cfg.vcpus);
+    rdmig_put_be32(b + 16, g->cfg.page_size);
+    rdmig_put_be32(b + 20, 0);
+    rdmig_put_be64(b + 24, g->cfg.ram_size);
+    rdmig_put_be64(b + 32, atomic_load(&g->pages_written));
     size_t off = SG_DS_VCPU_OFF;
     for (uint32_t i = 0; i < g->cfg.vcpus; i++, off += SG_DS_VCPU_SIZE) {
-        sg_put_be64(b + off, g->vcpus[i].rng);
-        sg_put_be64(b + off + 8, g->vcpus[i].pages_written);
+        rdmig_put_be64(b + off, g->vcpus[i].rng);
+        rdmig_put_be64(b + off + 8, g->vcpus[i].pages_written);
     }
     g_mutex_unlock(&g->lock);
     for (; off < SG_DS_SUM_OFF; off++) {
         b[off] = sg_ds_filler(off);
     }
-    sg_put_be64(b + SG_DS_SUM_OFF, sg_fnv1a64(b, SG_DS_SUM_OFF));
+    rdmig_put_be64(b + SG_DS_SUM_OFF, sg_fnv1a64(b, SG_DS_SUM_OFF));
     g_byte_array_append(out, b, sizeof(b));
 }
 
@@ -904,19 +880,19 @@ bool sg_load_device_state(SyntheticGuest *g, const uint8_t *data, size_t len, GE
                     SG_DS_SIZE);
         return false;
     }
-    if (sg_get_be64(data) != SG_DS_MAGIC) {
+    if (rdmig_get_be64(data) != SG_DS_MAGIC) {
         g_set_error(error, SG_ERROR, SG_ERROR_DEVICE_STATE,
                     "device state has a bad magic %#018" G_GINT64_MODIFIER "x",
-                    sg_get_be64(data));
+                    rdmig_get_be64(data));
         return false;
     }
-    uint32_t version = sg_get_be32(data + 8);
+    uint32_t version = rdmig_get_be32(data + 8);
     if (version != SG_DS_VERSION) {
         g_set_error(error, SG_ERROR, SG_ERROR_DEVICE_STATE,
                     "device state version %u, expected %d", version, SG_DS_VERSION);
         return false;
     }
-    uint64_t want = sg_get_be64(data + SG_DS_SUM_OFF);
+    uint64_t want = rdmig_get_be64(data + SG_DS_SUM_OFF);
     uint64_t have = sg_fnv1a64(data, SG_DS_SUM_OFF);
     if (want != have) {
         g_set_error(error, SG_ERROR, SG_ERROR_DEVICE_STATE,
@@ -924,9 +900,9 @@ bool sg_load_device_state(SyntheticGuest *g, const uint8_t *data, size_t len, GE
                     "x, computed %#018" G_GINT64_MODIFIER "x)", want, have);
         return false;
     }
-    uint32_t vcpus = sg_get_be32(data + 12);
-    uint32_t page_size = sg_get_be32(data + 16);
-    uint64_t ram_size = sg_get_be64(data + 24);
+    uint32_t vcpus = rdmig_get_be32(data + 12);
+    uint32_t page_size = rdmig_get_be32(data + 16);
+    uint64_t ram_size = rdmig_get_be64(data + 24);
     if (vcpus != g->cfg.vcpus || page_size != g->cfg.page_size ||
         ram_size != g->cfg.ram_size) {
         g_set_error(error, SG_ERROR, SG_ERROR_DEVICE_STATE,
@@ -938,7 +914,7 @@ bool sg_load_device_state(SyntheticGuest *g, const uint8_t *data, size_t len, GE
         return false;
     }
     for (uint32_t i = 0; i < vcpus; i++) {
-        if (sg_get_be64(data + SG_DS_VCPU_OFF + i * SG_DS_VCPU_SIZE) == 0) {
+        if (rdmig_get_be64(data + SG_DS_VCPU_OFF + i * SG_DS_VCPU_SIZE) == 0) {
             g_set_error(error, SG_ERROR, SG_ERROR_DEVICE_STATE,
                         "device state has a zero RNG state for vCPU %u", i);
             return false;
@@ -954,10 +930,10 @@ bool sg_load_device_state(SyntheticGuest *g, const uint8_t *data, size_t len, GE
     }
     for (uint32_t i = 0; i < vcpus; i++) {
         const uint8_t *p = data + SG_DS_VCPU_OFF + i * SG_DS_VCPU_SIZE;
-        g->vcpus[i].rng = sg_get_be64(p);
-        g->vcpus[i].pages_written = sg_get_be64(p + 8);
+        g->vcpus[i].rng = rdmig_get_be64(p);
+        g->vcpus[i].pages_written = rdmig_get_be64(p + 8);
     }
-    atomic_store(&g->pages_written, sg_get_be64(data + 32));
+    atomic_store(&g->pages_written, rdmig_get_be64(data + 32));
     g_mutex_unlock(&g->lock);
     return true;
 }

@@ -522,6 +522,85 @@ static void wq_unlink(RdmigConn *c, RdmigIoReq *r, RdmigIoReq *prev)
 }
 
 /* A whole header arrived: validate it and set up the payload, if any. */
+/* A peer's PUT or GET: checked against the region it names (exists, gives
+ * the access, holds the range) and the sequence, then received into place
+ * (PUT) or queued for an answer (GET). */
+static void rx_request(RdmigConn *c, uint8_t type, uint32_t region, uint32_t len, uint64_t off,
+                       uint64_t seq)
+{
+    RdmigRegion *r = rdmig_backend_region(&c->t->b, region);
+    const char *op = type == T_PUT ? "write" : "read";
+    if (!r) {
+        conn_fail(c, EPROTO, "peer %s to unknown region %u", op, region);
+        return;
+    }
+    uint32_t need = type == T_PUT ? RDMIG_ACCESS_REMOTE_WRITE : RDMIG_ACCESS_REMOTE_READ;
+    if (!(r->access & need)) {
+        conn_fail(c, EACCES, "peer %s to region %u, which does not allow remote %ss", op, region,
+                  op);
+        return;
+    }
+    if (!len || len > c->t->b.cfg.max_io_bytes || off > r->len || len > r->len - off) {
+        conn_fail(c, EPROTO,
+                  "peer %s out of range: region %u offset %" G_GUINT64_FORMAT " length %u "
+                  "(region is %zu bytes, limit %u per request)", op, region, off, len, r->len,
+                  c->t->b.cfg.max_io_bytes);
+        return;
+    }
+    if (seq != c->peer_done_seq + 1) {
+        conn_fail(c, EPROTO, "peer request out of sequence: %" G_GUINT64_FORMAT " after %"
+                  G_GUINT64_FORMAT, seq, c->peer_done_seq);
+        return;
+    }
+    if (type == T_PUT) {
+        c->rx_dst = r->addr + off;
+        c->rx_left = len;
+        c->rx = RX_PUT;
+        return;
+    }
+    uint32_t slot = (c->resp_head + c->resp_count) % c->resp_cap;
+    c->resp[slot] = (TcpGetResp){ .src = r->addr + off, .len = len, .seq = seq };
+    c->resp_count++;
+    c->peer_done_seq = seq;
+}
+
+/* ACK: every write of ours up to @seq is placed. */
+static void rx_ack(RdmigConn *c, uint64_t seq)
+{
+    if (seq >= c->next_seq) {
+        conn_fail(c, EPROTO, "peer acknowledged request %" G_GUINT64_FORMAT
+                  " that was never sent", seq);
+        return;
+    }
+    RdmigIoReq *prev = NULL, *r = c->wq_head;
+    while (r) {
+        RdmigIoReq *next = r->tp_next;
+        if (r->op == RDMIG_IO_WRITE && r->tp_priv[1] <= seq) {
+            wq_unlink(c, r, prev);
+            complete(c, r, 0);
+        } else {
+            prev = r;
+        }
+        r = next;
+    }
+}
+
+/* GET_RESP: the answer to our oldest read, received into its buffers. */
+static void rx_get_resp(RdmigConn *c, uint32_t len, uint64_t seq)
+{
+    RdmigIoReq *prev, *r = wq_find(c, RDMIG_IO_READ, &prev);
+    if (!r || r->tp_priv[1] != seq || len != r->tp_priv[0]) {
+        conn_fail(c, EPROTO, "unexpected read response (seq %" G_GUINT64_FORMAT ", %u bytes)",
+                  seq, len);
+        return;
+    }
+    wq_unlink(c, r, prev);
+    c->rx_req = r;
+    c->rx_req_off = 0;
+    c->rx_left = len;
+    c->rx = RX_RESP;
+}
+
 static void rx_header(RdmigConn *c)
 {
     const uint8_t *h = c->rx_hdr;
@@ -533,81 +612,14 @@ static void rx_header(RdmigConn *c)
     uint8_t type = h[4];
     uint32_t region = rdmig_get_be32(h + 8), len = rdmig_get_be32(h + 12);
     uint64_t off = rdmig_get_be64(h + 16), seq = rdmig_get_be64(h + 24);
-    switch (type) {
-    case T_PUT:
-    case T_GET: {
-        RdmigRegion *r = rdmig_backend_region(&c->t->b, region);
-        const char *op = type == T_PUT ? "write" : "read";
-        if (!r) {
-            conn_fail(c, EPROTO, "peer %s to unknown region %u", op, region);
-            return;
-        }
-        uint32_t need = type == T_PUT ? RDMIG_ACCESS_REMOTE_WRITE : RDMIG_ACCESS_REMOTE_READ;
-        if (!(r->access & need)) {
-            conn_fail(c, EACCES, "peer %s to region %u, which does not allow remote %ss", op,
-                      region, op);
-            return;
-        }
-        if (!len || len > c->t->b.cfg.max_io_bytes || off > r->len || len > r->len - off) {
-            conn_fail(c, EPROTO,
-                      "peer %s out of range: region %u offset %" G_GUINT64_FORMAT
-                      " length %u (region is %zu bytes, limit %u per request)", op, region, off,
-                      len, r->len, c->t->b.cfg.max_io_bytes);
-            return;
-        }
-        if (seq != c->peer_done_seq + 1) {
-            conn_fail(c, EPROTO, "peer request out of sequence: %" G_GUINT64_FORMAT
-                      " after %" G_GUINT64_FORMAT, seq, c->peer_done_seq);
-            return;
-        }
-        if (type == T_PUT) {
-            c->rx_dst = r->addr + off;
-            c->rx_left = len;
-            c->rx = RX_PUT;
-        } else {
-            uint32_t slot = (c->resp_head + c->resp_count) % c->resp_cap;
-            c->resp[slot] = (TcpGetResp){ .src = r->addr + off, .len = len, .seq = seq };
-            c->resp_count++;
-            c->peer_done_seq = seq;
-        }
-        return;
-    }
-    case T_ACK: {
-        if (seq >= c->next_seq) {
-            conn_fail(c, EPROTO, "peer acknowledged request %" G_GUINT64_FORMAT
-                      " that was never sent", seq);
-            return;
-        }
-        RdmigIoReq *prev = NULL, *r = c->wq_head;
-        while (r) {
-            RdmigIoReq *next = r->tp_next;
-            if (r->op == RDMIG_IO_WRITE && r->tp_priv[1] <= seq) {
-                wq_unlink(c, r, prev);
-                complete(c, r, 0);
-            } else {
-                prev = r;
-            }
-            r = next;
-        }
-        return;
-    }
-    case T_GET_RESP: {
-        RdmigIoReq *prev, *r = wq_find(c, RDMIG_IO_READ, &prev);
-        if (!r || r->tp_priv[1] != seq || len != r->tp_priv[0]) {
-            conn_fail(c, EPROTO, "unexpected read response (seq %" G_GUINT64_FORMAT
-                      ", %u bytes)", seq, len);
-            return;
-        }
-        wq_unlink(c, r, prev);
-        c->rx_req = r;
-        c->rx_req_off = 0;
-        c->rx_left = len;
-        c->rx = RX_RESP;
-        return;
-    }
-    default:
+    if (type == T_PUT || type == T_GET)
+        rx_request(c, type, region, len, off, seq);
+    else if (type == T_ACK)
+        rx_ack(c, seq);
+    else if (type == T_GET_RESP)
+        rx_get_resp(c, len, seq);
+    else
         conn_fail(c, EPROTO, "unknown frame type %u on data connection", type);
-    }
 }
 
 /* Builds the receive vector: the rest of the current payload, then room for

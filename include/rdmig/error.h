@@ -8,6 +8,8 @@
 
 #include <glib.h>
 
+#include <rdmig/export.h>
+
 G_BEGIN_DECLS
 
 #define RDMIG_ERROR (rdmig_error_quark())
@@ -31,10 +33,10 @@ typedef enum {
 } RdmigErrorCode;
 
 /** rdmig_error_quark: the GQuark of RDMIG_ERROR. Any thread. */
-GQuark rdmig_error_quark(void);
+RDMIG_API GQuark rdmig_error_quark(void);
 
 /** rdmig_error_code_str: stable lower-case name of @code, for logs and JSON. */
-const char *rdmig_error_code_str(RdmigErrorCode code);
+RDMIG_API const char *rdmig_error_code_str(RdmigErrorCode code);
 
 G_END_DECLS
 

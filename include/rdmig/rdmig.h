@@ -21,6 +21,8 @@
 #define RDMIG_H
 
 #include <glib.h>
+
+#include <rdmig/export.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -60,7 +62,7 @@ typedef enum {
 } RdmigState;
 
 /** rdmig_state_str: QEMU's name of @state ("active", "device", ...). */
-const char *rdmig_state_str(RdmigState state);
+RDMIG_API const char *rdmig_state_str(RdmigState state);
 
 /* What precopy does when it cannot meet the downtime limit within its limits. */
 typedef enum {
@@ -76,7 +78,7 @@ typedef enum {
     RDMIG_DIRTY_SOFT_DIRTY, /* /proc/self/clear_refs + pagemap soft-dirty bit */
 } RdmigDirtyMethod;
 
-const char *rdmig_dirty_method_str(RdmigDirtyMethod method);
+RDMIG_API const char *rdmig_dirty_method_str(RdmigDirtyMethod method);
 
 /* Tunables. Initialise with rdmig_params_init(), then change what you need. */
 typedef struct {
@@ -111,7 +113,7 @@ typedef struct {
 } RdmigParams;
 
 /** rdmig_params_init: fills @params with the defaults above. */
-void rdmig_params_init(RdmigParams *params);
+RDMIG_API void rdmig_params_init(RdmigParams *params);
 
 /*
  * Guest hooks.  All optional; a missing hook does nothing.  Called on the
@@ -216,17 +218,17 @@ typedef struct {
 } RdmigStats;
 
 /** rdmig_session_new: a session for @role, with @params (NULL: defaults). */
-RdmigSession *rdmig_session_new(RdmigRole role, const RdmigParams *params, GError **error);
+RDMIG_API RdmigSession *rdmig_session_new(RdmigRole role, const RdmigParams *params, GError **error);
 
 /** rdmig_session_free: waits for the session's threads (cancelling them if
  *  still running) and frees it. The caller's RAM is left alone. */
-void rdmig_session_free(RdmigSession *s);
+RDMIG_API void rdmig_session_free(RdmigSession *s);
 
 /** rdmig_session_add_ram_block: declares one RAM block, before start().
  *  @name unique and at most 255 bytes, @host page-aligned, @length a
  *  multiple of @page_size (a power of two, 4 KiB or more).  Source and
  *  destination must declare the same blocks in the same order. */
-bool rdmig_session_add_ram_block(RdmigSession *s, const char *name, void *host,
+RDMIG_API bool rdmig_session_add_ram_block(RdmigSession *s, const char *name, void *host,
                                  uint64_t length, uint32_t page_size, GError **error);
 
 /** rdmig_session_set_ram_block_fd: destination, optional: block @name's
@@ -235,18 +237,18 @@ bool rdmig_session_add_ram_block(RdmigSession *s, const char *name, void *host,
  *  cache through a second mapping of the file and UFFDIO_CONTINUE maps it
  *  into the guest (see params.postcopy_zero_copy).  @fd must stay open
  *  until the session is freed. */
-bool rdmig_session_set_ram_block_fd(RdmigSession *s, const char *name, int fd, uint64_t offset,
+RDMIG_API bool rdmig_session_set_ram_block_fd(RdmigSession *s, const char *name, int fd, uint64_t offset,
                                     GError **error);
 
-void rdmig_session_set_guest_ops(RdmigSession *s, const RdmigGuestOps *ops, void *opaque);
-void rdmig_session_set_dirty_ops(RdmigSession *s, const RdmigDirtyOps *ops, void *opaque);
-void rdmig_session_set_state_func(RdmigSession *s, RdmigStateFunc func, void *opaque);
+RDMIG_API void rdmig_session_set_guest_ops(RdmigSession *s, const RdmigGuestOps *ops, void *opaque);
+RDMIG_API void rdmig_session_set_dirty_ops(RdmigSession *s, const RdmigDirtyOps *ops, void *opaque);
+RDMIG_API void rdmig_session_set_state_func(RdmigSession *s, RdmigStateFunc func, void *opaque);
 
 /** rdmig_session_start_postcopy: source: switch to postcopy at the end of
  *  the current round (postcopy must have been advised in the params and
  *  accepted by the destination).  Thread-safe; fails if the migration is not
  *  in precopy or postcopy was not negotiated. */
-bool rdmig_session_start_postcopy(RdmigSession *s, GError **error);
+RDMIG_API bool rdmig_session_start_postcopy(RdmigSession *s, GError **error);
 
 /** rdmig_session_recover: resumes a migration in postcopy-paused (or
  *  precopy-paused) over a new link.  Destination: listen on @address (port 0 picks one; see
@@ -256,22 +258,22 @@ bool rdmig_session_start_postcopy(RdmigSession *s, GError **error);
  *  postcopy-recover-setup (source), postcopy-recover, postcopy-active).  A
  *  failed attempt returns to postcopy-paused (stats.pause_reason says why);
  *  call again as often as needed.  A source of another session is refused. */
-bool rdmig_session_recover(RdmigSession *s, const char *address, GError **error);
+RDMIG_API bool rdmig_session_recover(RdmigSession *s, const char *address, GError **error);
 
 /** rdmig_session_start: source: connect to @address ("host:port") and migrate;
  *  destination: listen on @address (port 0 picks one) and receive.  Returns
  *  once connected (source) or listening (destination); the rest runs on the
  *  session's thread. */
-bool rdmig_session_start(RdmigSession *s, const char *address, GError **error);
+RDMIG_API bool rdmig_session_start(RdmigSession *s, const char *address, GError **error);
 
 /** rdmig_session_listen_address: destination: the bound "host:port" (after
  *  rdmig_session_recover(): the recovery listener's). */
-const char *rdmig_session_listen_address(RdmigSession *s);
-bool rdmig_session_is_destination(RdmigSession *s);
+RDMIG_API const char *rdmig_session_listen_address(RdmigSession *s);
+RDMIG_API bool rdmig_session_is_destination(RdmigSession *s);
 
 /** rdmig_session_wait: waits for the end. True if completed; otherwise
  *  @error says why (RDMIG_ERROR_CANCELLED after a cancel). */
-bool rdmig_session_wait(RdmigSession *s, GError **error);
+RDMIG_API bool rdmig_session_wait(RdmigSession *s, GError **error);
 
 /** rdmig_session_cancel: asks the session to stop. Any thread (not from a
  *  signal handler: it may log), any time; the
@@ -280,14 +282,14 @@ bool rdmig_session_wait(RdmigSession *s, GError **error);
  *  on the destination); in postcopy-paused
  *  it gives up recovery: the session fails, the source keeps its guest
  *  stopped and its memory, and the destination names the pages it lacks. */
-void rdmig_session_cancel(RdmigSession *s);
+RDMIG_API void rdmig_session_cancel(RdmigSession *s);
 /** rdmig_session_cancel_refused: true (and @error says why) when a cancel
  *  now would be refused: postcopy-active, postcopy-recover-setup or
  *  postcopy-recover. */
-bool rdmig_session_cancel_refused(RdmigSession *s, GError **error);
+RDMIG_API bool rdmig_session_cancel_refused(RdmigSession *s, GError **error);
 
 /** rdmig_session_get_stats: a consistent snapshot. Any thread. */
-void rdmig_session_get_stats(RdmigSession *s, RdmigStats *out);
+RDMIG_API void rdmig_session_get_stats(RdmigSession *s, RdmigStats *out);
 
 /*
  * The built-in dirty tracker, usable on its own: it watches writes to memory
@@ -297,19 +299,19 @@ typedef struct RdmigDirtyTracker RdmigDirtyTracker;
 
 /** rdmig_dirty_tracker_new: a tracker using @method (AUTO picks the best the
  *  kernel supports). Fails with RDMIG_ERROR_UNSUPPORTED naming what is missing. */
-RdmigDirtyTracker *rdmig_dirty_tracker_new(RdmigDirtyMethod method, GError **error);
+RDMIG_API RdmigDirtyTracker *rdmig_dirty_tracker_new(RdmigDirtyMethod method, GError **error);
 /** Adds a range to watch (page-aligned), before start(). Returns its index. */
-bool rdmig_dirty_tracker_add(RdmigDirtyTracker *t, void *addr, uint64_t length,
+RDMIG_API bool rdmig_dirty_tracker_add(RdmigDirtyTracker *t, void *addr, uint64_t length,
                              uint32_t page_size, unsigned *index, GError **error);
 /** Starts watching: writes from now on are recorded. */
-bool rdmig_dirty_tracker_start(RdmigDirtyTracker *t, GError **error);
+RDMIG_API bool rdmig_dirty_tracker_start(RdmigDirtyTracker *t, GError **error);
 /** ORs into @bitmap the pages of range @index written since start() or the
  *  previous sync(), and starts watching them again. */
-bool rdmig_dirty_tracker_sync(RdmigDirtyTracker *t, unsigned index, uint64_t *bitmap,
+RDMIG_API bool rdmig_dirty_tracker_sync(RdmigDirtyTracker *t, unsigned index, uint64_t *bitmap,
                               GError **error);
-RdmigDirtyMethod rdmig_dirty_tracker_method(RdmigDirtyTracker *t);
+RDMIG_API RdmigDirtyMethod rdmig_dirty_tracker_method(RdmigDirtyTracker *t);
 /** Stops watching and frees @t. The memory is left writable. */
-void rdmig_dirty_tracker_free(RdmigDirtyTracker *t);
+RDMIG_API void rdmig_dirty_tracker_free(RdmigDirtyTracker *t);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(RdmigSession, rdmig_session_free)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(RdmigDirtyTracker, rdmig_dirty_tracker_free)

@@ -29,6 +29,8 @@
 #define RDMIG_TRANSPORT_H
 
 #include <glib.h>
+
+#include <rdmig/export.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -160,20 +162,20 @@ typedef struct RdmigTransportOps {
 /** rdmig_transport_register: adds @ops to the registry. Rejects a table whose
  *  abi_version or size this build does not know. Fills absent ops with
  *  -ENOTSUP stubs. Main thread, before sessions start. */
-bool rdmig_transport_register(const RdmigTransportOps *ops, GError **error);
+RDMIG_API bool rdmig_transport_register(const RdmigTransportOps *ops, GError **error);
 
 /** rdmig_transport_find: the registered transport with all of @caps that
  *  probes successfully, preferring transports registered later that offer
  *  RDMIG_TRANSPORT_CAP_ZERO_TARGET_CPU. NULL with @error set when none does.
  *  The returned table is complete (no NULL members) and lives forever. */
-const RdmigTransportOps *rdmig_transport_find(uint32_t caps, GError **error);
+RDMIG_API const RdmigTransportOps *rdmig_transport_find(uint32_t caps, GError **error);
 
 /** rdmig_transport_lookup: a registered transport by name, or NULL. For the
  *  command line's --transport and for tests only; the engine goes by caps. */
-const RdmigTransportOps *rdmig_transport_lookup(const char *name);
+RDMIG_API const RdmigTransportOps *rdmig_transport_lookup(const char *name);
 
 /** rdmig_transport_list: NULL-terminated array of registered tables. */
-const RdmigTransportOps *const *rdmig_transport_list(void);
+RDMIG_API const RdmigTransportOps *const *rdmig_transport_list(void);
 
 G_END_DECLS
 
