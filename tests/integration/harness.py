@@ -1122,6 +1122,18 @@ def _flatten(suite):
             yield t
 
 
+class Terminated(Exception):
+    pass
+
+
+_TERMINATED = []
+
+
+def _terminated(signum, frame):
+    _TERMINATED.append(signum)
+    raise Terminated("terminated by signal %d (the test's timeout?)" % signum)
+
+
 def run_tap(names):
     """Runs the named cases (all of __main__'s when none) and reports each as a
     TAP line on stdout, skips with their reason, so that meson and
@@ -1132,6 +1144,11 @@ def run_tap(names):
     suite = (loader.loadTestsFromNames(names, main_mod) if names
              else loader.loadTestsFromModule(main_mod))
     tests = list(_flatten(suite))
+    # meson ends a test that runs over its timeout with SIGTERM: raised as an
+    # error inside the case, it is reported with where the case was waiting,
+    # and its cleanups still run (processes killed, qdiscs removed) so that
+    # the cases after it start on a clean link.
+    signal.signal(signal.SIGTERM, _terminated)
     print("1..%d" % len(tests), flush=True)
     failed = 0
     for i, t in enumerate(tests, 1):
@@ -1146,6 +1163,11 @@ def run_tap(names):
             failed += 1
             for _, tb in r.errors + r.failures:
                 sys.stderr.write(tb)
+            if _TERMINATED and hasattr(t, "ctx"):
+                try:
+                    sys.stderr.write(t.ctx() + "\n")
+                except Exception as e:  # the context of a case cut short may be incomplete
+                    sys.stderr.write("(no context: %s)\n" % e)
             print("not ok %d - %s" % (i, name), flush=True)
         elif r.skipped:
             reason = " ".join(str(r.skipped[0][1]).split())

@@ -471,7 +471,7 @@ class Recovery(RdmaCase):
         st = self.wait_monitor(self.dmon, ("postcopy-active",), 120, self.recv, self.ctx())
         self.assertEqual(st["transport"], transport, self.ctx())
         for dev in (os.environ.get("RXE_A_NETDEV", "rxe-a"), self.b_netdev):
-            subprocess.run(["tc", "qdisc", "add", "dev", dev, "root", "netem", "loss", loss],
+            subprocess.run(["tc", "qdisc", "replace", "dev", dev, "root", "netem", "loss", loss],
                            check=True)
             self.addCleanup(subprocess.run, ["tc", "qdisc", "del", "dev", dev, "root"],
                             check=False)
