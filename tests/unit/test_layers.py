@@ -170,6 +170,43 @@ class Style(unittest.TestCase):
         self.assertEqual(found, [])
 
 
+def file_map():
+    """docs/architecture.md's file map: {folder: set of names}; a row names
+    "x.c/.h" for a pair."""
+    text = open(os.path.join(SRC, "docs", "architecture.md")).read()
+    part = text.split("## File map", 1)[1].split("\n## ", 1)[0]
+    listed, folder = {}, None
+    for line in part.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or not cells[0]:
+            continue
+        m = re.fullmatch(r"\*\*(.+)/\*\*", cells[0])
+        if m:
+            folder = m.group(1)
+            continue
+        if folder is None or set(cells[0]) <= set("-"):
+            continue
+        name = cells[0]
+        names = {name}
+        if name.endswith(".c/.h"):
+            names = {name[:-3], name[:-5] + ".h"}
+        listed.setdefault(folder, set()).update(names)
+    return listed
+
+
+class Docs(unittest.TestCase):
+    def test_file_map_lists_every_file(self):
+        """docs/architecture.md's file map names every source file, and no
+        file that is gone."""
+        listed = file_map()
+        for folder in ("include/rdmig", "util", "rdma", "transport", "engine", "tools"):
+            real = {n for n in os.listdir(os.path.join(SRC, folder)) if n.endswith((".c", ".h"))}
+            mapped = listed.get(folder, set())
+            self.assertEqual(sorted(real - mapped), [], "%s: files missing from the map" % folder)
+            self.assertEqual(sorted(mapped - real), [], "%s: the map names files that are gone"
+                             % folder)
+
+
 if __name__ == "__main__":
     BUILD, SRC = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
     sys.exit(harness.run_tap(sys.argv[3:]))
