@@ -12,7 +12,7 @@
  *   apply.c             what each message does here: zero runs, hashes,
  *                       discards, the source's keys
  *   verify.c            every page against the source's hash
- *   pager.c             postcopy: faults caught, missing pages pulled and placed
+ *   pager*.c            postcopy: faults caught, missing pages pulled and placed
  */
 #ifndef RDMIG_ENGINE_DESTINATION_H
 #define RDMIG_ENGINE_DESTINATION_H
@@ -84,7 +84,7 @@ bool rdmig_apply_discard(RdmigDestination *dst, const RdmigFrame *f, GError **er
  *  threads; the result in @ack.  True when all match. */
 bool rdmig_verify_all(RdmigDestination *dst, RdmigCompleteAck *ack);
 
-/* pager.c */
+/* pager.c (the run), pager-place.c (the aliases) */
 /** Zero copy: a second mapping of each block's memory file, registered with
  *  the data transport (reads land there).  At PREPARE, outside the
  *  downtime; again after a recovery. */
