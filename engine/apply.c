@@ -9,6 +9,7 @@
  */
 #define G_LOG_DOMAIN "rdmig-engine"
 
+#include "dataplane.h"
 #include "destination.h"
 
 static RdmigRamBlock *block_at(RdmigSession *s, uint32_t index, const char *msg, GError **error)
@@ -123,15 +124,9 @@ bool rdmig_apply_source_keys(RdmigDestination *dst, const RdmigFrame *f, GError 
     RdmigSession *s = &dst->s;
     if (!postcopy_expected(s, "SOURCE_REGIONS", error))
         return false;
-    g_autofree RdmigRegions *keys = g_new0(RdmigRegions, 1);
-    if (!rdmig_regions_decode(f->payload, f->hdr.length, keys, error))
+    g_autofree RdmigRegions *keys = rdmig_dataplane_peer_keys(s, f, "SOURCE_REGIONS", error);
+    if (!keys)
         return false;
-    if (keys->n_blocks != s->blocks->len) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
-                    "SOURCE_REGIONS has keys for %u RAM blocks, we have %u", keys->n_blocks,
-                    s->blocks->len);
-        return false;
-    }
     for (guint i = 0; i < s->blocks->len; i++)
         ((RdmigRamBlock *)s->blocks->pdata[i])->src_key = keys->keys[i];
     dst->have_src_keys = true;

@@ -88,6 +88,21 @@ bool rdmig_dataplane_register_blocks(RdmigSession *s, uint32_t access, GError **
     return ok;
 }
 
+RdmigRegions *rdmig_dataplane_peer_keys(RdmigSession *s, const RdmigFrame *f, const char *msg,
+                                        GError **error)
+{
+    g_autofree RdmigRegions *keys = g_new0(RdmigRegions, 1);
+    if (!rdmig_regions_decode(f->payload, f->hdr.length, keys, error))
+        return NULL;
+    if (keys->n_blocks != s->blocks->len) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "%s has keys for %u RAM blocks, we have %u", msg, keys->n_blocks,
+                    s->blocks->len);
+        return NULL;
+    }
+    return g_steal_pointer(&keys);
+}
+
 /* The peer broke the rules (or asked for what is not there): no network
  * fault, and nothing a new link would mend. */
 static bool peer_misbehaved(int err)

@@ -21,6 +21,11 @@ RdmigTransportConfig rdmig_dataplane_config(RdmigSession *s, uint64_t conn_token
  *  @access, large blocks in parallel threads.  On failure the error names
  *  the block; those registered stay so (rdmig_dataplane_close() drops them). */
 bool rdmig_dataplane_register_blocks(RdmigSession *s, uint32_t access, GError **error);
+/** rdmig_dataplane_peer_keys: the peer's keys from @f (REGIONS or
+ *  SOURCE_REGIONS, named @msg in errors), one per RAM block: NULL with a
+ *  PROTOCOL error when malformed or for another number of blocks. */
+RdmigRegions *rdmig_dataplane_peer_keys(RdmigSession *s, const RdmigFrame *f, const char *msg,
+                                        GError **error);
 /** rdmig_dataplane_conn_failed: the error for data connection @ci failing
  *  with negative errno @err in @what: RDMIG_ERROR_LINK when the connection
  *  broke (closed, reset, timed out, flushed), RDMIG_ERROR_PROTOCOL when the

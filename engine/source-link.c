@@ -169,15 +169,9 @@ bool rdmig_source_take_regions(RdmigSource *src, GError **error)
     RdmigFrame f;
     if (!rdmig_channel_expect(s, RDMIG_MSG_REGIONS, "from the destination", -1, &f, error))
         return false;
-    g_autofree RdmigRegions *regions = g_new0(RdmigRegions, 1);
-    if (!rdmig_regions_decode(f.payload, f.hdr.length, regions, error))
+    g_autofree RdmigRegions *regions = rdmig_dataplane_peer_keys(s, &f, "REGIONS", error);
+    if (!regions)
         return false;
-    if (regions->n_blocks != s->blocks->len) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
-                    "destination sent keys for %u RAM blocks, we have %u", regions->n_blocks,
-                    s->blocks->len);
-        return false;
-    }
     for (guint i = 0; i < s->blocks->len; i++)
         ((RdmigRamBlock *)s->blocks->pdata[i])->rkey = regions->keys[i];
     return true;

@@ -12,12 +12,14 @@ uint64_t rdmig_bitmap_count(const uint64_t *bm, uint64_t nbits)
     return n;
 }
 
-uint64_t rdmig_bitmap_next_set(const uint64_t *bm, uint64_t nbits, uint64_t start)
+/* The first bit at or after @start that differs from @flip's bits (0: a
+ * set bit, all ones: a clear bit), or @nbits. */
+static uint64_t next_bit(const uint64_t *bm, uint64_t nbits, uint64_t start, uint64_t flip)
 {
     if (start >= nbits)
         return nbits;
     uint64_t w = start / 64;
-    uint64_t word = bm[w] & (~0ull << (start % 64));
+    uint64_t word = (bm[w] ^ flip) & (~0ull << (start % 64));
     for (;;) {
         if (word) {
             uint64_t i = w * 64 + (uint64_t)__builtin_ctzll(word);
@@ -25,25 +27,18 @@ uint64_t rdmig_bitmap_next_set(const uint64_t *bm, uint64_t nbits, uint64_t star
         }
         if (++w >= rdmig_bitmap_words(nbits))
             return nbits;
-        word = bm[w];
+        word = bm[w] ^ flip;
     }
+}
+
+uint64_t rdmig_bitmap_next_set(const uint64_t *bm, uint64_t nbits, uint64_t start)
+{
+    return next_bit(bm, nbits, start, 0);
 }
 
 uint64_t rdmig_bitmap_next_clear(const uint64_t *bm, uint64_t nbits, uint64_t start)
 {
-    if (start >= nbits)
-        return nbits;
-    uint64_t w = start / 64;
-    uint64_t word = ~bm[w] & (~0ull << (start % 64));
-    for (;;) {
-        if (word) {
-            uint64_t i = w * 64 + (uint64_t)__builtin_ctzll(word);
-            return i < nbits ? i : nbits;
-        }
-        if (++w >= rdmig_bitmap_words(nbits))
-            return nbits;
-        word = ~bm[w];
-    }
+    return next_bit(bm, nbits, start, ~0ull);
 }
 
 void rdmig_bitmap_set_range(uint64_t *bm, uint64_t start, uint64_t n)

@@ -406,6 +406,24 @@ class NetPair:
             self.ns = None
 
 
+def monitor_exchange(path, request, timeout=10):
+    """Sends the bytes @request on one connection to the monitor at @path,
+    closes the sending side, and returns what came back up to and with the
+    first newline (or all of it, if none came)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.settimeout(timeout)
+        c.connect(path)
+        c.sendall(request)
+        c.shutdown(socket.SHUT_WR)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = c.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
 def monitor(path, cmd, timeout=10, **args):
     """One command to a running send/recv's monitor socket (tools/rdmig-monitor.h):
     sends {"execute": @cmd, "arguments": @args} (no "arguments" when @args
@@ -419,17 +437,8 @@ def monitor(path, cmd, timeout=10, **args):
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
-                c.settimeout(timeout)
-                c.connect(path)
-                c.sendall((json.dumps(request) + "\n").encode())
-                data = b""
-                while not data.endswith(b"\n"):
-                    chunk = c.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                break
+            data = monitor_exchange(path, (json.dumps(request) + "\n").encode(), timeout)
+            break
         except (FileNotFoundError, ConnectionRefusedError):
             if time.monotonic() > deadline:
                 raise

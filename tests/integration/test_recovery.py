@@ -14,7 +14,6 @@ import json
 import os
 import random
 import signal
-import socket
 import struct
 import sys
 import tempfile
@@ -24,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (FEATURE_KEEPALIVE, FEATURE_POSTCOPY, FEATURE_RECOVERY,  # noqa: E402
                      FEATURE_VERIFY, FEATURE_ZERO_PAGES, MSG_ERROR, MSG_HELLO, MSG_RESUME,
                      NetPair, RdmigTestCase, FakeControl, hello_payload, main, monitor,
-                     monitor_status, parse_error)
+                     monitor_exchange, monitor_status, parse_error)
 
 RAM = "96M"
 TIMING = ["--keepalive-ms", "200", "--peer-timeout-ms", "1000", "--connect-timeout-ms", "3000"]
@@ -346,17 +345,7 @@ class Unrecoverable(Recovery):
             (b"[" * 4000 + b"\n", "protocol", "not valid JSON"),
         ]
         for request, cls, words in cases:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
-                c.settimeout(10)
-                c.connect(self.dmon)
-                c.sendall(request)
-                c.shutdown(socket.SHUT_WR)
-                data = b""
-                while not data.endswith(b"\n"):
-                    chunk = c.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
+            data = monitor_exchange(self.dmon, request)
             self.assertEqual(data.count(b"\n"), 1, "%r: %r" % (request[:80], data))
             reply = json.loads(data)
             self.assertEqual(list(reply), ["error"], "%r: %r" % (request[:80], reply))
