@@ -61,6 +61,11 @@ bool rdmig_channel_check_silence(RdmigSession *s, GError **error)
     gint64 silent = silent_ms(s);
     if (silent <= s->params.peer_timeout_ms)
         return true;
+    /* Frames waiting to be read are not silence: a caller that was busy
+     * (a loaded host, a long placement) has simply not read them yet. */
+    struct pollfd p = { .fd = s->ctl ? rdmig_control_fd(s->ctl) : -1, .events = POLLIN };
+    if (poll(&p, 1, 0) > 0 && (p.revents & POLLIN))
+        return true;
     g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER,
                 "%s silent for %" G_GINT64_FORMAT " ms (peer timeout %u ms): it stalled, or the "
                 "network between us is down", peer_name(s), silent, s->params.peer_timeout_ms);
@@ -130,8 +135,11 @@ static bool woken(RdmigSession *s, GError **error)
  * silent, at most a keepalive period, at most what is left of @timeout_ms. */
 static int next_wait(RdmigSession *s, gint64 start, int timeout_ms, bool *expired)
 {
-    int wait = (int)CLAMP((gint64)s->params.peer_timeout_ms - silent_ms(s), 0,
-                          (gint64)s->params.keepalive_ms);
+    /* Read the clock once: CLAMP evaluates its argument up to three times,
+     * and a silence that crossed the limit between two readings gave -1,
+     * a poll(2) that never timed out, and a dead peer that was never seen. */
+    gint64 until_silent = (gint64)s->params.peer_timeout_ms - silent_ms(s);
+    int wait = (int)CLAMP(until_silent, 0, (gint64)s->params.keepalive_ms);
     if (timeout_ms >= 0) {
         gint64 left = timeout_ms - (rdmig_now_us() - start) / 1000;
         *expired = left < 0;

@@ -32,8 +32,8 @@ int rdmig_channel_recv(RdmigSession *s, RdmigFrame *f, int timeout_ms, GError **
 bool rdmig_channel_expect(RdmigSession *s, RdmigMsgType type, const char *context,
                           int timeout_ms, RdmigFrame *f, GError **error);
 /** rdmig_channel_check_silence: fails (RDMIG_ERROR_PEER) when the peer has
- *  been silent longer than the peer timeout; for loops that receive
- *  through poll(2) themselves. */
+ *  been silent longer than the peer timeout and nothing from it waits to be
+ *  read; for loops that receive through poll(2) themselves. */
 bool rdmig_channel_check_silence(RdmigSession *s, GError **error);
 /** rdmig_channel_heard: the peer was heard from just now. */
 void rdmig_channel_heard(RdmigSession *s);

@@ -116,7 +116,9 @@ void rdmig_dataplane_conn_failed(RdmigSession *s, uint32_t ci, int err, const ch
 {
     const char *why = s->conns[ci] ? s->tp->conn_error(s->conns[ci]) : NULL;
     g_set_error(error, RDMIG_ERROR, peer_misbehaved(-err) ? RDMIG_ERROR_PROTOCOL : RDMIG_ERROR_LINK,
-                "%sdata connection %u failed: %s", what, ci, why ? why : g_strerror(-err));
+                "%sdata connection %u to the %s failed: %s", what, ci,
+                s->role == RDMIG_ROLE_SOURCE ? "destination" : "source",
+                why ? why : g_strerror(-err));
 }
 
 void rdmig_dataplane_close(RdmigSession *s, bool drain)

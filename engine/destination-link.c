@@ -361,7 +361,8 @@ static bool accept_data(RdmigDestination *dst, GError **error)
     RdmigSession *s = &dst->s;
     gint64 deadline = rdmig_now_us() + (gint64)s->params.connect_timeout_ms * 1000;
     for (uint32_t i = 0; i < s->nconns;) {
-        int left = (int)CLAMP((deadline - rdmig_now_us()) / 1000, 0, 250);
+        gint64 left_ms = (deadline - rdmig_now_us()) / 1000; /* once: CLAMP re-evaluates */
+        int left = (int)CLAMP(left_ms, 0, 250);
         g_autoptr(GError) aerr = NULL;
         if ((s->conns[i] = s->tp->accept(dst->data_listener, left, &aerr))) {
             i++;

@@ -326,12 +326,13 @@ static void teardown(RdmigSource *src)
     rdmig_session_drop_link(s);
     rdmig_dirty_log_stop(src);
     g_clear_pointer(&src->reqs, g_free);
+    gint64 now = rdmig_now_us();
     RDMIG_STATS_UPDATE(s, {
         s->stats.bytes_transferred = src->total_data_bytes + s->ctl_bytes_done;
-        s->stats.total_time_ms = (uint64_t)(rdmig_now_us() - s->t_start) / 1000;
+        s->stats.total_time_ms = (uint64_t)(now - s->t_start) / 1000;
         if (src->total_data_bytes && s->t_active)
             s->stats.throughput = (uint64_t)((double)src->total_data_bytes * 1e6 /
-                                             (double)MAX(rdmig_now_us() - s->t_active, 1));
+                                             (double)MAX(now - s->t_active, 1));
     });
 }
 

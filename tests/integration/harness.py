@@ -424,6 +424,23 @@ def monitor_exchange(path, request, timeout=10):
     return data
 
 
+def thread_stacks(proc):
+    """Where each thread of a process that is still running waits (gdb's
+    backtraces), for the message of a case that found it stuck; "" when
+    there is no such process or no gdb."""
+    gdb = shutil.which("gdb")
+    if proc is None or not proc.alive() or not gdb:
+        return ""
+    try:
+        out = subprocess.run([gdb, "-p", str(proc.p.pid), "-batch", "-nx", "-ex",
+                              "thread apply all bt"], stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return "\n--- %s threads: gdb failed: %s" % (proc.name, e)
+    keep = [ln for ln in out.splitlines() if ln.startswith(("Thread ", "#"))]
+    return "\n--- %s threads (gdb):\n%s" % (proc.name, "\n".join(keep))
+
+
 def monitor(path, cmd, timeout=10, **args):
     """One command to a running send/recv's monitor socket (tools/rdmig-monitor.h):
     sends {"execute": @cmd, "arguments": @args} (no "arguments" when @args
@@ -945,12 +962,17 @@ class RdmigTestCase(unittest.TestCase):
         extra = ["--quiet"] if quiet else []
         return self.spawn("send", "--to", addr, "--json", *extra, *guest, *args, name=name)
 
-    def finish(self, proc, timeout):
-        """Waits for @proc, failing (with its output) if it does not exit in time."""
+    def finish(self, proc, timeout, ctx=None):
+        """Waits for @proc, failing (with its output, or with @ctx: a callable
+        that describes every process of the case, and with its threads'
+        stacks) if it does not exit in time."""
         rc = proc.wait(timeout)
         if rc is None:
+            stacks = thread_stacks(proc)
             proc.kill()
-            self.fail("%s did not exit within %.0f s\n%s" % (proc.name, timeout, proc.describe()))
+            self.fail("%s did not exit within %.0f s\n%s%s" % (proc.name, timeout,
+                                                                ctx() if ctx else proc.describe(),
+                                                                stacks))
         self.assert_no_crash(proc)
         return rc
 
@@ -1079,7 +1101,8 @@ class RdmigTestCase(unittest.TestCase):
         st, last = wait_state(mon, states, timeout, proc)
         if st:
             return st
-        self.fail("%s never reached %s (last: %s)%s" % (mon, states, last, ctx))
+        self.fail("%s never reached %s (last: %s)%s%s" % (mon, states, last, ctx,
+                                                           thread_stacks(proc)))
 
     def wait_for_stderr(self, proc, text, timeout):
         """Waits until @text appears in @proc's stderr (e.g. a progress line)."""

@@ -95,8 +95,8 @@ class Recovery(RdmigTestCase):
         return addr
 
     def finish_both(self, timeout=90):
-        src_rc = self.finish(self.send, timeout)
-        dst_rc = self.finish(self.recv, 30)
+        src_rc = self.finish(self.send, timeout, self.ctx)
+        dst_rc = self.finish(self.recv, 30, self.ctx)
         src, dst = self.send.report(), self.recv.report()
         self.assertEqual((src_rc, dst_rc), (0, 0), "exit statuses" + self.ctx())
         self.assert_verified(src, dst, self.ctx())
@@ -187,7 +187,8 @@ class PrecopyResume(Recovery):
         time.sleep(0.5)  # the source guest runs on, dirtying pages
         self.net.up()
         self.recover()
-        src_rc, dst_rc = self.finish(self.send, 120), self.finish(self.recv, 30)
+        src_rc = self.finish(self.send, 120, self.ctx)
+        dst_rc = self.finish(self.recv, 30, self.ctx)
         src, dst = self.send.report(), self.recv.report()
         self.assertEqual((src_rc, dst_rc), (0, 0), self.ctx())
         self.assert_verified(src, dst, self.ctx())
@@ -206,7 +207,7 @@ class PrecopyResume(Recovery):
         self.wait_state(self.smon, ("precopy-paused",), 15, self.send)
         c = self.spawn("cancel", "--monitor", self.smon)
         self.assertEqual(self.finish(c, 10), 0, c.describe())
-        rc = self.finish(self.send, 30)
+        rc = self.finish(self.send, 30, self.ctx)
         src = self.send.report()
         self.assertEqual(rc, 3, self.ctx())
         self.assertEqual(src["result"], "cancelled", self.ctx())
@@ -284,7 +285,7 @@ class Unrecoverable(Recovery):
         self.assertGreater(st["pages_missing"], 0, self.ctx())
         c = self.spawn("cancel", "--monitor", self.dmon)
         self.assertEqual(self.finish(c, 10), 0, c.describe())
-        rc = self.finish(self.recv, 20)
+        rc = self.finish(self.recv, 20, self.ctx)
         self.assertEqual(rc, 1, self.ctx())
         dst = self.recv.report()
         self.assertEqual(dst["result"], "failed", self.ctx())
@@ -300,7 +301,7 @@ class Unrecoverable(Recovery):
         time.sleep(0.5)
         self.recv.kill()
         self.note("destination killed")
-        rc = self.finish(self.send, 30)
+        rc = self.finish(self.send, 30, self.ctx)
         src = self.send.report()
         self.assertEqual(rc, 1, self.ctx())
         self.assertEqual(src["result"], "failed", self.ctx())
@@ -370,7 +371,7 @@ class Unrecoverable(Recovery):
         self.assertEqual(self.finish(r, 10), 1, r.describe())
         self.assertIn("postcopy-paused", r.stderr())
         monitor(self.smon, "cancel")
-        self.finish(self.send, 30)
+        self.finish(self.send, 30, self.ctx)
 
 
 if __name__ == "__main__":

@@ -373,7 +373,8 @@ class Recovery(RdmaCase):
         self.fail("recovery did not succeed in 4 attempts" + self.ctx())
 
     def finish_both(self, pauses=1):
-        src_rc, dst_rc = self.finish(self.send, 240), self.finish(self.recv, 60)
+        src_rc = self.finish(self.send, 240, self.ctx)
+        dst_rc = self.finish(self.recv, 60, self.ctx)
         src, dst = self.send.report(), self.recv.report()
         self.assertEqual((src_rc, dst_rc), (0, 0), self.ctx())
         self.assert_verified(src, dst, self.ctx())
@@ -420,7 +421,7 @@ class Recovery(RdmaCase):
         self.assertGreater(st["pages_missing"], 0, "postcopy ended before the kill" + self.ctx())
         c = self.spawn("cancel", "--monitor", self.dmon)
         self.assertEqual(self.finish(c, 30), 0, c.describe())
-        self.assertEqual(self.finish(self.recv, 60), 1, self.ctx())
+        self.assertEqual(self.finish(self.recv, 60, self.ctx), 1, self.ctx())
         dst = self.recv.report()
         self.assertEqual(dst["result"], "failed", self.ctx())
         self.assertIn("lost", dst["error"], self.ctx())
@@ -455,7 +456,8 @@ class Recovery(RdmaCase):
         self.wait_monitor(self.dmon, ("precopy-paused",), 30, self.recv, self.ctx())
         self.restore()
         self.recover()
-        src_rc, dst_rc = self.finish(self.send, 240), self.finish(self.recv, 60)
+        src_rc = self.finish(self.send, 240, self.ctx)
+        dst_rc = self.finish(self.recv, 60, self.ctx)
         src, dst = self.send.report(), self.recv.report()
         self.assertEqual((src_rc, dst_rc), (0, 0), self.ctx())
         self.assert_verified(src, dst, self.ctx())
@@ -483,7 +485,8 @@ class Recovery(RdmaCase):
             if st["state"] == "postcopy-paused":
                 self.recover()
             time.sleep(0.2)
-        src_rc, dst_rc = self.finish(self.send, 60), self.finish(self.recv, 60)
+        src_rc = self.finish(self.send, 60, self.ctx)
+        dst_rc = self.finish(self.recv, 60, self.ctx)
         src, dst = self.send.report(), self.recv.report()
         self.assertEqual((src_rc, dst_rc), (0, 0), self.ctx())
         self.assert_verified(src, dst, self.ctx())

@@ -170,6 +170,33 @@ class Style(unittest.TestCase):
         self.assertEqual(found, [])
 
 
+# A clock read inside MIN, MAX or CLAMP is read again for the result: a
+# deadline crossed between two readings turns a bounded wait into -1
+# (poll(2): for ever).  Seen: a destination that never noticed a dead source.
+CLOCK_IN_MACRO = re.compile(r"\b(?:MIN|MAX|CLAMP)\s*\((?:[^;{}]*?)"
+                            r"\b(?:rdmig_now_us|g_get_monotonic_time|silent_ms|clock_gettime)\s*\(")
+
+
+def clock_in_macros(path):
+    out = []
+    text = open(path).read()
+    for m in CLOCK_IN_MACRO.finditer(text):
+        out.append("%s:%d" % (os.path.relpath(path, SRC), text.count("\n", 0, m.start()) + 1))
+    return out
+
+
+class Clocks(unittest.TestCase):
+    def test_no_clock_read_inside_min_max_clamp(self):
+        """No MIN/MAX/CLAMP reads a clock in its arguments (they are
+        evaluated more than once)."""
+        found = []
+        for folder in ("engine", "transport", "rdma", "util", "tools"):
+            for name in sorted(os.listdir(os.path.join(SRC, folder))):
+                if name.endswith((".c", ".h")):
+                    found += clock_in_macros(os.path.join(SRC, folder, name))
+        self.assertEqual(found, [])
+
+
 def file_map():
     """docs/architecture.md's file map: {folder: set of names}; a row names
     "x.c/.h" for a pair."""
