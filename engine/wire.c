@@ -4,6 +4,7 @@
 #include "wire.h"
 
 #include "util/be.h"
+#include "util/text.h"
 
 #include <string.h>
 
@@ -130,7 +131,9 @@ static void rbytes(Rd *r, void *dst, size_t n, const char *f)
     memcpy(dst, r->p + r->off, n);
     r->off += n;
 }
-/* A length-prefixed string into @dst of @cap bytes (NUL added). */
+/* A length-prefixed string into @dst of @cap bytes (NUL added), made
+ * printable: every string a peer sends (names, messages) may reach a log or
+ * a terminal, and none is allowed to act on it. */
 static void rstr(Rd *r, bool wide, char *dst, size_t cap, const char *f)
 {
     size_t n = wide ? r16(r, f) : r8(r, f);
@@ -150,6 +153,8 @@ static void rstr(Rd *r, bool wide, char *dst, size_t cap, const char *f)
                     "%s message: %s contains a NUL byte", r->msg, f);
         r->failed = true;
     }
+    if (!r->failed)
+        rdmig_text_make_printable(dst);
 }
 /* Decoders end here: trailing bytes are as wrong as missing ones. */
 static bool rend(Rd *r)

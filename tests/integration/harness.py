@@ -189,12 +189,14 @@ class RdmigProc:
                                   stderr=self._err, env=full_env)
         self.pid = self.p.pid
         self.lines = []
+        self.raw_lines = []  # as printed, before decoding
         self._q = queue.Queue()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self):
         for raw in iter(self.p.stdout.readline, b""):
+            self.raw_lines.append(raw)
             line = raw.decode("utf-8", "replace").rstrip("\n")
             self.lines.append(line)
             self._q.put(line)
@@ -256,11 +258,17 @@ class RdmigProc:
         return self.p.returncode
 
     def stderr(self):
+        return self.stderr_bytes().decode("utf-8", "replace")
+
+    def stderr_bytes(self):
         self._err.seek(0)
-        return self._err.read().decode("utf-8", "replace")
+        return self._err.read()
 
     def stdout(self):
         return "\n".join(self.lines)
+
+    def stdout_bytes(self):
+        return b"".join(self.raw_lines)
 
     def reports(self):
         """Every JSON object printed on stdout, in order."""

@@ -112,6 +112,36 @@ class FakeDest(harness.RdmigTestCase):
         self.assertIn("out of locked memory", src["error"],
                       "the destination's reason was lost" + ctx)
 
+    def test_error_text_made_printable(self):
+        """A peer's ERROR text reaches the operator's terminal: escape
+        sequences, other control bytes and invalid UTF-8 in it arrive as '?',
+        in the report and on stderr, and the rest of the text is kept."""
+        hostile = b"\x1b]0;owned\x07\x1b[2J disk \xc2\x9b" + b"31m full\xff\nfake line"
+        def script(event, fake):
+            if event == "put":
+                fake.send(MSG_ERROR, struct.pack(">I", 5) +
+                          struct.pack(">H", len(hostile)) + hostile)
+                fake.close_all()
+                return True
+            return False
+        shown = "?]0;owned??[2J disk ??31m full??fake line"
+        # With --json: the report.
+        rc, src, ctx = self.run_source(FakeDestination(script))
+        self.assert_failed_safely(rc, src, ctx)
+        self.assertIn(shown, src["error"], ctx)
+        self.assertFalse(re.search(r"[\x00-\x1f\x7f-\x9f]", src["error"]),
+                         "a control character reached the report" + ctx)
+        # Without: the table and the messages, on a terminal.
+        fake = FakeDestination(script)
+        self.addCleanup(fake.close)
+        send = self.spawn("send", "--to", fake.address, *GUEST)
+        self.finish(send, 30)
+        out = send.stdout_bytes() + send.stderr_bytes()
+        ctx = "\n" + send.describe()
+        self.assertIn(shown.encode(), out, ctx)
+        for bad in (b"\x1b", b"\x07", b"\xc2\x9b", b"\xff"):
+            self.assertNotIn(bad, out, "%r reached the terminal%s" % (bad, ctx))
+
     def test_cancel_mid_precopy(self):
         """The destination cancels: the source ends cancelled, guest running here."""
         def script(event, fake):

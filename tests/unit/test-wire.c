@@ -604,6 +604,53 @@ static void test_error_invalid(void)
 }
 
 /*
+ * A peer's text reaches an operator's terminal: every byte a terminal could
+ * act on arrives as '?', one for one, and printable text (UTF-8 included)
+ * arrives as sent.  Payloads written by hand, as a hostile peer would.
+ */
+static void test_error_text_printable(void)
+{
+    static const struct {
+        const char *sent, *arrives;
+    } cases[] = {
+        /* OSC retitling the window, ended by BEL; then a clear screen. */
+        { "\x1b]0;owned\x07 and \x1b[2J", "?]0;owned? and ?[2J" },
+        { "one\nline\r\ttab\x7f", "one?line??tab?" },
+        /* C1 CSI (U+009B) is two bytes in UTF-8: two '?'. */
+        { "csi \xc2\x9b" "31m", "csi ??31m" },
+        /* Invalid UTF-8: a lone continuation byte, a truncated sequence,
+         * an overlong '/'. */
+        { "a\x80" "b\xe6\x97" "c\xc0\xaf", "a?b??c??" },
+        /* Printable UTF-8 and U+00A0 (just past C1) are kept. */
+        { "caf\xc3\xa9 \xe6\x97\xa5 \xc2\xa0", "caf\xc3\xa9 \xe6\x97\xa5 \xc2\xa0" },
+    };
+    for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+        size_t len = strlen(cases[i].sent);
+        g_autoptr(GByteArray) b = g_byte_array_new();
+        w32(b, RDMIG_ERROR_PEER);
+        w16(b, (uint16_t)len);
+        wbytes(b, cases[i].sent, len);
+        g_autofree uint8_t *copy = g_memdup2(b->data, b->len);
+        RdmigWireError e;
+        g_autoptr(GError) err = NULL;
+        g_assert_true(rdmig_error_decode(copy, b->len, &e, &err));
+        g_assert_no_error(err);
+        g_assert_cmpstr(e.message, ==, cases[i].arrives);
+    }
+    /* Block names from HELLO go the same way: one with an escape arrives
+     * with '?' where the escape was. */
+    RdmigHello *h = hello_new(1, 1);
+    g_strlcpy(h->blocks[0].name, "pc.\x1b[1mram", sizeof(h->blocks[0].name));
+    g_autoptr(GByteArray) hb = rdmig_hello_encode(h);
+    hello_free(h);
+    RdmigHello got;
+    g_autoptr(GError) herr = NULL;
+    g_assert_true(rdmig_hello_decode(hb->data, hb->len, &got, &herr));
+    g_assert_cmpstr(got.blocks[0].name, ==, "pc.?[1mram");
+    rdmig_hello_clear(&got);
+}
+
+/*
  * What one side encodes the other must decode: an error whose text is longer
  * than the ERROR message's field must still arrive, cut to fit, rather than
  * turn into "ERROR message: message of N bytes exceeds ..." at the peer and
@@ -1478,6 +1525,7 @@ int main(int argc, char **argv)
     g_test_add_func("/wire/error/roundtrip", test_error_roundtrip);
     g_test_add_func("/wire/error/truncated", test_error_truncated);
     g_test_add_func("/wire/error/invalid", test_error_invalid);
+    g_test_add_func("/wire/error/text-printable", test_error_text_printable);
     g_test_add_func("/wire/error/long-message-decodable", test_error_long_message_decodable);
     g_test_add_func("/wire/complete-ack/roundtrip", test_complete_ack_roundtrip);
     g_test_add_func("/wire/complete-ack/truncated", test_complete_ack_truncated);
