@@ -103,16 +103,16 @@ int cli_cmd_recv(void)
         sg_prealloc(gu.g);
     int rc = CLI_EXIT_FAILED;
     g_autoptr(GError) err = NULL;
-    CliMonitor *mon = NULL;
-    if (!rdmig_session_start(s, cli_opt.address, &err)) {
+    /* The monitor first: a migration no one could recover or cancel does
+     * not start. */
+    CliMonitor *mon = cli_monitor_open(cli_opt.monitor, "recv", cli_opt.quiet, &err);
+    if (mon && rdmig_session_start(s, cli_opt.address, &err)) {
+        rc = recv_run(s, &gu, mon);
+    } else {
         fprintf(stderr, "rdmig recv: %s\n", err->message);
         if (g_error_matches(err, RDMIG_ERROR, RDMIG_ERROR_INVALID))
             rc = CLI_EXIT_USAGE;
-    } else if (!(mon = cli_monitor_open(cli_opt.monitor, "recv", cli_opt.quiet, &err))) {
-        fprintf(stderr, "rdmig recv: %s\n", err->message);
-        rdmig_session_cancel(s);
-    } else {
-        rc = recv_run(s, &gu, mon);
+        cli_monitor_close(mon);
     }
     session_teardown(&gu);
     return rc;
@@ -133,22 +133,21 @@ static int source_run(RdmigSession *s, CliGuest *gu, const char *address)
     cli_run_set_session(s);
     CliReport r = { .role = "source", .blocks = cli_opt.blocks };
     GThread *timer = NULL;
-    if (rdmig_session_start(s, address, &err)) {
+    /* The monitor first: a migration no one could recover or cancel does
+     * not start. */
+    CliMonitor *mon = cli_monitor_open(cli_opt.monitor, "send", cli_opt.quiet, &err);
+    if (mon && rdmig_session_start(s, address, &err)) {
         if (cli_opt.cancel_after_ms > 0)
             timer = g_thread_new("cancel", cancel_timer, s);
-        g_autoptr(GError) merr = NULL;
-        CliMonitor *mon = cli_monitor_open(cli_opt.monitor, "send", cli_opt.quiet, &merr);
-        if (!mon) {
-            fprintf(stderr, "rdmig send: %s; cancelling\n", merr->message);
-            rdmig_session_cancel(s);
-        }
         cli_run_loop(s, mon, cli_opt.quiet);
         r.ok = rdmig_session_wait(s, &err);
         cli_monitor_close(mon);
     } else {
+        cli_monitor_close(mon);
         fprintf(stderr, "rdmig send: %s\n", err->message);
         if (g_error_matches(err, RDMIG_ERROR, RDMIG_ERROR_INVALID)) {
-            /* A malformed address is bad usage, not a failed migration. */
+            /* A malformed address or monitor path is bad usage, not a
+             * failed migration. */
             cli_run_set_session(NULL);
             return CLI_EXIT_USAGE;
         }

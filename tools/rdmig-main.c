@@ -10,9 +10,9 @@
  *   rdmig status --monitor PATH          state of a running send or recv, as JSON
  *   rdmig cancel --monitor PATH          cancel it (in postcopy-paused: give up)
  *
- * send and recv answer on a monitor socket (--monitor, default
- * /tmp/rdmig-PID.sock): one JSON request per connection, one JSON reply
- * (rdmig-monitor.h).
+ * send and recv answer on a monitor socket (--monitor, default PID.sock in
+ * $XDG_RUNTIME_DIR/rdmig or /run/rdmig): one JSON request per connection,
+ * one JSON reply (rdmig-monitor.h).
  *
  * Exit status: 0 completed, 1 failed, 2 bad usage, 3 cancelled.
  *

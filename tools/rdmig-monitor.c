@@ -12,7 +12,9 @@
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -26,8 +28,10 @@
 #define REPLY_MAX (64 * 1024)
 
 struct CliMonitor {
-    int fd;       /* listening socket */
-    char *path;   /* its file, removed at close */
+    int fd;           /* listening socket */
+    char *path;       /* its file, removed at close */
+    const char *role; /* "send" or "recv", for messages */
+    bool quiet;
 };
 
 static bool monitor_addr(const char *path, struct sockaddr_un *sa, GError **error)
@@ -298,6 +302,26 @@ static void discard_unread(int c)
     }
 }
 
+/* Whether the client on @c may use the monitor: the same user as this
+ * process, or root.  The socket's mode already keeps others out; this holds
+ * even where a caller's --monitor path sits in a shared directory, or the
+ * file's mode was changed.  False with @error naming the refusal. */
+static bool client_allowed(int c, GError **error)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(c, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_AUTH, "permission denied: cannot tell who "
+                    "the client is (%s)", g_strerror(errno));
+        return false;
+    }
+    if (cred.uid == geteuid() || cred.uid == 0)
+        return true;
+    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_AUTH, "permission denied: this monitor answers "
+                "only uid %u and root, not uid %u", (unsigned)geteuid(), (unsigned)cred.uid);
+    return false;
+}
+
 void cli_monitor_serve(CliMonitor *m, RdmigSession *s)
 {
     if (!m)
@@ -309,8 +333,12 @@ void cli_monitor_serve(CliMonitor *m, RdmigSession *s)
     size_t len = 0;
     g_autoptr(GError) err = NULL;
     g_autofree char *reply = NULL;
-    if (read_line(c, buf, sizeof(buf), &len, REQUEST_TIMEOUT_MS, "request", &err))
+    if (!client_allowed(c, &err)) {
+        if (!m->quiet)
+            fprintf(stderr, "rdmig %s: monitor: %s\n", m->role, err->message);
+    } else if (read_line(c, buf, sizeof(buf), &len, REQUEST_TIMEOUT_MS, "request", &err)) {
         reply = answer(s, buf, len, &err);
+    }
     if (!reply)
         reply = error_reply(err);
     g_autofree char *out = g_strconcat(reply, "\n", NULL);
@@ -324,27 +352,92 @@ void cli_monitor_serve(CliMonitor *m, RdmigSession *s)
 
 /* ------------------------------------------------------------------ server: socket */
 
-CliMonitor *cli_monitor_open(const char *path, const char *role, bool quiet, GError **error)
+/* The directory of default monitor sockets: $XDG_RUNTIME_DIR/rdmig, or
+ * /run/rdmig; made mode 0700 if missing, and refused unless it is a
+ * directory (not a link) of this user that no one else may enter.  A newly
+ * allocated path, or NULL with @error. */
+static char *private_dir(GError **error)
 {
-    g_autofree char *p = path ? g_strdup(path) : g_strdup_printf("/tmp/rdmig-%d.sock",
-                                                                 (int)getpid());
-    struct sockaddr_un sa;
-    if (!monitor_addr(p, &sa, error))
-        return NULL;
-    unlink(p);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 4) < 0) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "monitor socket %s: %s", p,
-                    g_strerror(errno));
-        if (fd >= 0)
-            close(fd);
+    const char *xdg = g_getenv("XDG_RUNTIME_DIR");
+    g_autofree char *dir = xdg && *xdg == '/' ? g_build_filename(xdg, "rdmig", NULL)
+                                              : g_strdup("/run/rdmig");
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
+                    "cannot make the monitor directory %s: %s (set XDG_RUNTIME_DIR, or give "
+                    "--monitor PATH)", dir, g_strerror(errno));
         return NULL;
     }
+    struct stat st;
+    if (lstat(dir, &st) < 0) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "monitor directory %s: %s", dir,
+                    g_strerror(errno));
+        return NULL;
+    }
+    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "monitor directory %s is not private (%s, owner uid %u, mode %04o): it must "
+                    "be a directory of uid %u with mode 0700; fix or remove it, or give "
+                    "--monitor PATH", dir, S_ISDIR(st.st_mode) ? "a directory" : "not a directory",
+                    (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777), (unsigned)geteuid());
+        return NULL;
+    }
+    return g_steal_pointer(&dir);
+}
+
+/* The socket file at @path, bound, mode 0600, listening; -1 with @error.
+ * An existing file is never removed: it may be another process's monitor. */
+static int listen_at(const char *path, GError **error)
+{
+    struct sockaddr_un sa;
+    if (!monitor_addr(path, &sa, error))
+        return -1;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        if (errno == EADDRINUSE)
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                        "monitor socket %s already exists: another rdmig is using it, or one "
+                        "ended without removing it (remove it if none runs there), or give "
+                        "another --monitor PATH", path);
+        else
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "monitor socket %s: %s", path,
+                        g_strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    /* Bound: the file is ours now, and removed again on failure. */
+    if (chmod(path, 0600) < 0 || listen(fd, 4) < 0) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "monitor socket %s: %s", path,
+                    g_strerror(errno));
+        unlink(path);
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+CliMonitor *cli_monitor_open(const char *path, const char *role, bool quiet, GError **error)
+{
+    g_autofree char *p = NULL;
+    if (path) {
+        p = g_strdup(path);
+    } else {
+        g_autofree char *dir = private_dir(error);
+        if (!dir)
+            return NULL;
+        g_autofree char *name = g_strdup_printf("%d.sock", (int)getpid());
+        p = g_build_filename(dir, name, NULL);
+    }
+    int fd = listen_at(p, error);
+    if (fd < 0)
+        return NULL;
     if (!quiet)
         fprintf(stderr, "rdmig %s: monitor on %s\n", role, p);
     CliMonitor *m = g_new0(CliMonitor, 1);
     m->fd = fd;
     m->path = g_steal_pointer(&p);
+    m->role = role;
+    m->quiet = quiet;
     return m;
 }
 
@@ -441,21 +534,27 @@ JsonNode *cli_monitor_call(const char *path, const char *command, JsonObject *ar
         return NULL;
     g_autofree char *line = request_line(command, arguments);
     size_t len = strlen(line), off = 0;
-    while (off < len) {
+    int send_errno = 0;
+    while (off < len && !send_errno) {
         ssize_t n = send(fd, line + off, len - off, MSG_NOSIGNAL);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n <= 0) {
-            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER, "sending to the monitor at %s: %s",
-                        path, g_strerror(errno));
-            close(fd);
-            return NULL;
-        }
-        off += (size_t)n;
+        if (n <= 0)
+            send_errno = n < 0 ? errno : EPIPE;
+        else
+            off += (size_t)n;
     }
+    /* A server that refuses a client answers before reading its request
+     * and closes: the send fails, and the reply says why. */
     g_autofree char *buf = g_malloc(REPLY_MAX);
     bool ok = read_line(fd, buf, REPLY_MAX, &len, REPLY_TIMEOUT_MS, "reply", error);
     close(fd);
+    if (send_errno && (!ok || !len)) {
+        g_clear_error(error);
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER, "sending to the monitor at %s: %s",
+                    path, g_strerror(send_errno));
+        return NULL;
+    }
     if (ok && !len)
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER, "no answer");
     g_autoptr(JsonParser) parser = ok && len ? parse_object(buf, len, "the reply", error) : NULL;

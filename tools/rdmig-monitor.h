@@ -35,9 +35,13 @@
 
 typedef struct CliMonitor CliMonitor;
 
-/** cli_monitor_open: listens on @path (NULL: /tmp/rdmig-PID.sock), replacing
- *  a stale socket file there, and says so on stderr unless @quiet (as
- *  "rdmig @role: monitor on PATH").  NULL with @error if it cannot.  Main
+/** cli_monitor_open: listens on @path, or by default on PID.sock in a
+ *  private directory ($XDG_RUNTIME_DIR/rdmig or /run/rdmig, mode 0700, made
+ *  if missing), with the socket mode 0600; only this user and root are
+ *  answered (SO_PEERCRED).  Says so on stderr unless @quiet (as "rdmig
+ *  @role: monitor on PATH").  NULL with @error if it cannot: an existing
+ *  file at the path (never removed: it may be another process's monitor)
+ *  and a directory that is not private are RDMIG_ERROR_INVALID.  Main
  *  thread. */
 CliMonitor *cli_monitor_open(const char *path, const char *role, bool quiet, GError **error);
 

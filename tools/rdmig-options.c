@@ -63,7 +63,7 @@ static const GOptionEntry entries[] = {
     { "prealloc", 0, 0, G_OPTION_ARG_NONE, &cli_opt.prealloc, "recv: allocate all guest RAM before listening, like QEMU's -mem-prealloc", NULL },
     { "run-after-ms", 0, 0, G_OPTION_ARG_INT, &cli_opt.run_after_ms, "recv: run the guest this long before checking it (default 300)", "MS" },
     { "cancel-after-ms", 0, 0, G_OPTION_ARG_INT, &cli_opt.cancel_after_ms, "send: cancel after this long", "MS" },
-    { "monitor", 0, 0, G_OPTION_ARG_STRING, &cli_opt.monitor, "send/recv: monitor socket (default /tmp/rdmig-PID.sock); recover/status/cancel/send --resume: the one to talk to", "PATH" },
+    { "monitor", 0, 0, G_OPTION_ARG_STRING, &cli_opt.monitor, "send/recv: monitor socket (default $XDG_RUNTIME_DIR/rdmig/PID.sock or /run/rdmig/PID.sock); recover/status/cancel/send --resume: the one to talk to", "PATH" },
     { "resume", 0, 0, G_OPTION_ARG_NONE, &cli_opt.resume, "send: resume a paused migration (with --monitor and --to)", NULL },
     { "precopy-resume", 0, 0, G_OPTION_ARG_NONE, &cli_opt.precopy_resume, "send, recv: a broken precopy link pauses and can be resumed, rather than failing (both sides)", NULL },
     { NULL },
