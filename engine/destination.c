@@ -74,6 +74,18 @@ static bool load_device_state(RdmigDestination *dst, GError **error)
 static bool complete(RdmigDestination *dst, GError **error)
 {
     RdmigSession *s = &dst->s;
+    uint64_t needed = 0;
+    for (guint i = 0; i < s->blocks->len; i++) {
+        RdmigRamBlock *b = s->blocks->pdata[i];
+        needed += b->needed ? rdmig_bitmap_count(b->needed, b->npages) : 0;
+    }
+    if (needed) {
+        /* Verification skips them: the guest would run with them zero. */
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "COMPLETE while %" G_GUINT64_FORMAT " pages are still needed (discarded for "
+                    "postcopy and never sent again)", needed);
+        return false;
+    }
     if (!rdmig_session_set_state_or_cancelled(s, RDMIG_STATE_ACTIVE, RDMIG_STATE_DEVICE, error))
         return false;
     gint64 t0 = rdmig_now_us();
@@ -238,11 +250,27 @@ static void device_state(RdmigDestination *dst, const RdmigFrame *f)
 
 /* One message of the migration, applied; *@done when the migration ended
  * (completed or not: the return value says). */
+/* Once POSTCOPY_PREPARE is taken, our RAM is no longer the source's to
+ * write and what we hold is verified: only the rest of the switchover may
+ * follow. */
+static bool prepared_phase(RdmigDestination *dst, uint16_t type, GError **error)
+{
+    if (!dst->postcopy_prepared || type == RDMIG_MSG_DISCARD || type == RDMIG_MSG_DEVICE_STATE ||
+        type == RDMIG_MSG_POSTCOPY_START)
+        return true;
+    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                "%s after POSTCOPY_PREPARE: only DISCARD, DEVICE_STATE and POSTCOPY_START may "
+                "follow it", rdmig_msg_type_str(type));
+    return false;
+}
+
 static bool apply(RdmigDestination *dst, const RdmigFrame *f, bool *done, GError **error)
 {
     guint block;
     uint64_t first;
     uint32_t n;
+    if (!prepared_phase(dst, f->hdr.type, error))
+        return false;
     switch (f->hdr.type) {
     case RDMIG_MSG_ZERO:
         return rdmig_apply_zero(dst, f, error);

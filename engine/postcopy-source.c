@@ -75,6 +75,7 @@ static bool prepare(RdmigSource *src, uint64_t *discarded, GError **error)
         return false;
     if ((s->features & RDMIG_FEATURE_VERIFY) && !rdmig_source_send_hashes(src, error))
         return false;
+    src->postcopy_prepare_sent = true;
     return rdmig_channel_send(s, RDMIG_MSG_POSTCOPY_PREPARE, rdmig_u64_encode(*discarded),
                               error) &&
            rdmig_source_wait_flag(src, &src->postcopy_prepared, error);

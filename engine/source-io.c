@@ -63,12 +63,29 @@ static bool reap(RdmigSource *src, uint32_t ci, GError **error)
     return true;
 }
 
+/* A message the destination may send only after one of ours: PROTOCOL,
+ * naming both, when ours has not gone out.  A peer that answers what was
+ * never asked (a COMPLETE_ACK before COMPLETE would end the migration as a
+ * success) is broken or hostile. */
+static bool in_phase(bool asked, RdmigMsgType type, const char *after, GError **error)
+{
+    if (!asked)
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "%s from the destination before %s: out of phase",
+                    rdmig_msg_type_str(type), after);
+    return asked;
+}
+
 static bool handle_message(RdmigSource *src, const RdmigFrame *f, GError **error)
 {
+    RdmigMsgType t = f->hdr.type;
     switch (f->hdr.type) {
     case RDMIG_MSG_ROUND_ACK:
         return rdmig_u64_decode(f->payload, f->hdr.length, &src->round_ack, "ROUND_ACK", error);
     case RDMIG_MSG_POSTCOPY_PREPARED:
+        if (!in_phase(src->postcopy_prepare_sent && !src->postcopy_prepared, t,
+                      "POSTCOPY_PREPARE (or twice)", error))
+            return false;
         src->postcopy_prepared = true;
         return true;
     case RDMIG_MSG_POSTCOPY_RUNNING:
@@ -80,7 +97,9 @@ static bool handle_message(RdmigSource *src, const RdmigFrame *f, GError **error
         src->postcopy_running = true;
         return true;
     case RDMIG_MSG_COMPLETE_ACK:
-        if (!rdmig_complete_ack_decode(f->payload, f->hdr.length, &src->complete_ack, error))
+        if (!in_phase(src->complete_sent || src->postcopy_started, t,
+                      "COMPLETE or POSTCOPY_START", error) ||
+            !rdmig_complete_ack_decode(f->payload, f->hdr.length, &src->complete_ack, error))
             return false;
         src->complete_acked = true;
         return true;

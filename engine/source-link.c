@@ -102,6 +102,14 @@ static bool check_features(RdmigSource *src, const RdmigHello *h, const RdmigHel
                     ack->features_enabled & ~enabled);
         return false;
     }
+    uint64_t not_enabled = h->features_required & ~ack->features_enabled;
+    if (not_enabled) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "destination did not enable features 0x%" G_GINT64_MODIFIER "x that this "
+                    "source requires%s", not_enabled,
+                    (not_enabled & RDMIG_FEATURE_VERIFY) ? " (per-page verification)" : "");
+        return false;
+    }
     if (recovering && ack->features_enabled != s->features) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
                     "the recovered destination enabled features 0x%" G_GINT64_MODIFIER "x, the "

@@ -57,6 +57,7 @@ typedef struct {
 
     /* postcopy (postcopy-source.c) */
     gint postcopy_requested;    /* rdmig_session_start_postcopy() was called */
+    bool postcopy_prepare_sent; /* POSTCOPY_PREPARE sent: PREPARED may come */
     bool postcopy_prepared;     /* POSTCOPY_PREPARED received */
     bool postcopy_started;      /* POSTCOPY_START sent: the guest may run only there now */
     bool postcopy_running;      /* POSTCOPY_RUNNING received */

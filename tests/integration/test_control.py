@@ -17,8 +17,10 @@ import time
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import (MSG_HASHES, MSG_HELLO, MSG_HELLO_ACK, MSG_PING, MSG_ROUND_END,  # noqa: E402
-                     MSG_ZERO, FakeControl, FakeSource, frame, hello_payload)
+from harness import (FEATURE_POSTCOPY, FEATURE_VERIFY, FEATURE_ZERO_PAGES,  # noqa: E402
+                     MSG_COMPLETE, MSG_DISCARD, MSG_HASHES, MSG_HELLO, MSG_HELLO_ACK, MSG_PING,
+                     MSG_POSTCOPY_PREPARE, MSG_ROUND_END, MSG_ZERO, FakeControl, FakeSource,
+                     frame, hello_payload)
 
 RAM = 32 << 20
 GUEST = ["--ram-size", "32M"]
@@ -160,14 +162,19 @@ class Handshake(harness.RdmigTestCase):
         self.assertIn("did not arrive", err[1], ctx)
 
 
-class AfterHandshake(harness.RdmigTestCase):
+class BadMessage(harness.RdmigTestCase):
     """A valid handshake and data connection, then one bad control message."""
 
-    def expect_failure(self, mtype, payload, *words, code="protocol", seq=None):
+    def expect_failure(self, mtype, payload, *words, code="protocol", seq=None, before=(),
+                       hello=None):
+        """@before: (type, payload) frames sent first, which must be accepted;
+        @hello: HELLO fields other than the defaults."""
         recv, addr = self.start_recv(guest=GUEST)
-        fake = FakeSource(addr, BLOCKS)
+        fake = FakeSource(addr, BLOCKS, **(hello or {}))
         try:
             fake.data_connect()
+            for t, p in before:
+                fake.ctl.send(t, p)
             if seq is not None:
                 fake.ctl.seq = seq
             fake.ctl.send(mtype, payload)
@@ -188,6 +195,8 @@ class AfterHandshake(harness.RdmigTestCase):
         for w in words:
             self.assertIn(w, err[1], ctx)
 
+
+class AfterHandshake(BadMessage):
     def test_unknown_type(self):
         self.expect_failure(99, b"\x01\x02\x03", "unknown", "99")
 
@@ -226,6 +235,38 @@ class AfterHandshake(harness.RdmigTestCase):
     def test_hashes_bad_block(self):
         payload = struct.pack(">IQI", 3, 0, 1) + b"\0" * 8
         self.expect_failure(MSG_HASHES, payload, "HASHES", "#3")
+
+
+class OutOfPhase(BadMessage):
+    """Messages that are well formed but come in a phase they do not belong
+    to: the destination refuses them, and its guest never runs."""
+    POSTCOPY = {"supported": FEATURE_VERIFY | FEATURE_ZERO_PAGES | FEATURE_POSTCOPY}
+    # Without verification: POSTCOPY_PREPARE then succeeds with no HASHES sent.
+    PREPARED = {"supported": FEATURE_ZERO_PAGES | FEATURE_POSTCOPY}
+
+    @staticmethod
+    def runs(block, *runs):
+        p = struct.pack(">II", block, len(runs))
+        for first, count in runs:
+            p += struct.pack(">QI", first, count)
+        return p
+
+    def test_complete_with_pages_needed(self):
+        """COMPLETE after DISCARD (the pages would run as zeros: verification
+        skips pages it is still to receive)."""
+        self.expect_failure(MSG_COMPLETE, struct.pack(">Q", NPAGES), "COMPLETE", "3 pages",
+                            "still needed", hello=self.POSTCOPY,
+                            before=[(MSG_DISCARD, self.runs(0, (5, 2), (100, 1)))])
+
+    def test_zero_after_prepare(self):
+        self.expect_failure(MSG_ZERO, self.runs(0, (0, 1)), "ZERO after POSTCOPY_PREPARE",
+                            hello=self.PREPARED,
+                            before=[(MSG_POSTCOPY_PREPARE, struct.pack(">Q", 0))])
+
+    def test_complete_after_prepare(self):
+        self.expect_failure(MSG_COMPLETE, struct.pack(">Q", NPAGES),
+                            "COMPLETE after POSTCOPY_PREPARE", hello=self.PREPARED,
+                            before=[(MSG_POSTCOPY_PREPARE, struct.pack(">Q", 0))])
 
 
 class TellsTheSource(harness.RdmigTestCase):

@@ -166,6 +166,40 @@ class FakeDest(harness.RdmigTestCase):
         self.assert_failed_safely(rc, src, ctx)
         self.assertIn("42", src["error"], ctx)
 
+    def test_required_feature_not_enabled(self):
+        """HELLO_ACK enables less than the source requires: a destination
+        must not switch verification off."""
+        rc, src, ctx = self.run_source(FakeDestination(ack_overrides={
+            "enabled": harness.FEATURE_ZERO_PAGES | harness.FEATURE_MULTI_CONN}))
+        self.assert_failed_safely(rc, src, ctx)
+        self.assertEqual(src["error_code"], "protocol", ctx)
+        self.assertIn("did not enable", src["error"], ctx)
+        self.assertIn("verification", src["error"], ctx)
+
+    def test_complete_ack_before_complete(self):
+        """A COMPLETE_ACK in the middle of round 1 would end the migration as
+        a success with the guest's memory still here: out of phase."""
+        def script(event, fake):
+            if event == "put":
+                fake.complete_ack(None, 8192, 0, "")
+                return True
+            return False
+        rc, src, ctx = self.run_source(FakeDestination(script))
+        self.assert_failed_safely(rc, src, ctx)
+        self.assertEqual(src["error_code"], "protocol", ctx)
+        self.assertIn("COMPLETE_ACK from the destination before COMPLETE", src["error"], ctx)
+
+    def test_postcopy_prepared_unasked(self):
+        def script(event, fake):
+            if event == "put":
+                fake.send(harness.MSG_POSTCOPY_PREPARED, struct.pack(">Q", 0))
+                return True
+            return False
+        rc, src, ctx = self.run_source(FakeDestination(script))
+        self.assert_failed_safely(rc, src, ctx)
+        self.assertIn("POSTCOPY_PREPARED from the destination before POSTCOPY_PREPARE",
+                      src["error"], ctx)
+
     def test_ack_never_sent(self):
         """A data-connection ACK for a write that was never posted."""
         def script(event, fake):
