@@ -19,6 +19,13 @@ void rdmig_channel_open(RdmigSession *s, int fd)
     rdmig_channel_heard(s);
 }
 
+void rdmig_channel_open_after_hello(RdmigSession *s, int fd, uint64_t hello_bytes)
+{
+    s->ctl = rdmig_control_new_with_received(fd, (int)s->params.peer_timeout_ms, 1,
+                                             hello_bytes);
+    rdmig_channel_heard(s);
+}
+
 void rdmig_channel_heard(RdmigSession *s)
 {
     g_atomic_pointer_set(&s->last_rx_us, rdmig_now_us());

@@ -14,6 +14,9 @@
 /** rdmig_channel_open: the session's control channel on connected socket
  *  @fd (taken); the peer counts as heard from now. */
 void rdmig_channel_open(RdmigSession *s, int fd);
+/** rdmig_channel_open_after_hello: the same for a connection whose HELLO
+ *  (@hello_bytes, header included) was read at the door (hello-gate.h). */
+void rdmig_channel_open_after_hello(RdmigSession *s, int fd, uint64_t hello_bytes);
 /** rdmig_channel_send: sends one message and releases @payload (may be
  *  NULL).  Fails (RDMIG_ERROR_LINK) when the link is gone. */
 bool rdmig_channel_send(RdmigSession *s, RdmigMsgType type, GByteArray *payload, GError **error);

@@ -6,9 +6,10 @@
  * and the data pollers that let the transport place pages (TCP) or watch
  * for the connection's end (RDMA).
  *
- * A connection whose first bytes are not a valid rdmig HELLO is dropped with
- * a warning and the listener keeps waiting: a port scan must not end an
- * incoming migration.  A real source with a wrong layout or version fails it.
+ * Connections wait at the door (hello-gate.h) until one sends a valid
+ * HELLO; the handshake then refuses a source it cannot take (layout,
+ * features, transports) before HELLO_ACK, and the destination keeps
+ * listening (destination.c): a stranger must not end an incoming migration.
  */
 #define G_LOG_DOMAIN "rdmig-engine"
 
@@ -23,6 +24,7 @@
 #include "channel.h"
 #include "dataplane.h"
 #include "destination.h"
+#include "hello-gate.h"
 #include "state.h"
 #include "transport/address.h"
 #include "uffd.h"
@@ -106,51 +108,59 @@ void rdmig_destination_drop_link(RdmigDestination *dst)
 
 /* ---------------------------------------------------------------- the source */
 
-/* One connection on the listener: a HELLO within the peer timeout, or why not. */
-static int read_hello(RdmigDestination *dst, RdmigHello *hello, GError **error)
+int rdmig_destination_door_ms(const RdmigSession *s)
 {
-    RdmigSession *s = &dst->s;
-    RdmigFrame f;
-    int r = rdmig_control_recv(s->ctl, &f, (int)s->params.peer_timeout_ms, error);
-    if (r > 0 && f.hdr.type == RDMIG_MSG_HELLO &&
-        rdmig_hello_decode(f.payload, f.hdr.length, hello, error)) {
-        rdmig_channel_heard(s);
-        return 1;
-    }
-    return r > 0 ? -1 : r;
+    return (int)MIN(s->params.peer_timeout_ms, RDMIG_DOOR_MS);
 }
 
-bool rdmig_destination_accept(RdmigDestination *dst, RdmigHello *hello, GError **error)
+int rdmig_destination_wait_hello(RdmigDestination *dst, RdmigHelloGate *gate, int extra_fd,
+                                 bool *extra_ready, int timeout_ms, RdmigHello *hello,
+                                 GError **error)
+{
+    RdmigSession *s = &dst->s;
+    struct pollfd p[2 + 1 + RDMIG_GATE_SLOTS];
+    p[0] = (struct pollfd){ .fd = s->wake_fd, .events = POLLIN };
+    p[1] = (struct pollfd){ .fd = extra_fd, .events = POLLIN };
+    int wait_ms = timeout_ms;
+    unsigned n = rdmig_hello_gate_pollfds(gate, p + 2, &wait_ms);
+    if (poll(p, 2 + n, wait_ms) < 0 && errno != EINTR) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s", g_strerror(errno));
+        return -1;
+    }
+    if (extra_ready)
+        *extra_ready = extra_fd >= 0 && p[1].revents;
+    if (p[0].revents) {
+        uint64_t v;
+        if (read(s->wake_fd, &v, sizeof(v)) < 0) {
+            /* Drained by another wait already. */
+        }
+        if (rdmig_session_cancelled(s)) {
+            rdmig_set_cancelled(error);
+            return -1;
+        }
+    }
+    uint64_t bytes = 0;
+    int fd = rdmig_hello_gate_step(gate, p + 2, n, hello, &bytes);
+    if (fd < 0)
+        return 0;
+    rdmig_channel_open_after_hello(s, fd, bytes);
+    return 1;
+}
+
+bool rdmig_destination_accept(RdmigDestination *dst, RdmigHelloGate *gate, RdmigHello *hello,
+                              GError **error)
 {
     RdmigSession *s = &dst->s;
     for (;;) {
-        int fd = rdmig_socket_accept(dst->listen_fd, -1, s->wake_fd, error);
-        if (fd < 0) {
-            if (rdmig_session_cancelled(s)) {
-                g_clear_error(error);
-                rdmig_set_cancelled(error);
-            }
+        int r = rdmig_destination_wait_hello(dst, gate, -1, NULL, -1, hello, error);
+        if (r < 0)
             return false;
-        }
-        rdmig_channel_open(s, fd);
-        /* Times on this side count from the source's arrival, not from
-         * when we began to listen. */
-        s->t_start = rdmig_now_us();
-        g_autoptr(GError) err = NULL;
-        int r = read_hello(dst, hello, &err);
-        if (r > 0)
+        if (r > 0) {
+            /* Times on this side count from the source's arrival, not from
+             * when we began to listen. */
+            s->t_start = rdmig_now_us();
             return true;
-        if (err && err->code == RDMIG_ERROR_VERSION) {
-            /* A real rdmig source of another version: tell it, and fail. */
-            rdmig_channel_send_error(s, err);
-            g_propagate_error(error, g_steal_pointer(&err));
-            return false;
         }
-        g_warning("dropped a connection on %s that is not an rdmig source: %s",
-                  dst->listen_address,
-                  err ? err->message : r == 0 ? "no HELLO within the peer timeout"
-                                              : "first message was not HELLO");
-        rdmig_control_free(g_steal_pointer(&s->ctl));
     }
 }
 
@@ -326,6 +336,7 @@ static bool send_hello_ack(RdmigDestination *dst, uint64_t supported, uint64_t t
               sizeof(ack.data_address));
     if (!rdmig_channel_send(s, RDMIG_MSG_HELLO_ACK, rdmig_hello_ack_encode(&ack), error))
         return false;
+    dst->hello_acked = true;
     rdmig_channel_start_keepalive(s);
     return true;
 }
@@ -398,6 +409,7 @@ bool rdmig_destination_handshake(RdmigDestination *dst, RdmigHello *hello, bool 
     /* Precopy resumes with its RAM registered again; postcopy pulls into
      * the pager's buffers instead, and the pager polls the connections. */
     bool postcopy = recovering && rdmig_session_state(s) != RDMIG_STATE_PRECOPY_PAUSED;
+    dst->hello_acked = false;
     if (!recovering)
         memcpy(s->session_id, hello->session_id, sizeof(s->session_id));
     uint64_t supported, token;

@@ -15,6 +15,7 @@
 #include "channel.h"
 #include "dataplane.h"
 #include "destination.h"
+#include "hello-gate.h"
 #include "finish.h"
 #include "recovery.h"
 #include "state.h"
@@ -347,20 +348,54 @@ static bool receive_resumable(RdmigDestination *dst, GError **error)
 
 /* ---------------------------------------------------------------- the thread */
 
+/* A source refused before HELLO_ACK: told why, its link dropped, and the
+ * session as it was before it came. */
+static void refuse(RdmigDestination *dst, const GError *why)
+{
+    RdmigSession *s = &dst->s;
+    rdmig_channel_send_error(s, why);
+    g_warning("refused a source on %s: %s", dst->listen_address, why->message);
+    rdmig_destination_drop_link(dst); /* the transport too */
+    s->tp = NULL;
+    s->features = 0;
+    g_atomic_int_set(&s->error_sent, 0);
+    g_atomic_int_set(&s->peer_reported, 0);
+    rdmig_session_clear_failure(s);
+}
+
+/* The first source this destination can take: connections that are not
+ * rdmig are dropped at the door, and sources it cannot take (another
+ * layout, version, features, no shared transport) are told why and
+ * refused, while it keeps listening.  Past HELLO_ACK, a failure is the
+ * migration's. */
 static bool welcome(RdmigDestination *dst, GError **error)
 {
     RdmigSession *s = &dst->s;
-    RdmigHello hello = { 0 };
-    bool ok = rdmig_destination_accept(dst, &hello, error);
-    if (ok) {
-        /* One source per session: later connection attempts are refused. */
-        close(dst->listen_fd);
-        dst->listen_fd = -1;
-        ok = rdmig_destination_handshake(dst, &hello, false, error);
-        if (!ok)
-            rdmig_channel_send_error(s, *error);
+    g_autofree char *what = g_strdup_printf("control listener on %s", dst->listen_address);
+    RdmigHelloGate *gate =
+        rdmig_hello_gate_new(dst->listen_fd, rdmig_destination_door_ms(s), what);
+    bool ok = false;
+    for (;;) {
+        RdmigHello hello = { 0 };
+        if (!rdmig_destination_accept(dst, gate, &hello, error))
+            break;
+        GError *err = NULL;
+        ok = rdmig_destination_handshake(dst, &hello, false, &err);
+        rdmig_hello_clear(&hello);
+        if (ok)
+            break;
+        if (dst->hello_acked || rdmig_session_cancelled(s)) {
+            rdmig_channel_send_error(s, err);
+            g_propagate_error(error, err);
+            break;
+        }
+        refuse(dst, err);
+        g_error_free(err);
     }
-    rdmig_hello_clear(&hello);
+    rdmig_hello_gate_free(gate);
+    /* One source per session: later connection attempts are refused. */
+    close(dst->listen_fd);
+    dst->listen_fd = -1;
     return ok;
 }
 

@@ -26,6 +26,7 @@ typedef struct {
     char *listen_address;       /* its bound address (after a recover(): the recovery one) */
     int recover_fd_new;         /* a recovery listener handed over by rdmig_session_recover() */
 
+    bool hello_acked;           /* the handshake under way sent HELLO_ACK */
     RdmigListener *data_listener;
     GThread *data_threads[RDMIG_MAX_DATA_CONNS]; /* pollers: TCP places pages there */
     int stop_fd;                /* eventfd: tells the pollers to exit */
@@ -55,12 +56,30 @@ void rdmig_destination_free(RdmigDestination *dst);
 gpointer rdmig_destination_thread(gpointer data);
 
 /* destination-link.c */
-/** Waits for a source on the listener; drops connections that do not open
- *  with a HELLO (a stranger must not end the migration). */
-bool rdmig_destination_accept(RdmigDestination *dst, RdmigHello *hello, GError **error);
+/* The longest a connection may take to send its HELLO (or the peer
+ * timeout, if shorter): strangers are dropped this soon. */
+#define RDMIG_DOOR_MS 5000
+typedef struct RdmigHelloGate RdmigHelloGate;
+/** The door's deadline for this session. */
+int rdmig_destination_door_ms(const RdmigSession *s);
+/** One wait at the door @gate, at most @timeout_ms (-1: until something
+ *  happens), watching @extra_fd (-1: none) as well: 1 a connection sent a
+ *  valid HELLO (decoded into @hello; it is the session's control channel
+ *  now), 0 not yet (*@extra_ready says whether @extra_fd is readable: the
+ *  caller's to serve), -1 cancelled (RDMIG_ERROR_CANCELLED) or failed. */
+int rdmig_destination_wait_hello(RdmigDestination *dst, RdmigHelloGate *gate, int extra_fd,
+                                 bool *extra_ready, int timeout_ms, RdmigHello *hello,
+                                 GError **error);
+/** Waits at the door @gate until a connection sends a valid HELLO;
+ *  everything else is dropped there (a stranger must not end the
+ *  migration).  False only when cancelled or the listener failed. */
+bool rdmig_destination_accept(RdmigDestination *dst, RdmigHelloGate *gate, RdmigHello *hello,
+                              GError **error);
 /** The handshake of a new migration, or (@recovering) of the paused one's
  *  source on a new link: layout, features, the data transport (chosen
- *  again), REGIONS (precopy), the data connections and their pollers. */
+ *  again), REGIONS (precopy), the data connections and their pollers.
+ *  dst->hello_acked says whether a failure came after HELLO_ACK (the source
+ *  was taken) or before (it was refused). */
 bool rdmig_destination_handshake(RdmigDestination *dst, RdmigHello *hello, bool recovering,
                                  GError **error);
 /** Stops the data pollers (joins them). */

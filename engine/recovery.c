@@ -11,6 +11,8 @@
 
 #include "recovery.h"
 
+#include "hello-gate.h"
+
 #include <errno.h>
 #include <poll.h>
 #include <string.h>
@@ -239,38 +241,28 @@ static bool newer_epoch(RdmigSession *s, uint64_t *epoch, GError **error)
     return false;
 }
 
-/* A connection on the recovery listener: this session's source coming back
- * with a newer epoch, or refused (the peer is told why). */
-static bool take_source_back(RdmigDestination *dst, int listen_fd, GError **error)
+/* The source behind @hello (its HELLO read at the door) back with a newer
+ * epoch, taken again; or refused (the peer is told why). */
+static bool take_source_back(RdmigDestination *dst, RdmigHello *hello, GError **error)
 {
     RdmigSession *s = &dst->s;
-    int fd = rdmig_socket_accept(listen_fd, (int)s->params.connect_timeout_ms, s->wake_fd, error);
-    if (fd < 0)
-        return false;
-    rdmig_channel_open(s, fd);
-    RdmigFrame f;
-    RdmigHello hello = { 0 };
     uint64_t epoch;
-    bool ok = rdmig_channel_expect(s, RDMIG_MSG_HELLO, "on the recovery link",
-                                   (int)s->params.peer_timeout_ms, &f, error) &&
-              rdmig_hello_decode(f.payload, f.hdr.length, &hello, error) &&
-              own_source(dst, &hello, error) && newer_epoch(s, &epoch, error) &&
-              rdmig_destination_handshake(dst, &hello, true, error);
+    bool ok = own_source(dst, hello, error) && newer_epoch(s, &epoch, error) &&
+              rdmig_destination_handshake(dst, hello, true, error);
     if (ok)
         s->epoch = epoch;
-    rdmig_hello_clear(&hello);
     if (!ok)
         rdmig_channel_send_error(s, *error);
     return ok;
 }
 
-/* A connection waits on @lfd: the source back, resynced; or the attempt
+/* A HELLO came to the door: the source back, resynced; or the attempt
  * fails, its link is dropped, and the session stays paused. */
-static bool try_link(RdmigDestination *dst, int lfd, const RdmigRecoveryWaiter *w)
+static bool try_link(RdmigDestination *dst, RdmigHello *hello, const RdmigRecoveryWaiter *w)
 {
     RdmigSession *s = &dst->s;
     GError *err = NULL;
-    if (take_source_back(dst, lfd, &err) && (!w->resync || w->resync(w->opaque, &err)))
+    if (take_source_back(dst, hello, &err) && (!w->resync || w->resync(w->opaque, &err)))
         return true;
     if (!err)
         rdmig_set_cancelled(&err);
@@ -282,32 +274,69 @@ static bool try_link(RdmigDestination *dst, int lfd, const RdmigRecoveryWaiter *
     return false;
 }
 
+/* The recovery listener's door: a new one for a new listener (the old
+ * door's connections go with it). */
+static RdmigHelloGate *door_for(RdmigDestination *dst, RdmigHelloGate *gate, int *lfd)
+{
+    int fd = take_listener(dst, *lfd);
+    if (fd == *lfd && gate)
+        return gate;
+    rdmig_hello_gate_free(gate);
+    *lfd = fd;
+    if (fd < 0)
+        return NULL;
+    g_autofree char *what = g_strdup_printf("recovery listener on %s", dst->listen_address);
+    return rdmig_hello_gate_new(fd, rdmig_destination_door_ms(&dst->s), what);
+}
+
 bool rdmig_recovery_destination(RdmigDestination *dst, const RdmigRecoveryWaiter *w,
                                 GError **error)
 {
     RdmigSession *s = &dst->s;
     int lfd = -1;
+    RdmigHelloGate *gate = NULL;
     bool ok = false;
     for (;;) {
-        lfd = take_listener(dst, lfd);
-        struct pollfd p[3] = { { .fd = s->wake_fd, .events = POLLIN },
-                               { .fd = lfd, .events = POLLIN },
-                               { .fd = w->fd, .events = POLLIN } };
-        if (poll(p, 3, 1000) < 0 && errno != EINTR) {
-            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s", g_strerror(errno));
+        gate = door_for(dst, gate, &lfd);
+        bool serve = false;
+        RdmigHello hello = { 0 };
+        GError *err = NULL;
+        int r;
+        if (gate) {
+            r = rdmig_destination_wait_hello(dst, gate, w->fd, &serve, 1000, &hello, &err);
+        } else {
+            /* No listener yet: the operator's recover() will hand one over. */
+            struct pollfd p[2] = { { .fd = s->wake_fd, .events = POLLIN },
+                                   { .fd = w->fd, .events = POLLIN } };
+            r = poll(p, 2, 1000) < 0 && errno != EINTR ? -1 : 0;
+            if (r < 0)
+                g_set_error(&err, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s",
+                            g_strerror(errno));
+            serve = w->fd >= 0 && p[1].revents;
+            if (p[0].revents && woken_to_cancel(s)) {
+                rdmig_set_cancelled(&err);
+                r = -1;
+            }
+        }
+        if (r < 0) {
+            if (g_error_matches(err, RDMIG_ERROR, RDMIG_ERROR_CANCELLED)) {
+                g_clear_error(&err);
+                given_up(s, error);
+            } else {
+                g_propagate_error(error, err);
+            }
             break;
         }
-        if (p[2].revents && !w->serve(w->opaque, error))
+        if (serve && !w->serve(w->opaque, error))
             break;
-        if (p[0].revents && woken_to_cancel(s)) {
-            given_up(s, error);
-            break;
-        }
-        if (lfd >= 0 && p[1].revents && try_link(dst, lfd, w)) {
-            ok = true;
-            break;
+        if (r > 0) {
+            ok = try_link(dst, &hello, w);
+            rdmig_hello_clear(&hello);
+            if (ok)
+                break;
         }
     }
+    rdmig_hello_gate_free(gate);
     if (lfd >= 0)
         close(lfd);
     return ok;

@@ -195,6 +195,22 @@ int rdmig_socket_accept(int listen_fd, int timeout_ms, int cancel_fd, GError **e
     }
 }
 
+int rdmig_socket_accept_now(int listen_fd, GError **error)
+{
+    for (;;) {
+        int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd >= 0) {
+            socket_tune(fd);
+            return fd;
+        }
+        if (errno == EINTR || errno == ECONNABORTED)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CONNECT, "accept: %s", g_strerror(errno));
+        return -1;
+    }
+}
+
 int rdmig_socket_connect(const char *address, int timeout_ms, int cancel_fd, GError **error)
 {
     struct sockaddr_storage ss;

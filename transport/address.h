@@ -22,6 +22,9 @@ int rdmig_socket_listen(const char *address, char **bound, GError **error);
 /** rdmig_socket_accept: waits up to @timeout_ms (-1: forever) for a connection;
  *  @cancel_fd (or -1) readable aborts the wait. Returns a blocking socket. */
 int rdmig_socket_accept(int listen_fd, int timeout_ms, int cancel_fd, GError **error);
+/** rdmig_socket_accept_now: a connection already waiting on @listen_fd, or
+ *  -1: none waits (no @error), or accept(2) failed (@error set). */
+int rdmig_socket_accept_now(int listen_fd, GError **error);
 
 /** rdmig_socket_connect: connects with a timeout; @cancel_fd (or -1) readable
  *  aborts it. Returns a blocking socket. */

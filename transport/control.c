@@ -73,6 +73,15 @@ RdmigControl *rdmig_control_new(int fd, int stall_timeout_ms)
     return c;
 }
 
+RdmigControl *rdmig_control_new_with_received(int fd, int stall_timeout_ms, uint32_t frames,
+                                              uint64_t bytes)
+{
+    RdmigControl *c = rdmig_control_new(fd, stall_timeout_ms);
+    c->recv_seq = frames;
+    c->bytes = bytes;
+    return c;
+}
+
 void rdmig_control_free(RdmigControl *c)
 {
     if (!c)

@@ -49,6 +49,10 @@ bool rdmig_frame_header_decode(const uint8_t in[RDMIG_CONTROL_HEADER_SIZE],
  *  @stall_timeout_ms bounds how long a frame may take once begun, and how long
  *  a send may wait for the peer to read. */
 RdmigControl *rdmig_control_new(int fd, int stall_timeout_ms);
+/** rdmig_control_new_with_received: the same, for a connection whose first
+ *  @frames frames (@bytes bytes in all) the caller has read itself. */
+RdmigControl *rdmig_control_new_with_received(int fd, int stall_timeout_ms, uint32_t frames,
+                                              uint64_t bytes);
 void rdmig_control_free(RdmigControl *c);
 
 /** rdmig_control_send: sends one frame. Thread-safe. */

@@ -569,7 +569,11 @@ static int rdma_tp_poll(RdmigConn *c, RdmigIoReq **done, int max)
                       req->op == RDMIG_IO_WRITE ? "WRITE" : "READ",
                       rdmig_rdma_wc_reason(wc.status));
         c->retire_to = req;
-        c->retire_status = rdmig_rdma_wc_errno(wc.status);
+        /* After the connection failed, a request's error is that failure's
+         * consequence (a READ at a peer that just died finds its memory
+         * gone: "remote access error"), and the first cause is what the
+         * caller must act on: a link lost is no protocol violation. */
+        c->retire_status = c->fail.failed ? -c->fail.err : rdmig_rdma_wc_errno(wc.status);
     }
     if (c->fail.failed) {
         /* Never posted: fail them here.  Posted ones get their flush

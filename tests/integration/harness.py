@@ -1112,6 +1112,23 @@ class RdmigTestCase(unittest.TestCase):
         self.fail("%s never reached %s (last: %s)%s%s" % (mon, states, last, ctx,
                                                            thread_stacks(proc)))
 
+    def assert_refused_and_listening(self, recv, ctx=""):
+        """The destination @recv refused a source (it says so on stderr) and
+        listens on: a source it cannot take must not end it.  Then it is
+        cancelled (SIGINT: exit 3, guest never run).  Returns the refusal's
+        line."""
+        self.wait_for_stderr(recv, "refused a source", 15)
+        line = next(ln for ln in recv.stderr().splitlines() if "refused a source" in ln)
+        self.assertTrue(recv.alive(), "the destination ended after a refusal" + ctx)
+        recv.signal(signal.SIGINT)
+        rc = self.finish(recv, 15)
+        rep = recv.report()
+        ctx = "\n%s%s" % (recv.describe(), ctx)
+        self.assertEqual(rc, 3, ctx)
+        self.assertEqual(rep["result"], "cancelled", ctx)
+        self.assertFalse(rep["guest"]["checked"], ctx)
+        return line
+
     def wait_for_stderr(self, proc, text, timeout):
         """Waits until @text appears in @proc's stderr (e.g. a progress line)."""
         deadline = time.monotonic() + timeout
