@@ -121,7 +121,7 @@ void rdmig_dataplane_conn_failed(RdmigSession *s, uint32_t ci, int err, const ch
                 why ? why : g_strerror(-err));
 }
 
-void rdmig_dataplane_close(RdmigSession *s, bool drain)
+void rdmig_dataplane_close_connections(RdmigSession *s, bool drain)
 {
     for (uint32_t i = 0; i < s->nconns; i++) {
         if (!s->conns[i])
@@ -133,15 +133,40 @@ void rdmig_dataplane_close(RdmigSession *s, bool drain)
         s->tp->conn_close(s->conns[i]);
         s->conns[i] = NULL;
     }
+}
+
+/* Deregisters *@r (if any); the first failure goes to @error. */
+static void deregister(RdmigSession *s, RdmigRegion **r, const RdmigRamBlock *b, GError **error)
+{
+    if (!*r)
+        return;
+    int rc = s->tp->deregister_region(*r);
+    *r = NULL;
+    if (rc < 0 && error && !*error)
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
+                    "cannot revoke the peer's access to RAM block '%s': %s (it may still reach "
+                    "that memory)", b->name, g_strerror(-rc));
+}
+
+bool rdmig_dataplane_deregister_blocks(RdmigSession *s, GError **error)
+{
+    GError *err = NULL;
     for (guint i = 0; i < s->blocks->len; i++) {
         RdmigRamBlock *b = s->blocks->pdata[i];
-        if (b->region)
-            s->tp->deregister_region(b->region);
-        b->region = NULL;
-        if (b->alias_region)
-            s->tp->deregister_region(b->alias_region);
-        b->alias_region = NULL;
+        deregister(s, &b->region, b, &err);
+        deregister(s, &b->alias_region, b, &err);
     }
+    if (err)
+        g_propagate_error(error, err);
+    return !err;
+}
+
+void rdmig_dataplane_close(RdmigSession *s, bool drain)
+{
+    rdmig_dataplane_close_connections(s, drain);
+    g_autoptr(GError) err = NULL;
+    if (!rdmig_dataplane_deregister_blocks(s, &err))
+        g_warning("%s", err->message);
     if (s->transport)
         s->tp->destroy(s->transport);
     s->transport = NULL;

@@ -32,9 +32,16 @@ RdmigRegions *rdmig_dataplane_peer_keys(RdmigSession *s, const RdmigFrame *f, co
  *  peer broke the rules. */
 void rdmig_dataplane_conn_failed(RdmigSession *s, uint32_t ci, int err, const char *what,
                                  GError **error);
-/** rdmig_dataplane_close: disconnects and frees the data connections
- *  (@drain: reaping what they still complete first), deregisters the RAM
- *  blocks, destroys the transport. */
+/** rdmig_dataplane_deregister_blocks: revokes the peer's access to every
+ *  RAM block (all are tried).  False with @error (RDMIG_ERROR_RESOURCE)
+ *  naming the first block whose revocation may have failed. */
+bool rdmig_dataplane_deregister_blocks(RdmigSession *s, GError **error);
+/** rdmig_dataplane_close_connections: disconnects and frees the data
+ *  connections (@drain: reaping what they still complete first). */
+void rdmig_dataplane_close_connections(RdmigSession *s, bool drain);
+/** rdmig_dataplane_close: the connections closed, the RAM blocks
+ *  deregistered (a failure is logged: the link is going anyway), the
+ *  transport destroyed. */
 void rdmig_dataplane_close(RdmigSession *s, bool drain);
 /** rdmig_session_drop_link: the keepalive, the data plane and the control
  *  channel, all gone; guest RAM and the session's bookkeeping stay. */

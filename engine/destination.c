@@ -91,8 +91,14 @@ static bool complete(RdmigDestination *dst, GError **error)
         return false;
     gint64 t0 = rdmig_now_us();
     rdmig_destination_stop_pollers(dst);
+    /* The source's access to our RAM ends before we check it and before the
+     * guest runs over it: its data connections closed, the regions gone. */
+    rdmig_dataplane_close_connections(s, true);
     RdmigCompleteAck ack = { 0 };
-    if ((s->features & RDMIG_FEATURE_VERIFY) && !rdmig_verify_all(dst, &ack)) {
+    if (!rdmig_dataplane_deregister_blocks(s, error)) {
+        ack.status = 1 + RDMIG_ERROR_RESOURCE;
+        g_strlcpy(ack.message, (*error)->message, sizeof(ack.message));
+    } else if ((s->features & RDMIG_FEATURE_VERIFY) && !rdmig_verify_all(dst, &ack)) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_VERIFY, "%s", ack.message);
     } else if (!load_device_state(dst, error)) {
         ack.status = 1 + ((*error)->domain == RDMIG_ERROR ? (uint32_t)(*error)->code
@@ -134,11 +140,12 @@ static bool postcopy_prepare(RdmigDestination *dst, GError **error)
         return false;
     }
     rdmig_destination_stop_pollers(dst);
+    /* Our RAM is no longer the source's to write (the data connections stay:
+     * the pager pulls over them). */
+    if (!rdmig_dataplane_deregister_blocks(s, error))
+        return false;
     for (guint i = 0; i < s->blocks->len; i++) {
         RdmigRamBlock *b = s->blocks->pdata[i];
-        if (b->region)
-            s->tp->deregister_region(b->region);
-        b->region = NULL;
         if (!b->needed)
             b->needed = rdmig_bitmap_new(b->npages);
     }

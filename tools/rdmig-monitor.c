@@ -384,20 +384,51 @@ static char *private_dir(GError **error)
     return g_steal_pointer(&dir);
 }
 
+/* Whether @path is a socket of ours that nobody listens on: what a process
+ * killed before it could remove its monitor leaves behind.  With process
+ * ids reused, a new process can meet its predecessor's file. */
+static bool stale_socket(const char *path, const struct sockaddr_un *sa)
+{
+    struct stat st;
+    if (lstat(path, &st) < 0 || !S_ISSOCK(st.st_mode) || st.st_uid != geteuid())
+        return false;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    bool refused = connect(fd, (const struct sockaddr *)sa, sizeof(*sa)) < 0 &&
+                   errno == ECONNREFUSED;
+    close(fd);
+    return refused;
+}
+
+/* Binds @fd at @path; a stale socket of ours there is replaced, anything
+ * else is left alone (it may be another process's monitor). */
+static int bind_at(int fd, const char *path, const struct sockaddr_un *sa)
+{
+    if (bind(fd, (const struct sockaddr *)sa, sizeof(*sa)) == 0)
+        return 0;
+    int e = errno;
+    if (e == EADDRINUSE && stale_socket(path, sa) && unlink(path) == 0)
+        return bind(fd, (const struct sockaddr *)sa, sizeof(*sa));
+    errno = e;
+    return -1;
+}
+
 /* The socket file at @path, bound, mode 0600, listening; -1 with @error.
- * An existing file is never removed: it may be another process's monitor. */
+ * An existing file is never removed, unless it is a socket of ours that
+ * nobody listens on. */
 static int listen_at(const char *path, GError **error)
 {
     struct sockaddr_un sa;
     if (!monitor_addr(path, &sa, error))
         return -1;
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+    if (fd < 0 || bind_at(fd, path, &sa) < 0) {
         if (errno == EADDRINUSE)
             g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
-                        "monitor socket %s already exists: another rdmig is using it, or one "
-                        "ended without removing it (remove it if none runs there), or give "
-                        "another --monitor PATH", path);
+                        "monitor socket %s already exists and is not a stale socket of this "
+                        "user: another rdmig is using it, or it is another program's file; "
+                        "give another --monitor PATH", path);
         else
             g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "monitor socket %s: %s", path,
                         g_strerror(errno));

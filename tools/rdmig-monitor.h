@@ -40,8 +40,9 @@ typedef struct CliMonitor CliMonitor;
  *  if missing), with the socket mode 0600; only this user and root are
  *  answered (SO_PEERCRED).  Says so on stderr unless @quiet (as "rdmig
  *  @role: monitor on PATH").  NULL with @error if it cannot: an existing
- *  file at the path (never removed: it may be another process's monitor)
- *  and a directory that is not private are RDMIG_ERROR_INVALID.  Main
+ *  file at the path (never removed, unless it is a socket of this user
+ *  that nobody listens on: a killed process's) and a directory that is not
+ *  private are RDMIG_ERROR_INVALID.  Main
  *  thread. */
 CliMonitor *cli_monitor_open(const char *path, const char *role, bool quiet, GError **error);
 

@@ -381,17 +381,21 @@ static void rdma_tp_region_key(RdmigRegion *r, RdmigRemoteKey *key)
     rdmig_put_be64(key->bytes + 12, r->len);
 }
 
-static void rdma_tp_deregister(RdmigRegion *r)
+static int rdma_tp_deregister(RdmigRegion *r)
 {
     if (!r)
-        return;
+        return 0;
     RdmigTransport *t = r->t;
     rdmig_backend_remove(&t->b, r->slot);
-    g_mutex_lock(&t->b.lock);
-    t->locked -= r->len;
-    g_mutex_unlock(&t->b.lock);
-    ibv_dereg_mr(r->mr);
+    /* A failed ibv_dereg_mr leaves the key valid at the NIC: said, not hidden. */
+    int rc = ibv_dereg_mr(r->mr);
+    if (!rc) {
+        g_mutex_lock(&t->b.lock);
+        t->locked -= r->len;
+        g_mutex_unlock(&t->b.lock);
+    }
     g_free(r);
+    return rc ? -rc : 0;
 }
 
 /* lkey of the registered region holding [p, p+len), or 0 with -EINVAL. */

@@ -62,7 +62,7 @@ static RdmigRegion *stub_register(RdmigTransport *t, void *addr, size_t len, uin
     return NULL;
 }
 static void stub_region_key(RdmigRegion *r, RdmigRemoteKey *k) { (void)r; k->len = 0; }
-static void stub_deregister(RdmigRegion *r) { (void)r; }
+static int stub_deregister(RdmigRegion *r) { (void)r; return 0; }
 static int stub_submit(RdmigConn *c, RdmigIoReq *req) { (void)c; (void)req; return -ENOTSUP; }
 static int stub_poll(RdmigConn *c, RdmigIoReq **done, int max)
 {

@@ -357,12 +357,14 @@ static void tcp_region_key(RdmigRegion *r, RdmigRemoteKey *key)
     rdmig_put_be64(key->bytes + 4, r->len);
 }
 
-static void tcp_deregister(RdmigRegion *r)
+static int tcp_deregister(RdmigRegion *r)
 {
     if (!r)
-        return;
+        return 0;
+    /* Gone from the table: a PUT naming it from now on fails its connection. */
     rdmig_backend_remove(&r->t->b, (int)r->id);
     g_free(r);
+    return 0;
 }
 
 /* ---------------------------------------------------------------- data path */

@@ -141,7 +141,11 @@ typedef struct RdmigTransportOps {
                                     uint32_t access, GError **error);
     /** The key a peer uses to name @r. */
     void (*region_key)(RdmigRegion *r, RdmigRemoteKey *key);
-    void (*deregister_region)(RdmigRegion *r);
+    /** Revokes the peer's access to @r and frees it (NULL: 0).  0, or a
+     *  negative errno when the revocation may not have taken effect (the
+     *  peer may still reach the memory): the caller must not act as if it
+     *  could not, e.g. must not run a guest over it. */
+    int (*deregister_region)(RdmigRegion *r);
 
     /* --- data path --- */
 

@@ -21,6 +21,7 @@ What lives here:
 
 Nothing here waits without a bound: every read, connect and wait has a timeout.
 """
+import fcntl
 import json
 import os
 import queue
@@ -179,6 +180,11 @@ class RdmigProc:
         self.args = list(wrapper) + [RDMIG] + args
         self.name = name or (args[0] if args else "rdmig")
         self._err = tempfile.TemporaryFile()
+        # The process shares this file's offset with us: without O_APPEND its
+        # writes would land wherever our last read left the offset (stderr()
+        # seeks to 0), overwriting what it printed before.
+        fcntl.fcntl(self._err.fileno(), fcntl.F_SETFL,
+                    fcntl.fcntl(self._err.fileno(), fcntl.F_GETFL) | os.O_APPEND)
         full_env = dict(os.environ)
         full_env.setdefault("G_DEBUG", "fatal-criticals")
         if env:
@@ -261,8 +267,9 @@ class RdmigProc:
         return self.stderr_bytes().decode("utf-8", "replace")
 
     def stderr_bytes(self):
-        self._err.seek(0)
-        return self._err.read()
+        # pread: the shared offset is left alone.
+        fd = self._err.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0)
 
     def stdout(self):
         return "\n".join(self.lines)
@@ -988,8 +995,9 @@ class RdmigTestCase(unittest.TestCase):
         """A whole migration; returns (source report, destination report)."""
         recv, addr = self.start_recv(*recv_args, guest=guest)
         send = self.start_send(addr, *send_args, guest=guest)
-        src_rc = self.finish(send, timeout)
-        dst_rc = self.finish(recv, 30)
+        both = lambda: "\n%s\n%s" % (send.describe(), recv.describe())  # noqa: E731
+        src_rc = self.finish(send, timeout, ctx=both)
+        dst_rc = self.finish(recv, 30, ctx=both)
         src, dst = send.report(), recv.report()
         ctx = "\n%s\n%s" % (send.describe(), recv.describe())
         self.assertEqual(src_rc, 0, "source exit status" + ctx)
@@ -1105,11 +1113,15 @@ class RdmigTestCase(unittest.TestCase):
 
     def wait_monitor(self, mon, states, timeout, proc=None, ctx=""):
         """Waits until the monitor socket @mon reports one of @states; returns
-        the status.  Fails if @proc exits first or the time runs out."""
+        the status.  Fails if @proc exits first or the time runs out, with
+        @ctx (a string, or a callable called then)."""
         st, last = wait_state(mon, states, timeout, proc)
         if st:
             return st
-        self.fail("%s never reached %s (last: %s)%s%s" % (mon, states, last, ctx,
+        if proc is not None and last and last.get("state") in ("failed", "cancelled"):
+            proc.wait(5)  # its report says why: let it print it
+        text = ctx() if callable(ctx) else ctx  # a callable describes the case as it is now
+        self.fail("%s never reached %s (last: %s)%s%s" % (mon, states, last, text,
                                                            thread_stacks(proc)))
 
     def assert_refused_and_listening(self, recv, ctx=""):

@@ -19,9 +19,9 @@ sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import (FEATURE_POSTCOPY, FEATURE_VERIFY, FEATURE_ZERO_PAGES,  # noqa: E402
-                     MSG_COMPLETE, MSG_DISCARD, MSG_HASHES, MSG_HELLO, MSG_HELLO_ACK, MSG_PING,
-                     MSG_POSTCOPY_PREPARE, MSG_ROUND_END, MSG_ZERO, FakeControl, FakeSource,
-                     frame, hello_payload)
+                     MSG_COMPLETE, MSG_COMPLETE_ACK, MSG_DISCARD, MSG_HASHES, MSG_HELLO,
+                     MSG_HELLO_ACK, MSG_PING, MSG_POSTCOPY_PREPARE, MSG_ROUND_END, MSG_ZERO,
+                     FakeControl, FakeSource, frame, hello_payload)
 
 RAM = 32 << 20
 DOOR_SLOTS = 8  # RDMIG_GATE_SLOTS (engine/hello-gate.h)
@@ -343,6 +343,44 @@ class OutOfPhase(BadMessage):
         self.expect_failure(MSG_COMPLETE, struct.pack(">Q", NPAGES),
                             "COMPLETE after POSTCOPY_PREPARE", hello=self.PREPARED,
                             before=[(MSG_POSTCOPY_PREPARE, struct.pack(">Q", 0))])
+
+
+class AccessRevoked(harness.RdmigTestCase):
+    """At COMPLETE the destination takes the source's write access away
+    (data connections closed, RAM regions deregistered) before it verifies
+    and before its guest runs: a late write cannot land after the check."""
+
+    def test_data_connection_closed_before_the_ack(self):
+        recv, addr = self.start_recv(guest=GUEST)
+        fake = FakeSource(addr, BLOCKS, supported=FEATURE_ZERO_PAGES)
+        try:
+            data = fake.data_connect()
+            fake.ctl.send(MSG_COMPLETE, struct.pack(">Q", NPAGES))
+            f = fake.ctl.recv(timeout=15)
+            ctx = "\nframe: %r\n%s" % (f, recv.describe())
+            self.assertIsNotNone(f, ctx)
+            self.assertEqual(f[0], MSG_COMPLETE_ACK, ctx)
+            # (No DEVICE_STATE was sent, so the load fails after the revocation:
+            # the order is what this case is about.)
+            # Loopback delivers in order of sending: the data connection's end
+            # came before the acknowledgement did.
+            data.setblocking(False)
+            try:
+                got = data.recv(1)
+            except BlockingIOError:
+                self.fail("the data connection was still open when COMPLETE_ACK came" + ctx)
+            except ConnectionResetError:
+                got = b""
+            self.assertEqual(got, b"", ctx)
+            # A write on it now goes nowhere.
+            with self.assertRaises(OSError, msg=ctx):
+                for _ in range(50):
+                    data.send(harness.tcp_put_header(0, 4096, 0, 1) + b"\xab" * 4096)
+                    time.sleep(0.01)
+        finally:
+            fake.close()
+        self.assertEqual(self.finish(recv, 15), 1, recv.describe())
+        self.assertIn("device state", recv.report()["error"], recv.describe())
 
 
 class TellsTheSource(harness.RdmigTestCase):

@@ -6,11 +6,14 @@ user and root may talk to it.  The default socket lives in a private
 directory ($XDG_RUNTIME_DIR/rdmig or /run/rdmig, mode 0700) with mode 0600;
 the server checks every client's uid (SO_PEERCRED) as well; an existing file
 at the path is a clear error (never removed: it may be another process's
-monitor), and then no migration starts."""
+monitor), and then no migration starts, unless it is a socket of the same
+user that nobody listens on (a killed process's, met again when a pid is
+reused), which is replaced."""
 import json
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -104,6 +107,18 @@ class Monitor(harness.RdmigTestCase):
         self.assertNotIn("listening on", p.stderr(), ctx)
         with open(path) as f:
             self.assertEqual(f.read(), "someone else's\n", "the file was touched" + ctx)
+
+    def test_stale_socket_replaced(self):
+        """A socket nobody listens on, left by a process that was killed (as
+        a new process with a reused pid would meet it), is replaced."""
+        d = self.private_runtime_dir()
+        path = os.path.join(d, "mon.sock")
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(path)
+        s.close()  # the file stays, with no listener behind it
+        p, got = self.start_listening_recv("--monitor", path)
+        self.assertEqual(got, path, p.describe())
+        self.assertEqual(harness.monitor_status(path)["state"], "setup", p.describe())
 
     def test_second_process_on_a_live_monitor(self):
         d = self.private_runtime_dir()

@@ -64,7 +64,7 @@ class Recovery(RdmigTestCase):
                                                 self.recv.describe())
 
     def wait_state(self, mon, states, timeout, proc=None):
-        st = self.wait_monitor(mon, states, timeout, proc, self.ctx())
+        st = self.wait_monitor(mon, states, timeout, proc, self.ctx)
         self.note("%s: %s" % (os.path.basename(mon), st["state"]))
         return st
 

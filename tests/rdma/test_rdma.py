@@ -341,13 +341,13 @@ class Recovery(RdmaCase):
                            check=True)
 
     def cut_in_postcopy(self):
-        st = self.wait_monitor(self.dmon, ("postcopy-active",), 120, self.recv, self.ctx())
+        st = self.wait_monitor(self.dmon, ("postcopy-active",), 120, self.recv, self.ctx)
         self.assertEqual(st["transport"], "rdma", self.ctx())
         self.cut()
-        st = self.wait_monitor(self.dmon, ("postcopy-paused",), 30, self.recv, self.ctx())
+        st = self.wait_monitor(self.dmon, ("postcopy-paused",), 30, self.recv, self.ctx)
         self.note("destination paused, %d pages missing" % st["pages_missing"])
         self.assertGreater(st["pages_missing"], 0, "postcopy ended before the cut" + self.ctx())
-        self.wait_monitor(self.smon, ("postcopy-paused",), 30, self.send, self.ctx())
+        self.wait_monitor(self.smon, ("postcopy-paused",), 30, self.send, self.ctx)
         self.note("source paused")
 
     def recover(self):
@@ -415,11 +415,11 @@ class Recovery(RdmaCase):
         for ever); giving up names the lost pages, and no guest thread
         reads one."""
         self.start("rdma")
-        st = self.wait_monitor(self.dmon, ("postcopy-active",), 120, self.recv, self.ctx())
+        st = self.wait_monitor(self.dmon, ("postcopy-active",), 120, self.recv, self.ctx)
         self.assertEqual(st["transport"], "rdma", self.ctx())
         time.sleep(0.3)
         self.send.kill()
-        st = self.wait_monitor(self.dmon, ("postcopy-paused",), 30, self.recv, self.ctx())
+        st = self.wait_monitor(self.dmon, ("postcopy-paused",), 30, self.recv, self.ctx)
         self.assertGreater(st["pages_missing"], 0, "postcopy ended before the kill" + self.ctx())
         c = self.spawn("cancel", "--monitor", self.dmon)
         self.assertEqual(self.finish(c, 30), 0, c.describe())
@@ -435,14 +435,14 @@ class Recovery(RdmaCase):
         RDMA READs need no source CPU, but its silence on the control
         channel pauses the destination; recovered over RDMA once it runs."""
         self.start("rdma")
-        self.wait_monitor(self.dmon, ("postcopy-active",), 120, self.recv, self.ctx())
+        self.wait_monitor(self.dmon, ("postcopy-active",), 120, self.recv, self.ctx)
         self.send.signal(signal.SIGSTOP)
         self.addCleanup(self.send.signal, signal.SIGCONT)
         try:
-            self.wait_monitor(self.dmon, ("postcopy-paused",), 30, self.recv, self.ctx())
+            self.wait_monitor(self.dmon, ("postcopy-paused",), 30, self.recv, self.ctx)
         finally:
             self.send.signal(signal.SIGCONT)
-        self.wait_monitor(self.smon, ("postcopy-paused",), 30, self.send, self.ctx())
+        self.wait_monitor(self.smon, ("postcopy-paused",), 30, self.send, self.ctx)
         self.recover()
         src, dst = self.finish_both()
         self.assertEqual(dst["transport"], "rdma", self.ctx())
@@ -451,11 +451,11 @@ class Recovery(RdmaCase):
         """--precopy-resume: the link cut mid-precopy; the source guest runs
         on, and the migration continues over RDMA after recovery."""
         self.start("rdma", precopy_resume=True)
-        self.wait_monitor(self.smon, ("active",), 120, self.send, self.ctx())
+        self.wait_monitor(self.smon, ("active",), 120, self.send, self.ctx)
         time.sleep(2)
         self.cut()
-        self.wait_monitor(self.smon, ("precopy-paused",), 30, self.send, self.ctx())
-        self.wait_monitor(self.dmon, ("precopy-paused",), 30, self.recv, self.ctx())
+        self.wait_monitor(self.smon, ("precopy-paused",), 30, self.send, self.ctx)
+        self.wait_monitor(self.dmon, ("precopy-paused",), 30, self.recv, self.ctx)
         self.restore()
         self.recover()
         src_rc = self.finish(self.send, 240, self.ctx)
@@ -471,8 +471,15 @@ class Recovery(RdmaCase):
         """Postcopy over TCP on a link that drops 2% of packets both ways
         (netem: the host's kernel has none, this VM's has): slower, and
         whatever pauses it causes are recovered."""
+        devs = (os.environ.get("RXE_A_NETDEV", "rxe-a"), self.b_netdev)
+        # A clean link to begin with: no qdisc another case may have left.
+        for dev in devs:
+            subprocess.run(["tc", "qdisc", "del", "dev", dev, "root"], check=False,
+                           capture_output=True)
+        qdiscs = subprocess.run(["tc", "qdisc", "show"], capture_output=True, text=True).stdout
         self.start(transport)
-        st = self.wait_monitor(self.dmon, ("postcopy-active",), 120, self.recv, self.ctx())
+        self.note("qdiscs at the start: " + qdiscs.replace("\n", "; "))
+        st = self.wait_monitor(self.dmon, ("postcopy-active",), 120, self.recv, self.ctx)
         self.assertEqual(st["transport"], transport, self.ctx())
         for dev in (os.environ.get("RXE_A_NETDEV", "rxe-a"), self.b_netdev):
             subprocess.run(["tc", "qdisc", "replace", "dev", dev, "root", "netem", "loss", loss],
