@@ -2,7 +2,8 @@
 # Runs the whole test suite, installing what it needs:
 #   1. unit, contract and integration suites on the host,
 #   2. the same under AddressSanitizer + UndefinedBehaviorSanitizer,
-#   3. the soft-RoCE suite inside a VM (tests/rxe/run), where RDMA works.
+#   3. the libFuzzer harnesses (tests/fuzz/), each for a bounded time,
+#   4. the soft-RoCE suite inside a VM (tests/rxe/run), where RDMA works.
 # Prints every skip with its reason, then one closing line
 # "rdmig-tests: N passed, N failed, N skipped", counting test cases (each
 # GLib sub-test and each Python case), not test programs.
@@ -40,6 +41,17 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print
 	meson test -C build-asan --suite unit --suite contract --suite integration \
 	--print-errorlogs --timeout-multiplier 3 || status=1
 count build-asan asan
+
+echo "== fuzzing: each libFuzzer harness for ${RDMIG_FUZZ_SECONDS:-20} s (clang, ASan+UBSan)"
+[ -f build-fuzz/build.ninja ] || CC=clang meson setup build-fuzz -Dfuzz=true \
+	-Db_sanitize=address,undefined -Db_lundef=false --buildtype=debug >/dev/null
+meson configure build-fuzz -Dfuzz_seconds="${RDMIG_FUZZ_SECONDS:-20}" >/dev/null
+ninja -C build-fuzz >/dev/null || status=1
+rm -f build-fuzz/meson-logs/testlog.json
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	meson test -C build-fuzz --suite fuzz --print-errorlogs || status=1
+grep -h "stat::number_of_executed_units\|^#.*DONE" build-fuzz/meson-logs/testlog.txt 2>/dev/null | head -8
+count build-fuzz fuzz
 
 echo "== soft-RoCE suite (inside a VM)"
 tests/rxe/run --timeout 1500 -- tests/rxe/smoke.sh || status=1

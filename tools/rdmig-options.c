@@ -66,7 +66,7 @@ static const GOptionEntry entries[] = {
     { "monitor", 0, 0, G_OPTION_ARG_STRING, &cli_opt.monitor, "send/recv: monitor socket (default $XDG_RUNTIME_DIR/rdmig/PID.sock or /run/rdmig/PID.sock); recover/status/cancel/send --resume: the one to talk to", "PATH" },
     { "resume", 0, 0, G_OPTION_ARG_NONE, &cli_opt.resume, "send: resume a paused migration (with --monitor and --to)", NULL },
     { "precopy-resume", 0, 0, G_OPTION_ARG_NONE, &cli_opt.precopy_resume, "send, recv: a broken precopy link pauses and can be resumed, rather than failing (both sides)", NULL },
-    { NULL },
+    G_OPTION_ENTRY_NULL,
 };
 
 GOptionContext *cli_options_context_new(void)

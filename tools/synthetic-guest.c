@@ -150,13 +150,6 @@ static inline uint64_t sg_word_keyed(uint64_t key, uint64_t i)
     return x ^ sg_rotl(x, 23);
 }
 
-/* sg_word: word @i (2 <= i < words per page) of @page at generation @gen, as
- * named in the header's page format. */
-static inline uint64_t sg_word(uint64_t page, uint64_t gen, uint64_t i)
-{
-    return sg_word_keyed(sg_page_key(page, gen), i);
-}
-
 static inline uint64_t *sg_page_ptr(SyntheticGuest *g, uint64_t page)
 {
     return (uint64_t *)(g->ram + page * g->cfg.page_size);

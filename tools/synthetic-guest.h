@@ -7,7 +7,7 @@
  * Page format (every page written by the guest):
  *   word 0: SG_MAGIC ^ page index          (identifies the page)
  *   word 1: generation (bumped on every rewrite, never 0)
- *   word 2..n-1: sg_word(page, generation, i)  (derived, so checkable)
+ *   word 2..n-1: sg_word_keyed(sg_page_key(page, generation), i)  (derived, so checkable)
  * Pages the guest never wrote are all zero; pages it "zeroed" are all zero
  * too.  The initial fill makes one filled page in sparse_every (16) sparse
  * instead: zero
