@@ -32,6 +32,19 @@ class FakeDest(harness.RdmigTestCase):
         self.assertIsNone(fake.error, "the source broke the protocol" + ctx)
         return rc, src, ctx
 
+    def out_of_turn(self, event, mtype, payload):
+        """The source against a destination that, at @event, sends @mtype
+        with @payload instead of its own answer: the source must fail
+        safely.  Returns (src report, ctx)."""
+        def script(e, fake):
+            if e != event:
+                return False
+            fake.send(mtype, payload)
+            return True
+        rc, src, ctx = self.run_source(FakeDestination(script))
+        self.assert_failed_safely(rc, src, ctx)
+        return src, ctx
+
     def assert_failed_safely(self, rc, src, ctx):
         self.assertEqual(rc, 1, ctx)
         self.assertEqual(src["result"], "failed", ctx)
@@ -157,13 +170,7 @@ class FakeDest(harness.RdmigTestCase):
 
     def test_round_ack_wrong(self):
         """ROUND_ACK for a round that was not announced."""
-        def script(event, fake):
-            if event == "round_end":
-                fake.send(harness.MSG_ROUND_ACK, struct.pack(">Q", 42))
-                return True
-            return False
-        rc, src, ctx = self.run_source(FakeDestination(script))
-        self.assert_failed_safely(rc, src, ctx)
+        src, ctx = self.out_of_turn("round_end", harness.MSG_ROUND_ACK, struct.pack(">Q", 42))
         self.assertIn("42", src["error"], ctx)
 
     def test_required_feature_not_enabled(self):
@@ -179,24 +186,13 @@ class FakeDest(harness.RdmigTestCase):
     def test_complete_ack_before_complete(self):
         """A COMPLETE_ACK in the middle of round 1 would end the migration as
         a success with the guest's memory still here: out of phase."""
-        def script(event, fake):
-            if event == "put":
-                fake.complete_ack(None, 8192, 0, "")
-                return True
-            return False
-        rc, src, ctx = self.run_source(FakeDestination(script))
-        self.assert_failed_safely(rc, src, ctx)
+        ack = struct.pack(">IQQQ", 0, 8192, 0, 1000) + harness.str16("")
+        src, ctx = self.out_of_turn("put", harness.MSG_COMPLETE_ACK, ack)
         self.assertEqual(src["error_code"], "protocol", ctx)
         self.assertIn("COMPLETE_ACK from the destination before COMPLETE", src["error"], ctx)
 
     def test_postcopy_prepared_unasked(self):
-        def script(event, fake):
-            if event == "put":
-                fake.send(harness.MSG_POSTCOPY_PREPARED, struct.pack(">Q", 0))
-                return True
-            return False
-        rc, src, ctx = self.run_source(FakeDestination(script))
-        self.assert_failed_safely(rc, src, ctx)
+        src, ctx = self.out_of_turn("put", harness.MSG_POSTCOPY_PREPARED, struct.pack(">Q", 0))
         self.assertIn("POSTCOPY_PREPARED from the destination before POSTCOPY_PREPARE",
                       src["error"], ctx)
 
