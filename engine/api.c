@@ -181,10 +181,28 @@ static bool hand_over_recovery(RdmigSession *s, const char *address, GError **er
     return true;
 }
 
+/* Off this host only with params.insecure: there is no authentication yet,
+ * and whoever reaches the address gets the guest's memory. */
+static bool address_allowed(RdmigSession *s, const char *address, GError **error)
+{
+    if (s->params.insecure || rdmig_address_is_loopback(address))
+        return true;
+    bool dst = s->role == RDMIG_ROLE_DESTINATION;
+    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                "refusing to %s %s: rdmig has no authentication yet, so whoever reaches it "
+                "could %s this guest's memory; use a loopback address, or --insecure "
+                "(RdmigParams.insecure) where every host that can reach it is trusted "
+                "(docs/security.md)", dst ? "listen on" : "connect to", address,
+                dst ? "write" : "read");
+    return false;
+}
+
 bool rdmig_session_recover(RdmigSession *s, const char *address, GError **error)
 {
     if (!address || !*address)
         return fail(error, "recovery needs an address");
+    if (!address_allowed(s, address, error))
+        return false;
     g_mutex_lock(&s->lock);
     if (s->state != RDMIG_STATE_POSTCOPY_PAUSED && s->state != RDMIG_STATE_PRECOPY_PAUSED) {
         RdmigState st = s->state;
@@ -242,6 +260,8 @@ bool rdmig_session_start(RdmigSession *s, const char *address, GError **error)
     }
     if (!s->blocks->len)
         return fail(error, "no RAM blocks to migrate");
+    if (address && !address_allowed(s, address, error))
+        return false;
     s->t_start = rdmig_now_us();
     rdmig_session_set_state(s, RDMIG_STATE_NONE, RDMIG_STATE_SETUP);
     if (s->role == RDMIG_ROLE_SOURCE ? start_source(s, address, error)

@@ -65,6 +65,7 @@ static const GOptionEntry entries[] = {
     { "cancel-after-ms", 0, 0, G_OPTION_ARG_INT, &cli_opt.cancel_after_ms, "send: cancel after this long", "MS" },
     { "monitor", 0, 0, G_OPTION_ARG_STRING, &cli_opt.monitor, "send/recv: monitor socket (default $XDG_RUNTIME_DIR/rdmig/PID.sock or /run/rdmig/PID.sock); recover/status/cancel/send --resume: the one to talk to", "PATH" },
     { "resume", 0, 0, G_OPTION_ARG_NONE, &cli_opt.resume, "send: resume a paused migration (with --monitor and --to)", NULL },
+    { "insecure", 0, 0, G_OPTION_ARG_NONE, &cli_opt.insecure, "send, recv: allow an address that is not loopback; rdmig has no authentication yet, so whoever reaches it gets the guest's memory (docs/security.md)", NULL },
     { "precopy-resume", 0, 0, G_OPTION_ARG_NONE, &cli_opt.precopy_resume, "send, recv: a broken precopy link pauses and can be resumed, rather than failing (both sides)", NULL },
     G_OPTION_ENTRY_NULL,
 };
@@ -217,6 +218,7 @@ bool cli_options_build_params(RdmigParams *p, GError **error)
     if (!params_numbers(p, error) || !params_choices(p, error))
         return false;
     p->precopy_resume = cli_opt.precopy_resume;
+    p->insecure = cli_opt.insecure;
     return params_postcopy(p, error);
 }
 

@@ -63,6 +63,7 @@ typedef struct {
     char *monitor;
     gboolean resume;
     gboolean precopy_resume;
+    gboolean insecure;
 } CliOptions;
 
 /** cli_opt: the parsed command line.  Written by cli_options_parse() on the

@@ -84,6 +84,18 @@ bool rdmig_address_parse(const char *address, bool allow_port0, struct sockaddr_
     return true;
 }
 
+bool rdmig_address_is_loopback(const char *address)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    if (!rdmig_address_parse(address, true, &ss, &len, NULL))
+        return true;
+    if (ss.ss_family == AF_INET)
+        return (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127;
+    const struct in6_addr *a = &((struct sockaddr_in6 *)&ss)->sin6_addr;
+    return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+}
+
 char *rdmig_address_format(const struct sockaddr *sa)
 {
     char buf[INET6_ADDRSTRLEN];

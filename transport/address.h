@@ -12,6 +12,12 @@
 bool rdmig_address_parse(const char *address, bool allow_port0, struct sockaddr_storage *ss,
                          socklen_t *len, GError **error);
 
+/** rdmig_address_is_loopback: whether @address (as rdmig_address_parse()
+ *  takes it) is on this host only: 127.0.0.0/8, ::1 or a v4-mapped
+ *  127.x.  An address that does not parse or resolve counts as loopback
+ *  here: the caller's own parse reports that. */
+bool rdmig_address_is_loopback(const char *address);
+
 /** rdmig_address_format: "host:port" / "[v6]:port" / "[fe80::..%if]:port" of @sa,
  *  newly allocated. */
 char *rdmig_address_format(const struct sockaddr *sa);

@@ -110,6 +110,12 @@ typedef struct {
                                    * 4.096 us x 2^this, 0..31; default 14 (67 ms, as
                                    * perftest); 0 leaves it to rdma_cm, whose RoCE choice
                                    * (~0.5 s) stalls a queue pair that long per lost packet */
+    bool insecure;                /* listen on or connect to an address that is not
+                                   * loopback; rdmig has no authentication yet, so whoever
+                                   * reaches such an address can write (destination) or
+                                   * read (source) the guest's memory: set it only where
+                                   * every host that can reach it is trusted
+                                   * (docs/security.md); default false */
 } RdmigParams;
 
 /** rdmig_params_init: fills @params with the defaults above. */

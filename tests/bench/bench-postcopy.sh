@@ -19,7 +19,7 @@ RDMIG=${RDMIG:-build/tools/rdmig}
 MODE=${1:-tcp}
 PLACEMENT=${PLACEMENT:-continue} # or copy: how pulled pages get into the guest
 tmp=$(mktemp -d)
-trap 'pkill -f "rdmig recv --listen" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+trap 'pkill -f "rdmig recv --insecure --listen" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 PORT=7600
 
 if [ "$MODE" = rdma ]; then
@@ -39,7 +39,7 @@ fi
 
 migrate() { # $1 size, $2 rate, $3 mode (postcopy|precopy) -> appends two JSON lines
 	PORT=$((PORT + 1))
-	$RDMIG recv --listen "$HOST:$PORT" --ram-size "$1" --dirty-rate "$2" --transport $TRANSPORT \
+	$RDMIG recv --insecure --listen "$HOST:$PORT" --ram-size "$1" --dirty-rate "$2" --transport $TRANSPORT \
 		--prealloc --json --quiet --run-after-ms 0 --postcopy-placement "$PLACEMENT" \
 		> "$tmp/recv.json" 2>"$tmp/recv.err" &
 	local rpid=$!
@@ -49,7 +49,7 @@ migrate() { # $1 size, $2 rate, $3 mode (postcopy|precopy) -> appends two JSON l
 	done
 	local how="--postcopy-after 1 --downtime-ms 1"
 	[ "$3" = precopy ] && how="--on-no-converge switchover --max-rounds 10"
-	$RDMIG send --to "$HOST:$PORT" --ram-size "$1" --dirty-rate "$2" --transport $TRANSPORT \
+	$RDMIG send --insecure --to "$HOST:$PORT" --ram-size "$1" --dirty-rate "$2" --transport $TRANSPORT \
 		$how $EXTRA_SEND --json --quiet > "$tmp/send.json" 2>"$tmp/send.err" || true
 	wait $rpid || true
 	echo "RUN $1 $2 $3"

@@ -15,7 +15,7 @@ REG_SIZE=${2:-512M}
 : "${RXE_A_DEV:?run me through tests/rxe/run}"
 PORT=7300
 tmp=$(mktemp -d)
-trap 'pkill -f "rdmig recv --listen" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+trap 'pkill -f "rdmig recv --insecure --listen" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 
 # perftest reports MB/sec in units of 2^20 bytes.
 write_bw() { # $1: queue pairs
@@ -28,14 +28,14 @@ write_bw() { # $1: queue pairs
 
 migrate() { # $1 transport, $2 connections, $3 size, $4 blocks, [$5 option for both]
 	PORT=$((PORT + 1))
-	$RDMIG recv --listen "$RXE_B_IP:$PORT" --ram-size "$3" --blocks "$4" --transport "$1" \
+	$RDMIG recv --insecure --listen "$RXE_B_IP:$PORT" --ram-size "$3" --blocks "$4" --transport "$1" \
 		--prealloc --json --quiet --run-after-ms 0 ${5:-} > "$tmp/recv.json" 2>"$tmp/recv.err" &
 	local rpid=$!
 	for _ in $(seq 200); do
 		ss -ltn "sport = :$PORT" | grep -q LISTEN && break
 		sleep 0.1
 	done
-	$RDMIG send --to "$RXE_B_IP:$PORT" --ram-size "$3" --blocks "$4" --transport "$1" \
+	$RDMIG send --insecure --to "$RXE_B_IP:$PORT" --ram-size "$3" --blocks "$4" --transport "$1" \
 		--connections "$2" --json --quiet ${5:-} > "$tmp/send.json" 2>"$tmp/send.err" || true
 	wait $rpid || true
 	tail -n1 "$tmp/send.json"

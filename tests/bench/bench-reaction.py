@@ -31,7 +31,10 @@ SLOW = ["--max-bandwidth", "20"]
 
 
 def proc(*args, wrapper=()):
-    return harness.RdmigProc([str(a) for a in args], wrapper=wrapper)
+    args = [str(a) for a in args]
+    if harness.needs_insecure(args):
+        args.append("--insecure")  # namespace addresses are not loopback
+    return harness.RdmigProc(args, wrapper=wrapper)
 
 
 def recv(*args, guest=SLOW_GUEST, wrapper=(), listen="127.0.0.1:0"):

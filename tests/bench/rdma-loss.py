@@ -32,14 +32,14 @@ def run(rdmig, host, ram, loss, ack, limit_s):
     guest = ["--ram-size", ram, "--dirty-rate", "10", "--keepalive-ms", "300",
              "--peer-timeout-ms", "5000", "--transport", "rdma", "--quiet", "--json"]
     guest += ["--rdma-ack-timeout", str(ack)]
-    recv = subprocess.Popen([rdmig, "recv", "--listen", host + ":0", "--print-address", *guest],
+    recv = subprocess.Popen([rdmig, "recv", "--insecure", "--listen", host + ":0", "--print-address", *guest],
                             stdout=subprocess.PIPE, text=True)
     addr = recv.stdout.readline().strip()
     qdisc("del", check=False)
     if loss not in ("0", "0%"):
         qdisc("add", "netem", "loss", loss)
     t0 = time.monotonic()
-    send = subprocess.Popen([rdmig, "send", "--to", addr, "--postcopy", "--postcopy-after", "1",
+    send = subprocess.Popen([rdmig, "send", "--insecure", "--to", addr, "--postcopy", "--postcopy-after", "1",
                              *guest], stdout=subprocess.DEVNULL)
     try:
         send.wait(timeout=limit_s)

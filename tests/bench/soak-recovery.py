@@ -64,7 +64,10 @@ class Run:
         self.detect, self.recover_s = [], []
 
     def spawn(self, *args, wrapper=()):
-        p = RdmigProc([str(a) for a in args], wrapper=wrapper)
+        args = [str(a) for a in args]
+        if harness.needs_insecure(args):
+            args.append("--insecure")  # namespace addresses are not loopback
+        p = RdmigProc(args, wrapper=wrapper)
         self.procs.append(p)
         return p
 

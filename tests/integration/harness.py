@@ -22,6 +22,7 @@ What lives here:
 Nothing here waits without a bound: every read, connect and wait has a timeout.
 """
 import fcntl
+import ipaddress
 import json
 import os
 import queue
@@ -419,6 +420,24 @@ class NetPair:
             _ip("link", "del", self.here, check=False)
             _ip("netns", "del", self.ns, check=False)
             self.ns = None
+
+
+def is_loopback(address):
+    """Whether "HOST:PORT" or "[V6]:PORT" is 127.0.0.0/8 or ::1 (or a name)."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True  # a name: rdmig resolves it and decides
+
+
+def needs_insecure(args):
+    """Whether rdmig @args (send or recv) name an address that is not
+    loopback and lack --insecure."""
+    if not args or args[0] not in ("send", "recv") or "--insecure" in args:
+        return False
+    return any(a in ("--to", "--listen") and i + 1 < len(args) and
+               not is_loopback(args[i + 1]) for i, a in enumerate(args))
 
 
 def monitor_exchange(path, request, timeout=10):
@@ -950,16 +969,23 @@ class RdmigTestCase(unittest.TestCase):
             p.close()
         shutil.rmtree(self.oracle_root, ignore_errors=True)
 
-    def spawn(self, *args, name=None, env=None, wrapper=(), oracle=True):
+    def spawn(self, *args, name=None, env=None, wrapper=(), oracle=True, auto_insecure=True):
         """An rdmig process.  send, recv and demo get an --oracle directory of
         their own (@oracle=False: none), so that every completed migration can
-        be checked against the guest's own record (assert_verified)."""
+        be checked against the guest's own record (assert_verified).  An
+        address that is not loopback gets --insecure (@auto_insecure=False:
+        as typed)."""
         odir = None
         if oracle:
             odir = tempfile.mkdtemp(dir=self.oracle_root)
             os.chmod(odir, 0o777)  # a process run in another namespace as root still writes
-        p = RdmigProc([str(a) for a in args], name=name, env=env, wrapper=wrapper,
-                      oracle_dir=odir)
+        args = [str(a) for a in args]
+        if auto_insecure and needs_insecure(args):
+            # Namespaces and the VM's hosts are not loopback: rdmig refuses
+            # them without --insecure (no authentication yet); test_cli
+            # checks that refusal.
+            args.append("--insecure")
+        p = RdmigProc(args, name=name, env=env, wrapper=wrapper, oracle_dir=odir)
         self.procs.append(p)
         return p
 

@@ -6,6 +6,7 @@ well-formed command (a host that does not resolve, a refused connection, a
 port another process holds).  Either way: one clear message on stderr, no
 crash, and within seconds."""
 import os
+import signal
 import sys
 
 sys.dont_write_bytecode = True  # keep the source tree clean
@@ -17,7 +18,7 @@ SMALL = ["--ram-size", "32M", "--quiet"]
 
 class CliCase(harness.RdmigTestCase):
     def run_cli(self, args, want_rc, *words, timeout=30):
-        p = self.spawn(*args, name="rdmig " + " ".join(args))
+        p = self.spawn(*args, name="rdmig " + " ".join(args), auto_insecure=False)
         rc = self.finish(p, timeout)
         err = p.stderr()
         ctx = "\n" + p.describe()
@@ -65,6 +66,39 @@ class Address(CliCase):
         first, addr = self.start_recv(guest=["--ram-size", "32M"])
         self.run_cli(["recv", "--listen", addr, *SMALL], 1, "in use", addr)
         self.assertTrue(first.alive(), "the first recv died\n" + first.describe())
+
+
+class NotLoopback(CliCase):
+    """No authentication yet: an address other than loopback only with
+    --insecure, refused before anything listens or connects."""
+
+    def test_recv_any_address_refused(self):
+        self.run_cli(["recv", "--listen", "0.0.0.0:0", *SMALL], 2, "refusing to listen on 0.0.0.0:0",
+                     "no authentication", "--insecure")
+
+    def test_send_refused(self):
+        # 0.0.0.0 reaches this host, were it ever connected to.
+        p = self.run_cli(["send", "--to", "0.0.0.0:9", *SMALL], 2, "refusing to connect to",
+                         "--insecure")
+        self.assertNotIn("refused", p.stderr().replace("refusing", ""), p.describe())
+
+    def test_insecure_listens(self):
+        p = self.spawn("recv", "--listen", "0.0.0.0:0", "--insecure", "--print-address",
+                       *SMALL)
+        addr = p.next_line(timeout=15)
+        ctx = "\n" + p.describe()
+        self.assertTrue(addr and addr.startswith("0.0.0.0:"), ctx)
+        p.signal(signal.SIGINT)
+        self.assertEqual(self.finish(p, 15), 3, ctx)
+
+    def test_loopback_needs_nothing(self):
+        for address in ("127.0.0.1:0", "127.8.9.10:0", "[::1]:0"):
+            p = self.spawn("recv", "--listen", address, "--print-address", *SMALL)
+            got = p.next_line(timeout=15)
+            ctx = "\n" + p.describe()
+            self.assertTrue(got and ":" in got, ctx)
+            p.signal(signal.SIGINT)
+            self.assertEqual(self.finish(p, 15), 3, ctx)
 
 
 class Sizes(CliCase):

@@ -78,11 +78,30 @@ static void test_invalid(void)
     }
 }
 
+/* Off this host only with --insecure: which addresses count as this host. */
+static void test_loopback(void)
+{
+    static const char *const loopback[] = { "127.0.0.1:1", "127.255.0.9:0", "[::1]:4444",
+                                            "[::ffff:127.0.0.1]:1", "tcp:127.0.0.1:9",
+                                            "localhost:1" };
+    static const char *const not_loopback[] = { "0.0.0.0:0", "10.80.1.2:4444", "[::]:0",
+                                                "[fe80::1]:9", "128.0.0.1:1",
+                                                "[::ffff:10.0.0.1]:1", "192.0.2.1:9" };
+    for (size_t i = 0; i < G_N_ELEMENTS(loopback); i++)
+        g_assert_true(rdmig_address_is_loopback(loopback[i]));
+    for (size_t i = 0; i < G_N_ELEMENTS(not_loopback); i++)
+        if (rdmig_address_is_loopback(not_loopback[i]))
+            g_test_fail_printf("%s counted as loopback", not_loopback[i]);
+    /* What does not parse is for the caller's own parse to report. */
+    g_assert_true(rdmig_address_is_loopback("no port"));
+}
+
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/address/roundtrip", test_roundtrip);
     g_test_add_func("/address/link-local-scope", test_link_local_scope);
     g_test_add_func("/address/invalid", test_invalid);
+    g_test_add_func("/address/loopback", test_loopback);
     return g_test_run();
 }
