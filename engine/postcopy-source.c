@@ -67,27 +67,11 @@ static bool send_discards(RdmigSource *src, uint64_t *discarded, GError **error)
     return true;
 }
 
-/* Our RAM, readable by the destination from now on (until now it was
- * registered for our own writes only), and its keys.  Every write of the
- * rounds has completed: the old registration goes. */
-static bool grant_reads(RdmigSource *src, GError **error)
-{
-    RdmigSession *s = &src->s;
-    gint64 t0 = rdmig_now_us();
-    if (!rdmig_dataplane_deregister_blocks(s, error) ||
-        !rdmig_dataplane_register_blocks(s, RDMIG_ACCESS_REMOTE_READ, error) ||
-        !rdmig_source_send_keys(src, error))
-        return false;
-    RDMIG_STATS_UPDATE(s, s->stats.registration_time_ms +=
-                              (uint64_t)(rdmig_now_us() - t0) / 1000);
-    return true;
-}
-
 /* Step 1, the guest still running here. */
 static bool prepare(RdmigSource *src, uint64_t *discarded, GError **error)
 {
     RdmigSession *s = &src->s;
-    if (!grant_reads(src, error) || !send_discards(src, discarded, error))
+    if (!send_discards(src, discarded, error))
         return false;
     if ((s->features & RDMIG_FEATURE_VERIFY) && !rdmig_source_send_hashes(src, error))
         return false;
