@@ -122,7 +122,7 @@ int rdmig_destination_wait_hello(RdmigDestination *dst, RdmigHelloGate *gate, in
     p[0] = (struct pollfd){ .fd = s->wake_fd, .events = POLLIN };
     p[1] = (struct pollfd){ .fd = extra_fd, .events = POLLIN };
     int wait_ms = timeout_ms;
-    unsigned n = gate ? rdmig_hello_gate_pollfds(gate, p + 2, &wait_ms) : 0;
+    unsigned n = rdmig_hello_gate_pollfds(gate, p + 2, &wait_ms);
     if (poll(p, 2 + n, wait_ms) < 0 && errno != EINTR) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s", g_strerror(errno));
         return -1;
@@ -140,7 +140,7 @@ int rdmig_destination_wait_hello(RdmigDestination *dst, RdmigHelloGate *gate, in
         }
     }
     uint64_t bytes = 0;
-    int fd = gate ? rdmig_hello_gate_step(gate, p + 2, n, hello, &bytes) : -1;
+    int fd = rdmig_hello_gate_step(gate, p + 2, n, hello, &bytes);
     if (fd < 0)
         return 0;
     rdmig_channel_open_after_hello(s, fd, bytes);

@@ -15,8 +15,8 @@
 #include "channel.h"
 #include "dataplane.h"
 #include "destination.h"
-#include "finish.h"
 #include "hello-gate.h"
+#include "finish.h"
 #include "recovery.h"
 #include "state.h"
 
@@ -256,6 +256,8 @@ static void device_state(RdmigDestination *dst, const RdmigFrame *f)
     g_byte_array_append(dst->device_state, f->payload, f->hdr.length);
 }
 
+/* One message of the migration, applied; *@done when the migration ended
+ * (completed or not: the return value says). */
 /* Once POSTCOPY_PREPARE is taken, our RAM is no longer the source's to
  * write and what we hold is verified: only the rest of the switchover may
  * follow. */
@@ -270,8 +272,6 @@ static bool prepared_phase(RdmigDestination *dst, uint16_t type, GError **error)
     return false;
 }
 
-/* One message of the migration, applied; *@done when the migration ended
- * (completed or not: the return value says). */
 static bool apply(RdmigDestination *dst, const RdmigFrame *f, bool *done, GError **error)
 {
     guint block;
@@ -365,6 +365,8 @@ static void refuse(RdmigDestination *dst, const GError *why)
     rdmig_destination_drop_link(dst); /* the transport too */
     s->tp = NULL;
     s->features = 0;
+    g_atomic_int_set(&s->error_sent, 0);
+    g_atomic_int_set(&s->peer_reported, 0);
     rdmig_session_clear_failure(s);
 }
 

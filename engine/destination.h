@@ -62,9 +62,8 @@ gpointer rdmig_destination_thread(gpointer data);
 typedef struct RdmigHelloGate RdmigHelloGate;
 /** The door's deadline for this session. */
 int rdmig_destination_door_ms(const RdmigSession *s);
-/** One wait at the door @gate (NULL: no listener yet, only the rest), at
- *  most @timeout_ms (-1: until something happens), watching @extra_fd (-1:
- *  none) as well: 1 a connection sent a
+/** One wait at the door @gate, at most @timeout_ms (-1: until something
+ *  happens), watching @extra_fd (-1: none) as well: 1 a connection sent a
  *  valid HELLO (decoded into @hello; it is the session's control channel
  *  now), 0 not yet (*@extra_ready says whether @extra_fd is readable: the
  *  caller's to serve), -1 cancelled (RDMIG_ERROR_CANCELLED) or failed. */

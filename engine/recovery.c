@@ -52,7 +52,10 @@ void rdmig_recovery_pause(RdmigSession *s, const GError *why, bool attempt)
         }
         g_strlcpy(s->stats.pause_reason, why->message, sizeof(s->stats.pause_reason));
     });
-    rdmig_session_clear_failure(s); /* a new link starts clean */
+    /* A new link starts with a clean slate for these. */
+    g_atomic_int_set(&s->error_sent, 0);
+    g_atomic_int_set(&s->peer_reported, 0);
+    rdmig_session_clear_failure(s);
 }
 
 bool rdmig_recovery_resumed(RdmigSession *s, GError **error)
@@ -298,9 +301,23 @@ bool rdmig_recovery_destination(RdmigDestination *dst, const RdmigRecoveryWaiter
         bool serve = false;
         RdmigHello hello = { 0 };
         GError *err = NULL;
-        /* Without a listener yet (the operator's recover() hands one over),
-         * the wait still serves @w and sees a cancel. */
-        int r = rdmig_destination_wait_hello(dst, gate, w->fd, &serve, 1000, &hello, &err);
+        int r;
+        if (gate) {
+            r = rdmig_destination_wait_hello(dst, gate, w->fd, &serve, 1000, &hello, &err);
+        } else {
+            /* No listener yet: the operator's recover() will hand one over. */
+            struct pollfd p[2] = { { .fd = s->wake_fd, .events = POLLIN },
+                                   { .fd = w->fd, .events = POLLIN } };
+            r = poll(p, 2, 1000) < 0 && errno != EINTR ? -1 : 0;
+            if (r < 0)
+                g_set_error(&err, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s",
+                            g_strerror(errno));
+            serve = w->fd >= 0 && p[1].revents;
+            if (p[0].revents && woken_to_cancel(s)) {
+                rdmig_set_cancelled(&err);
+                r = -1;
+            }
+        }
         if (r < 0) {
             if (g_error_matches(err, RDMIG_ERROR, RDMIG_ERROR_CANCELLED)) {
                 g_clear_error(&err);

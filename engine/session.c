@@ -106,8 +106,6 @@ GError *rdmig_session_take_failure(RdmigSession *s)
 
 void rdmig_session_clear_failure(RdmigSession *s)
 {
-    g_atomic_int_set(&s->error_sent, 0);
-    g_atomic_int_set(&s->peer_reported, 0);
     g_mutex_lock(&s->failure_lock);
     g_clear_error(&s->failure);
     g_mutex_unlock(&s->failure_lock);

@@ -108,9 +108,7 @@ void rdmig_session_report_failure(RdmigSession *s, GError *err);
 /** rdmig_session_take_failure: the failure reported so far (a copy), or
  *  NULL. */
 GError *rdmig_session_take_failure(RdmigSession *s);
-/** rdmig_session_clear_failure: forgets it, and that an ERROR was sent or
- *  received: a new link (after a pause, or after a refused source) starts
- *  clean. */
+/** rdmig_session_clear_failure: forgets it (a new link starts clean). */
 void rdmig_session_clear_failure(RdmigSession *s);
 
 /** rdmig_session_account_thread_cpu: adds the calling thread's CPU time to

@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* Memory regions: registration, after checking RLIMIT_MEMLOCK so that the
- * error says how much is needed rather than a bare ENOMEM; deregistration,
- * whose failure is reported. */
+ * error says how much is needed rather than a bare ENOMEM. */
 #define G_LOG_DOMAIN "rdmig-rdma"
 
 #include <errno.h>
@@ -28,10 +27,4 @@ struct ibv_mr *rdmig_rdma_register(struct ibv_pd *pd, void *addr, size_t len, in
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
                     "ibv_reg_mr of %zu MiB at %p: %s", len >> 20, addr, g_strerror(errno));
     return mr;
-}
-
-int rdmig_rdma_deregister(struct ibv_mr *mr)
-{
-    int rc = ibv_dereg_mr(mr);
-    return rc > 0 ? -rc : rc;
 }

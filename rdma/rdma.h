@@ -52,9 +52,6 @@ void rdmig_rdma_endpoint_destroy(RdmigRdmaEndpoint *ep);
  *  @already_locked + len; the error says how much is needed. */
 struct ibv_mr *rdmig_rdma_register(struct ibv_pd *pd, void *addr, size_t len, int access,
                                    uint64_t already_locked, GError **error);
-/** rdmig_rdma_deregister: ibv_dereg_mr; 0 or a negative errno (the key may
- *  still be valid at the NIC then). */
-int rdmig_rdma_deregister(struct ibv_mr *mr);
 
 /** Negative errno for a completion status (one table for the whole backend). */
 int rdmig_rdma_wc_errno(enum ibv_wc_status status);

@@ -195,14 +195,15 @@ int rdmig_socket_accept(int listen_fd, int timeout_ms, int cancel_fd, GError **e
     for (;;) {
         if (!wait_fd(listen_fd, POLLIN, timeout_ms, cancel_fd, "waiting for a connection", error))
             return -1;
-        GError *err = NULL;
-        int fd = rdmig_socket_accept_now(listen_fd, &err);
-        if (fd >= 0 || err) {
-            if (err)
-                g_propagate_error(error, err);
+        int fd = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (fd >= 0) {
+            socket_tune(fd);
             return fd;
         }
-        /* Gone before we took it: wait for the next. */
+        if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED)
+            continue;
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CONNECT, "accept: %s", g_strerror(errno));
+        return -1;
     }
 }
 

@@ -388,14 +388,14 @@ static int rdma_tp_deregister(RdmigRegion *r)
     RdmigTransport *t = r->t;
     rdmig_backend_remove(&t->b, r->slot);
     /* A failed ibv_dereg_mr leaves the key valid at the NIC: said, not hidden. */
-    int rc = rdmig_rdma_deregister(r->mr);
+    int rc = ibv_dereg_mr(r->mr);
     if (!rc) {
         g_mutex_lock(&t->b.lock);
         t->locked -= r->len;
         g_mutex_unlock(&t->b.lock);
     }
     g_free(r);
-    return rc;
+    return rc ? -rc : 0;
 }
 
 /* lkey of the registered region holding [p, p+len), or 0 with -EINVAL. */
