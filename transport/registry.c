@@ -62,7 +62,9 @@ static RdmigRegion *stub_register(RdmigTransport *t, void *addr, size_t len, uin
     return NULL;
 }
 static void stub_region_key(RdmigRegion *r, RdmigRemoteKey *k) { (void)r; k->len = 0; }
-static int stub_deregister(RdmigRegion *r) { (void)r; return 0; }
+/* Nothing to revoke for NULL; a region this table could not deregister
+ * may still be reachable, and the caller must hear so. */
+static int stub_deregister(RdmigRegion *r) { return r ? -ENOTSUP : 0; }
 static int stub_submit(RdmigConn *c, RdmigIoReq *req) { (void)c; (void)req; return -ENOTSUP; }
 static int stub_poll(RdmigConn *c, RdmigIoReq **done, int max)
 {
