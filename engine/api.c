@@ -181,20 +181,45 @@ static bool hand_over_recovery(RdmigSession *s, const char *address, GError **er
     return true;
 }
 
-/* Off this host only with params.insecure: there is no authentication yet,
- * and whoever reaches the address gets the guest's memory. */
+/* Off this host only with credentials, or with params.insecure: without
+ * them whoever reaches the address gets the guest's memory. */
 static bool address_allowed(RdmigSession *s, const char *address, GError **error)
 {
-    if (s->params.insecure || rdmig_address_is_loopback(address))
+    if (s->creds || s->params.insecure || rdmig_address_is_loopback(address))
         return true;
     bool dst = s->role == RDMIG_ROLE_DESTINATION;
     g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
-                "refusing to %s %s: rdmig has no authentication yet, so whoever reaches it "
-                "could %s this guest's memory; use a loopback address, or --insecure "
+                "refusing to %s %s without credentials: whoever reaches it could %s this "
+                "guest's memory; give --tls-creds DIR or --psk-file FILE "
+                "(rdmig_session_set_credentials()), use a loopback address, or --insecure "
                 "(RdmigParams.insecure) where every host that can reach it is trusted "
                 "(docs/security.md)", dst ? "listen on" : "connect to", address,
                 dst ? "write" : "read");
     return false;
+}
+
+bool rdmig_session_set_credentials(RdmigSession *s, RdmigCredentialKind kind, const char *path,
+                                   GError **error)
+{
+    if (s->started) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "credentials must be set before the session starts");
+        return false;
+    }
+    if (!path || !*path)
+        return fail(error, "credentials: no path given");
+    RdmigTlsSide side = s->role == RDMIG_ROLE_DESTINATION ? RDMIG_TLS_SERVER : RDMIG_TLS_CLIENT;
+    RdmigTlsCreds *c = kind == RDMIG_CREDENTIALS_X509 ? rdmig_tls_creds_x509(path, side, error)
+                       : kind == RDMIG_CREDENTIALS_PSK ? rdmig_tls_creds_psk(path, side, error)
+                                                       : NULL;
+    if (!c) {
+        if (error && !*error)
+            fail(error, "credentials: unknown kind");
+        return false;
+    }
+    rdmig_tls_creds_unref(s->creds);
+    s->creds = c;
+    return true;
 }
 
 bool rdmig_session_recover(RdmigSession *s, const char *address, GError **error)

@@ -8,21 +8,44 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include "transport/address.h"
+
 static const char *peer_name(RdmigSession *s)
 {
     return s->role == RDMIG_ROLE_SOURCE ? "destination" : "source";
 }
 
-void rdmig_channel_open(RdmigSession *s, int fd)
+bool rdmig_channel_connect(RdmigSession *s, const char *address, GError **error)
 {
-    s->ctl = rdmig_control_new(fd, (int)s->params.peer_timeout_ms);
+    gint64 start = rdmig_now_us();
+    int fd = rdmig_socket_connect(address, (int)s->params.connect_timeout_ms, s->wake_fd, error);
+    if (fd < 0)
+        return false;
+    RdmigTls *tls = NULL;
+    if (s->creds) {
+        g_autofree char *host = rdmig_address_host(address);
+        int left = (int)MAX(1, (gint64)s->params.connect_timeout_ms -
+                                   (rdmig_now_us() - start) / 1000);
+        tls = rdmig_tls_new(s->creds, fd, host, error);
+        if (!tls || !rdmig_tls_handshake(tls, left, s->wake_fd, error)) {
+            g_prefix_error(error, "%s: ", address);
+            rdmig_tls_free(tls);
+            close(fd);
+            return false;
+        }
+        g_autofree char *desc = rdmig_tls_describe(tls);
+        g_info("control channel to %s secured: %s, %s", address, desc,
+               rdmig_tls_creds_describe(s->creds));
+    }
+    s->ctl = rdmig_control_new_over(fd, tls, (int)s->params.peer_timeout_ms, 0, 0);
     rdmig_channel_heard(s);
+    return true;
 }
 
-void rdmig_channel_open_after_hello(RdmigSession *s, int fd, uint64_t hello_bytes)
+void rdmig_channel_open_after_hello(RdmigSession *s, int fd, RdmigTls *tls,
+                                    uint64_t hello_bytes)
 {
-    s->ctl = rdmig_control_new_with_received(fd, (int)s->params.peer_timeout_ms, 1,
-                                             hello_bytes);
+    s->ctl = rdmig_control_new_over(fd, tls, (int)s->params.peer_timeout_ms, 1, hello_bytes);
     rdmig_channel_heard(s);
 }
 
@@ -70,9 +93,15 @@ bool rdmig_channel_check_silence(RdmigSession *s, GError **error)
         return true;
     /* Frames waiting to be read are not silence: a caller that was busy
      * (a loaded host, a long placement) has simply not read them yet. */
-    struct pollfd p = { .fd = s->ctl ? rdmig_control_fd(s->ctl) : -1, .events = POLLIN };
-    if (poll(&p, 1, 0) > 0 && (p.revents & POLLIN))
-        return true;
+    if (s->ctl) {
+        struct pollfd p;
+        int wait = 0;
+        rdmig_control_pollfd(s->ctl, &p, &wait);
+        if (poll(&p, 1, 0) < 0)
+            p.revents = 0;
+        if (rdmig_control_readable(s->ctl, &p))
+            return true;
+    }
     g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PEER,
                 "%s silent for %" G_GINT64_FORMAT " ms (peer timeout %u ms): it stalled, or the "
                 "network between us is down", peer_name(s), silent, s->params.peer_timeout_ms);
@@ -167,8 +196,8 @@ int rdmig_channel_recv(RdmigSession *s, RdmigFrame *f, int timeout_ms, GError **
         int wait = next_wait(s, start, timeout_ms, &expired);
         if (expired)
             return 0;
-        struct pollfd p[2] = { { .fd = rdmig_control_fd(s->ctl), .events = POLLIN },
-                               { .fd = s->wake_fd, .events = POLLIN } };
+        struct pollfd p[2] = { { 0 }, { .fd = s->wake_fd, .events = POLLIN } };
+        rdmig_control_pollfd(s->ctl, &p[0], &wait);
         int n = poll(p, 2, wait);
         if (n < 0 && errno != EINTR) {
             g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s", g_strerror(errno));
@@ -179,7 +208,7 @@ int rdmig_channel_recv(RdmigSession *s, RdmigFrame *f, int timeout_ms, GError **
                 return -1;
             continue;
         }
-        if (n <= 0 || !p[0].revents) {
+        if (n < 0 || !rdmig_control_readable(s->ctl, &p[0])) {
             /* Judged only when nothing is waiting to be read: a busy receiver
              * must not blame a peer whose frames are queued. */
             if (!rdmig_channel_check_silence(s, error))

@@ -11,12 +11,15 @@
 
 #include "session.h"
 
-/** rdmig_channel_open: the session's control channel on connected socket
- *  @fd (taken); the peer counts as heard from now. */
-void rdmig_channel_open(RdmigSession *s, int fd);
-/** rdmig_channel_open_after_hello: the same for a connection whose HELLO
- *  (@hello_bytes, header included) was read at the door (hello-gate.h). */
-void rdmig_channel_open_after_hello(RdmigSession *s, int fd, uint64_t hello_bytes);
+/** rdmig_channel_connect: the source's control channel to @address: the
+ *  connection, and with the session's credentials the TLS handshake, both
+ *  within connect_timeout_ms; the peer counts as heard from then. */
+bool rdmig_channel_connect(RdmigSession *s, const char *address, GError **error);
+/** rdmig_channel_open_after_hello: the destination's, on a connection
+ *  (@fd and @tls, taken; @tls NULL in clear) whose HELLO (@hello_bytes,
+ *  header included) was read at the door (hello-gate.h). */
+void rdmig_channel_open_after_hello(RdmigSession *s, int fd, RdmigTls *tls,
+                                    uint64_t hello_bytes);
 /** rdmig_channel_send: sends one message and releases @payload (may be
  *  NULL).  Fails (RDMIG_ERROR_LINK) when the link is gone. */
 bool rdmig_channel_send(RdmigSession *s, RdmigMsgType type, GByteArray *payload, GError **error);

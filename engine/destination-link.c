@@ -23,6 +23,7 @@
 
 #include "channel.h"
 #include "dataplane.h"
+#include "link-secrets.h"
 #include "destination.h"
 #include "hello-gate.h"
 #include "state.h"
@@ -140,10 +141,11 @@ int rdmig_destination_wait_hello(RdmigDestination *dst, RdmigHelloGate *gate, in
         }
     }
     uint64_t bytes = 0;
-    int fd = rdmig_hello_gate_step(gate, p + 2, n, hello, &bytes);
+    RdmigTls *tls = NULL;
+    int fd = rdmig_hello_gate_step(gate, p + 2, n, hello, &bytes, &tls);
     if (fd < 0)
         return 0;
-    rdmig_channel_open_after_hello(s, fd, bytes);
+    rdmig_channel_open_after_hello(s, fd, tls, bytes);
     return 1;
 }
 
@@ -330,7 +332,8 @@ static bool send_hello_ack(RdmigDestination *dst, uint64_t supported, uint64_t t
                           .features_supported = supported,
                           .features_enabled = s->features,
                           .data_connections = s->nconns,
-                          .conn_token = token };
+                          /* With TLS both ends derive it: nothing to send. */
+                          .conn_token = rdmig_control_tls(s->ctl) ? 0 : token };
     g_strlcpy(ack.transport, s->tp->name, sizeof(ack.transport));
     g_strlcpy(ack.data_address, s->tp->listener_address(dst->data_listener),
               sizeof(ack.data_address));
@@ -410,11 +413,15 @@ bool rdmig_destination_handshake(RdmigDestination *dst, RdmigHello *hello, bool 
      * the pager's buffers instead, and the pager polls the connections. */
     bool postcopy = recovering && rdmig_session_state(s) != RDMIG_STATE_PRECOPY_PAUSED;
     dst->hello_acked = false;
-    if (!recovering)
+    if (!recovering) {
         memcpy(s->session_id, hello->session_id, sizeof(s->session_id));
+        if (!rdmig_link_keep_secret(s, error))
+            return false;
+    }
     uint64_t supported, token;
     if (getrandom(&token, sizeof(token), 0) != sizeof(token))
         token = (uint64_t)rdmig_now_us() ^ (uint64_t)g_random_int() << 32;
+    token = rdmig_link_data_token(s, token);
     if (!negotiate(dst, hello, recovering, &supported, error))
         return false;
     s->nconns = MAX(1u, MIN(hello->data_connections, (uint32_t)RDMIG_MAX_DATA_CONNS));

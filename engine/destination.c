@@ -380,7 +380,7 @@ static bool welcome(RdmigDestination *dst, GError **error)
     RdmigSession *s = &dst->s;
     g_autofree char *what = g_strdup_printf("control listener on %s", dst->listen_address);
     RdmigHelloGate *gate =
-        rdmig_hello_gate_new(dst->listen_fd, rdmig_destination_door_ms(s), what);
+        rdmig_hello_gate_new(dst->listen_fd, s->creds, rdmig_destination_door_ms(s), what);
     bool ok = false;
     for (;;) {
         RdmigHello hello = { 0 };

@@ -11,6 +11,7 @@
 
 #include "transport/address.h"
 #include "rdmig/error.h"
+#include "util/be.h"
 #include "util/clock.h"
 
 G_STATIC_ASSERT(RDMIG_GATE_MAX_HELLO >=
@@ -18,6 +19,9 @@ G_STATIC_ASSERT(RDMIG_GATE_MAX_HELLO >=
 
 typedef struct {
     int fd;              /* -1: free */
+    RdmigTls *tls;       /* with credentials: the session, handshake first */
+    bool secured;        /* the TLS handshake is done */
+    short events;        /* what the handshake waits for */
     gint64 deadline_us;
     uint8_t hdr[RDMIG_CONTROL_HEADER_SIZE];
     RdmigFrameHeader h;  /* decoded once the header is in */
@@ -27,15 +31,18 @@ typedef struct {
 
 struct RdmigHelloGate {
     int listen_fd;
+    RdmigTlsCreds *creds; /* NULL: in clear */
     int deadline_ms;
     char *what;
     Slot slots[RDMIG_GATE_SLOTS];
 };
 
-RdmigHelloGate *rdmig_hello_gate_new(int listen_fd, int deadline_ms, const char *what)
+RdmigHelloGate *rdmig_hello_gate_new(int listen_fd, RdmigTlsCreds *creds, int deadline_ms,
+                                     const char *what)
 {
     RdmigHelloGate *g = g_new0(RdmigHelloGate, 1);
     g->listen_fd = listen_fd;
+    g->creds = creds ? rdmig_tls_creds_ref(creds) : NULL;
     g->deadline_ms = deadline_ms;
     g->what = g_strdup(what);
     for (int i = 0; i < RDMIG_GATE_SLOTS; i++)
@@ -45,6 +52,7 @@ RdmigHelloGate *rdmig_hello_gate_new(int listen_fd, int deadline_ms, const char 
 
 static void slot_clear(Slot *sl)
 {
+    rdmig_tls_free(sl->tls);
     if (sl->fd >= 0)
         close(sl->fd);
     g_free(sl->payload);
@@ -58,6 +66,7 @@ void rdmig_hello_gate_free(RdmigHelloGate *g)
         return;
     for (int i = 0; i < RDMIG_GATE_SLOTS; i++)
         slot_clear(&g->slots[i]);
+    rdmig_tls_creds_unref(g->creds);
     g_free(g->what);
     g_free(g);
 }
@@ -71,7 +80,8 @@ unsigned rdmig_hello_gate_pollfds(RdmigHelloGate *g, struct pollfd *p, int *time
         Slot *sl = &g->slots[i];
         if (sl->fd < 0)
             continue;
-        p[n++] = (struct pollfd){ .fd = sl->fd, .events = POLLIN };
+        short ev = sl->tls && !sl->secured ? sl->events : POLLIN;
+        p[n++] = (struct pollfd){ .fd = sl->fd, .events = ev };
         gint64 left_us = MAX(sl->deadline_us - now, 0);
         int left_ms = (int)((left_us + 999) / 1000);
         if (*timeout_ms < 0 || left_ms < *timeout_ms)
@@ -87,17 +97,21 @@ static void drop(RdmigHelloGate *g, Slot *sl, const char *why)
     slot_clear(sl);
 }
 
-/* A peer that speaks rdmig in another version is told, as one of ours
- * would be, and refused; nobody waits for it to read the answer. */
-static void refuse_version(RdmigHelloGate *g, Slot *sl, const GError *err)
+/* A peer that speaks rdmig but cannot come in (another version, no
+ * credentials) is told why, as one of ours would be, and refused; nobody
+ * waits for it to read the answer. */
+static void refuse(RdmigHelloGate *g, Slot *sl, const GError *err)
 {
-    g_autoptr(GByteArray) b = rdmig_error_encode(RDMIG_ERROR_VERSION, err->message);
+    g_autoptr(GByteArray) b = rdmig_error_encode((uint32_t)err->code, err->message);
     uint8_t hdr[RDMIG_CONTROL_HEADER_SIZE];
     rdmig_frame_header_encode(hdr, RDMIG_MSG_ERROR, b->len, 0);
-    struct iovec v[2] = { { hdr, sizeof(hdr) }, { b->data, b->len } };
-    struct msghdr m = { .msg_iov = v, .msg_iovlen = 2 };
-    if (sendmsg(sl->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
-        /* Gone, or not reading: it is dropped either way. */
+    g_byte_array_prepend(b, hdr, sizeof(hdr));
+    /* Gone, or not reading: it is dropped either way. */
+    if (sl->tls) {
+        if (rdmig_tls_send(sl->tls, b->data, b->len) < 0)
+            g_debug("the refused source did not take its answer");
+    } else if (send(sl->fd, b->data, b->len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+        g_debug("the refused source did not take its answer");
     }
     g_warning("refused a source on the %s: %s", g->what, err->message);
     slot_clear(sl);
@@ -107,9 +121,14 @@ static void refuse_version(RdmigHelloGate *g, Slot *sl, const GError *err)
 static bool header_ok(RdmigHelloGate *g, Slot *sl)
 {
     g_autoptr(GError) err = NULL;
+    if (sl->hdr[0] == 0x16 && sl->hdr[1] == 0x03) {
+        drop(g, sl, "a TLS client, and this destination has no credentials (--tls-creds or "
+                    "--psk-file)");
+        return false;
+    }
     if (!rdmig_frame_header_decode(sl->hdr, &sl->h, &err)) {
         if (err->code == RDMIG_ERROR_VERSION)
-            refuse_version(g, sl, err);
+            refuse(g, sl, err);
         else
             drop(g, sl, err->message);
         return false;
@@ -126,9 +145,50 @@ static bool header_ok(RdmigHelloGate *g, Slot *sl)
     return true;
 }
 
+/* An rdmig source without credentials is told so, in clear: it would
+ * otherwise see only a closed connection. */
+static bool plain_source(RdmigHelloGate *g, Slot *sl)
+{
+    uint8_t magic[4];
+    if (recv(sl->fd, magic, sizeof(magic), MSG_PEEK | MSG_DONTWAIT) != sizeof(magic) ||
+        rdmig_get_be32(magic) != RDMIG_CONTROL_MAGIC)
+        return false;
+    g_autoptr(GError) err = g_error_new_literal(
+        RDMIG_ERROR, RDMIG_ERROR_AUTH,
+        "this destination takes only authenticated sources: give the source the same kind of "
+        "credentials (--tls-creds or --psk-file)");
+    rdmig_tls_free(sl->tls);
+    sl->tls = NULL;
+    refuse(g, sl, err);
+    return true;
+}
+
+/* The TLS handshake, as far as it goes now; true once it is done. */
+static bool slot_secure(RdmigHelloGate *g, Slot *sl)
+{
+    if (plain_source(g, sl))
+        return false;
+    g_autoptr(GError) err = NULL;
+    int r = rdmig_tls_handshake_step(sl->tls, &sl->events, &err);
+    if (r < 0)
+        drop(g, sl, err->message);
+    sl->secured = r > 0;
+    return r > 0;
+}
+
+static ssize_t slot_recv(Slot *sl, void *p, size_t len)
+{
+    if (sl->tls)
+        return rdmig_tls_recv(sl->tls, p, len);
+    ssize_t r = recv(sl->fd, p, len, MSG_DONTWAIT);
+    return r >= 0 ? r : -errno;
+}
+
 /* Reads what @sl's peer sent; true once the whole HELLO frame is in. */
 static bool slot_read(RdmigHelloGate *g, Slot *sl)
 {
+    if (sl->tls && !sl->secured && !slot_secure(g, sl))
+        return false;
     for (;;) {
         size_t total = RDMIG_CONTROL_HEADER_SIZE + (sl->payload ? sl->h.length : 0);
         if (sl->payload && sl->have == total)
@@ -138,14 +198,15 @@ static bool slot_read(RdmigHelloGate *g, Slot *sl)
                            : sl->payload + (sl->have - RDMIG_CONTROL_HEADER_SIZE);
         size_t want = sl->have < RDMIG_CONTROL_HEADER_SIZE ? RDMIG_CONTROL_HEADER_SIZE - sl->have
                                                            : total - sl->have;
-        ssize_t r = recv(sl->fd, dst, want, MSG_DONTWAIT);
+        ssize_t r = slot_recv(sl, dst, want);
         if (r == 0) {
             drop(g, sl, "closed before a whole HELLO");
             return false;
         }
         if (r < 0) {
-            if (errno != EAGAIN && errno != EINTR)
-                drop(g, sl, g_strerror(errno));
+            if (r != -EAGAIN && r != -EINTR)
+                drop(g, sl, sl->tls && r == -EPROTO ? rdmig_tls_last_error(sl->tls)
+                                                    : g_strerror((int)-r));
             return false;
         }
         sl->have += (size_t)r;
@@ -179,29 +240,42 @@ static void take_new(RdmigHelloGate *g)
     }
     free_slot->fd = fd;
     free_slot->deadline_us = rdmig_now_us() + (gint64)g->deadline_ms * 1000;
+    if (g->creds) {
+        free_slot->tls = rdmig_tls_new(g->creds, fd, NULL, &err);
+        if (!free_slot->tls) {
+            drop(g, free_slot, err->message);
+            g_clear_error(&err);
+            return;
+        }
+        /* The client speaks first: wait for its hello. */
+        free_slot->events = POLLIN;
+    }
 }
 
 /* The whole frame is in @sl: a valid HELLO hands the connection over. */
-static int hand_over(RdmigHelloGate *g, Slot *sl, RdmigHello *hello, uint64_t *bytes_read)
+static int hand_over(RdmigHelloGate *g, Slot *sl, RdmigHello *hello, uint64_t *bytes_read,
+                     RdmigTls **tls)
 {
     g_autoptr(GError) err = NULL;
     if (!rdmig_hello_decode(sl->payload, sl->h.length, hello, &err)) {
         rdmig_hello_clear(hello);
         if (err->code == RDMIG_ERROR_VERSION)
-            refuse_version(g, sl, err);
+            refuse(g, sl, err);
         else
             drop(g, sl, err->message);
         return -1;
     }
     int fd = sl->fd;
     *bytes_read = RDMIG_CONTROL_HEADER_SIZE + sl->h.length;
+    *tls = sl->tls;
+    sl->tls = NULL;
     sl->fd = -1;
     slot_clear(sl);
     return fd;
 }
 
 int rdmig_hello_gate_step(RdmigHelloGate *g, const struct pollfd *p, unsigned n,
-                          RdmigHello *hello, uint64_t *bytes_read)
+                          RdmigHello *hello, uint64_t *bytes_read, RdmigTls **tls)
 {
     for (unsigned k = 1; k < n; k++) {
         if (!p[k].revents)
@@ -209,7 +283,7 @@ int rdmig_hello_gate_step(RdmigHelloGate *g, const struct pollfd *p, unsigned n,
         for (int i = 0; i < RDMIG_GATE_SLOTS; i++) {
             Slot *sl = &g->slots[i];
             if (sl->fd == p[k].fd && slot_read(g, sl))
-                return hand_over(g, sl, hello, bytes_read);
+                return hand_over(g, sl, hello, bytes_read, tls);
         }
     }
     gint64 now = rdmig_now_us();

@@ -7,6 +7,9 @@
  * connection only: a stranger on the network can neither end an incoming
  * migration nor hold the door shut for the real source.
  *
+ * With credentials, the TLS handshake happens here too, before the HELLO:
+ * a peer that cannot authenticate is one more connection dropped.
+ *
  * Reads here never block: each connection's bytes collect in its own buffer
  * as they come, so that the caller's loop (the pager, during a postcopy
  * recovery) keeps serving while connections are in the door.
@@ -28,9 +31,11 @@
 typedef struct RdmigHelloGate RdmigHelloGate;
 
 /** rdmig_hello_gate_new: a door for @listen_fd (not owned), whose
- *  connections each get @deadline_ms to send their HELLO; @what names the
- *  listener in warnings ("control listener on ADDR"). */
-RdmigHelloGate *rdmig_hello_gate_new(int listen_fd, int deadline_ms, const char *what);
+ *  connections each get @deadline_ms to authenticate (with @creds; NULL:
+ *  none, in clear) and send their HELLO; @what names the listener in
+ *  warnings ("control listener on ADDR"). */
+RdmigHelloGate *rdmig_hello_gate_new(int listen_fd, RdmigTlsCreds *creds, int deadline_ms,
+                                     const char *what);
 /** rdmig_hello_gate_free: closes the connections still in the door. */
 void rdmig_hello_gate_free(RdmigHelloGate *g);
 
@@ -44,8 +49,9 @@ unsigned rdmig_hello_gate_pollfds(RdmigHelloGate *g, struct pollfd *p, int *time
  *  are past their deadline (with a warning; a peer of another version is
  *  told so first).  Returns a connected socket (owned by the caller now)
  *  whose first frame was a valid HELLO, decoded into @hello, with
- *  *@bytes_read the bytes of that frame; or -1 when none is ready yet. */
+ *  *@bytes_read the bytes of that frame and *@tls its TLS session (owned
+ *  by the caller now; NULL in clear); or -1 when none is ready yet. */
 int rdmig_hello_gate_step(RdmigHelloGate *g, const struct pollfd *p, unsigned n,
-                          RdmigHello *hello, uint64_t *bytes_read);
+                          RdmigHello *hello, uint64_t *bytes_read, RdmigTls **tls);
 
 #endif

@@ -180,9 +180,10 @@ static bool pull_wait(Pager *pg, GError **error)
         p[n++].events = ev;
     }
     p[n++] = (struct pollfd){ .fd = pg->uffd, .events = POLLIN };
-    p[n++] = (struct pollfd){ .fd = rdmig_control_fd(s->ctl), .events = POLLIN };
+    int wait = pager_backlog(pg) ? 0 : (int)s->params.keepalive_ms;
+    rdmig_control_pollfd(s->ctl, &p[n++], &wait);
     p[n++] = (struct pollfd){ .fd = pg->cancel_seen ? -1 : s->wake_fd, .events = POLLIN };
-    if (poll(p, n, pager_backlog(pg) ? 0 : (int)s->params.keepalive_ms) < 0 && errno != EINTR) {
+    if (poll(p, n, wait) < 0 && errno != EINTR) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s", g_strerror(errno));
         return false;
     }
@@ -191,7 +192,7 @@ static bool pull_wait(Pager *pg, GError **error)
     for (uint32_t i = 0; i < s->nconns; i++)
         if (p[i].revents && !pager_reap(pg, i, error))
             return false;
-    if (p[s->nconns + 1].revents && !control_message(pg, error))
+    if (rdmig_control_readable(s->ctl, &p[s->nconns + 1]) && !control_message(pg, error))
         return false;
     if (!pager_settle_backlog(pg, HASH_SLICE_PAGES, error))
         return false;

@@ -20,6 +20,7 @@
 
 #include "channel.h"
 #include "dataplane.h"
+#include "link-secrets.h"
 #include "state.h"
 #include "transport/address.h"
 
@@ -111,10 +112,8 @@ static bool source_attempt(RdmigSource *src, const char *address, const RdmigTra
                                                           error))
         return false;
     s->epoch++;
-    int fd = rdmig_socket_connect(address, (int)s->params.connect_timeout_ms, s->wake_fd, error);
-    if (fd < 0)
+    if (!rdmig_channel_connect(s, address, error))
         return false;
-    rdmig_channel_open(s, fd);
     RdmigHelloAck ack;
     if (!rdmig_source_hello(src, true, skip, &ack, error))
         return false;
@@ -206,7 +205,7 @@ static int take_listener(RdmigDestination *dst, int current)
 static bool own_source(RdmigDestination *dst, const RdmigHello *hello, GError **error)
 {
     RdmigSession *s = &dst->s;
-    if (memcmp(hello->session_id, s->session_id, sizeof(s->session_id))) {
+    if (!rdmig_link_is_own_source(s, hello->session_id)) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_AUTH,
                     "recovery refused: the connecting source belongs to another session, not "
                     "to the paused migration");
@@ -223,7 +222,13 @@ static bool own_source(RdmigDestination *dst, const RdmigHello *hello, GError **
     return true;
 }
 
-/* RESUME: an epoch newer than the last link's. */
+/* How far one RESUME may move the epoch: the source counts every attempt,
+ * also those that never reached here (no route, refused, cancelled), so it
+ * cannot be exactly one; bounded, so that no RESUME can use up the count
+ * (UINT64_MAX would refuse the real source for good). */
+#define RDMIG_EPOCH_MAX_STEP 4096
+
+/* RESUME: an epoch newer than the last link's, by at most the step. */
 static bool newer_epoch(RdmigSession *s, uint64_t *epoch, GError **error)
 {
     RdmigFrame f;
@@ -231,8 +236,15 @@ static bool newer_epoch(RdmigSession *s, uint64_t *epoch, GError **error)
                               &f, error) ||
         !rdmig_u64_decode(f.payload, f.hdr.length, epoch, "RESUME", error))
         return false;
-    if (*epoch > s->epoch)
+    if (*epoch > s->epoch && *epoch - s->epoch <= RDMIG_EPOCH_MAX_STEP)
         return true;
+    if (*epoch > s->epoch) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "recovery refused: epoch %" G_GUINT64_FORMAT " jumps more than %d past "
+                    "the last one accepted (%" G_GUINT64_FORMAT ")", *epoch,
+                    RDMIG_EPOCH_MAX_STEP, s->epoch);
+        return false;
+    }
     /* A replay, or a source that lost count: either could drive the pages
      * of a link given up on. */
     g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_AUTH,
@@ -286,7 +298,7 @@ static RdmigHelloGate *door_for(RdmigDestination *dst, RdmigHelloGate *gate, int
     if (fd < 0)
         return NULL;
     g_autofree char *what = g_strdup_printf("recovery listener on %s", dst->listen_address);
-    return rdmig_hello_gate_new(fd, rdmig_destination_door_ms(&dst->s), what);
+    return rdmig_hello_gate_new(fd, dst->s.creds, rdmig_destination_door_ms(&dst->s), what);
 }
 
 bool rdmig_recovery_destination(RdmigDestination *dst, const RdmigRecoveryWaiter *w,

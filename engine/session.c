@@ -8,6 +8,7 @@
 #include "session.h"
 
 #include <errno.h>
+#include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -57,6 +58,8 @@ void rdmig_session_clear(RdmigSession *s)
         close(s->wake_fd);
     g_clear_error(&s->error);
     g_clear_error(&s->failure);
+    rdmig_tls_creds_unref(s->creds);
+    memset(s->recovery_secret, 0, sizeof(s->recovery_secret));
     g_mutex_clear(&s->lock);
     g_mutex_clear(&s->failure_lock);
     g_mutex_clear(&s->keepalive_lock);

@@ -66,14 +66,18 @@ struct RdmigSession {
     uint32_t nconns;
 
     /* handshake */
+    RdmigTlsCreds *creds;       /* NULL: the control channel is in clear */
     uint8_t session_id[RDMIG_SESSION_ID_LEN];
+    uint8_t recovery_secret[32];/* from the first link's TLS session (link-secrets.c) */
+    bool have_recovery_secret;
     uint64_t features;
 
     gint64 t_start, t_active, t_stop; /* start; round 1 (or the source's arrival); guest stopped */
 
     /* recovery (recovery.c), both roles */
     uint64_t epoch;             /* the source counts its attempts; the destination
-                                 * accepts only a newer one than the last */
+                                 * accepts only a newer one than the last, by at most
+                                 * RDMIG_EPOCH_MAX_STEP (recovery.c) */
     gint64 t_pause, t_recover;  /* when the last pause / recovery request began */
 };
 

@@ -124,7 +124,7 @@ bool rdmig_source_wait_events(RdmigSource *src, int timeout_ms, GError **error)
         p[n].fd = s->tp->conn_fd(s->conns[i], &ev);
         p[n++].events = ev;
     }
-    p[n++] = (struct pollfd){ .fd = rdmig_control_fd(s->ctl), .events = POLLIN };
+    rdmig_control_pollfd(s->ctl, &p[n++], &timeout_ms);
     p[n++] = (struct pollfd){ .fd = s->wake_fd, .events = POLLIN };
     if (poll(p, n, timeout_ms) < 0 && errno != EINTR) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s", g_strerror(errno));
@@ -136,7 +136,7 @@ bool rdmig_source_wait_events(RdmigSource *src, int timeout_ms, GError **error)
     }
     /* The control channel first: once the destination has acknowledged the
      * end (postcopy), its closing the data connections is no failure. */
-    if (p[nconns].revents) {
+    if (rdmig_control_readable(s->ctl, &p[nconns])) {
         RdmigFrame f;
         int r = rdmig_channel_recv(s, &f, 0, error);
         if (r < 0 || (r > 0 && !handle_message(src, &f, error)))

@@ -13,19 +13,18 @@
 
 #include "channel.h"
 #include "dataplane.h"
+#include "link-secrets.h"
 #include "source.h"
 #include "transport/address.h"
 
 bool rdmig_source_connect(RdmigSource *src, const char *address, GError **error)
 {
     RdmigSession *s = &src->s;
-    int fd = rdmig_socket_connect(address, (int)s->params.connect_timeout_ms, s->wake_fd, error);
-    if (fd < 0)
+    if (!rdmig_channel_connect(s, address, error))
         return false;
-    rdmig_channel_open(s, fd);
     if (getrandom(s->session_id, sizeof(s->session_id), 0) != sizeof(s->session_id))
         g_random_set_seed((guint32)rdmig_now_us()); /* getrandom cannot fail for 16 bytes */
-    return true;
+    return rdmig_link_keep_secret(s, error);
 }
 
 /* Postcopy pulls faults on a connection of their own, away from bulk reads. */
@@ -63,7 +62,7 @@ static bool send_hello(RdmigSource *src, bool recovering, const RdmigTransportOp
                        .n_transports = noffer,
                        .n_blocks = s->blocks->len };
     hello_features(src, recovering, h);
-    memcpy(h->session_id, s->session_id, sizeof(h->session_id));
+    rdmig_link_session_id(s, recovering, h->session_id);
     for (uint32_t i = 0; i < noffer; i++)
         g_strlcpy(h->transports[i], offer[i]->name, sizeof(h->transports[i]));
     g_autofree RdmigWireBlock *wb = g_new0(RdmigWireBlock, s->blocks->len);
@@ -189,7 +188,8 @@ bool rdmig_source_open_data(RdmigSource *src, const RdmigHelloAck *ack,
                             const RdmigTransportOps **failed, GError **error)
 {
     RdmigSession *s = &src->s;
-    RdmigTransportConfig cfg = rdmig_dataplane_config(s, ack->conn_token);
+    RdmigTransportConfig cfg =
+        rdmig_dataplane_config(s, rdmig_link_data_token(s, ack->conn_token));
     s->transport = s->tp->create(&cfg, error);
     bool ok = s->transport != NULL;
     /* Connections first: an RDMA transport learns its device (and so has a

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BUILD_PACKAGES="build-essential meson ninja-build pkg-config libglib2.0-dev libjson-glib-dev libxxhash-dev
- libibverbs-dev librdmacm-dev python3 iproute2 iperf3 gdb clang libclang-rt-14-dev"
+ libibverbs-dev librdmacm-dev libgnutls28-dev gnutls-bin python3 iproute2 iperf3 gdb clang
+ libclang-rt-14-dev"
 # The soft-RoCE VM harness (tests/rxe/) needs these too.
 RXE_PACKAGES="qemu-system-x86 linux-image-amd64 busybox-static cpio xz-utils rdma-core
  ibverbs-providers ibverbs-utils rdmacm-utils perftest kmod"

@@ -6,7 +6,11 @@
  */
 #define G_LOG_DOMAIN "rdmig"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <string.h>
+#include <sys/random.h>
 #include <stdio.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -32,7 +36,18 @@ static RdmigSession *session_setup(RdmigRole role, const char *what, CliGuest *g
     if (!gu->g)
         goto fail;
     gu->destination = role == RDMIG_ROLE_DESTINATION;
+    if (cli_opt.tls_creds && cli_opt.psk_file) {
+        g_set_error(&err, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "--tls-creds and --psk-file: give one kind of credentials, not both");
+        goto fail;
+    }
     gu->s = rdmig_session_new(role, &p, &err);
+    if (gu->s && cli_opt.tls_creds &&
+        !rdmig_session_set_credentials(gu->s, RDMIG_CREDENTIALS_X509, cli_opt.tls_creds, &err))
+        goto fail;
+    if (gu->s && cli_opt.psk_file &&
+        !rdmig_session_set_credentials(gu->s, RDMIG_CREDENTIALS_PSK, cli_opt.psk_file, &err))
+        goto fail;
     if (gu->s && cli_guest_add_blocks(gu->s, gu->g, cli_opt.blocks, &err))
         return gu->s;
 fail:
@@ -306,11 +321,61 @@ static GPtrArray *demo_recv_argv(const char *self)
         g_ptr_array_add(argv, g_strdup("--prealloc"));
     if (cli_opt.json)
         g_ptr_array_add(argv, g_strdup("--json"));
+    if (cli_opt.tls_creds)
+        g_ptr_array_add(argv, g_strdup_printf("--tls-creds=%s", cli_opt.tls_creds));
+    if (cli_opt.psk_file)
+        g_ptr_array_add(argv, g_strdup_printf("--psk-file=%s", cli_opt.psk_file));
     g_ptr_array_add(argv, NULL);
     return argv;
 }
 
-int cli_cmd_demo(const char *self)
+/* A key for this demo's two processes only: 32 random bytes in a keys.psk
+ * that only this user can read, in a directory of its own (removed after).
+ * The demo then shows what an operator runs: an authenticated migration. */
+static char *demo_one_time_key(GError **error)
+{
+    g_autofree char *dir = g_dir_make_tmp("rdmig-demo-XXXXXX", error);
+    if (!dir)
+        return NULL;
+    uint8_t key[32];
+    if (getrandom(key, sizeof(key), 0) != sizeof(key)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "getrandom: %s",
+                    g_strerror(errno));
+        return NULL;
+    }
+    GString *line = g_string_new("rdmig-demo:");
+    for (size_t i = 0; i < sizeof(key); i++)
+        g_string_append_printf(line, "%02x", key[i]);
+    g_string_append_c(line, '\n');
+    memset(key, 0, sizeof(key));
+    char *path = g_build_filename(dir, "keys.psk", NULL);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    bool ok = fd >= 0 && write(fd, line->str, line->len) == (ssize_t)line->len;
+    int saved = errno;
+    if (fd >= 0)
+        close(fd);
+    memset(line->str, 0, line->len);
+    g_string_free(line, TRUE);
+    if (!ok) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "%s: %s", path, g_strerror(saved));
+        unlink(path);
+        rmdir(dir);
+        g_free(path);
+        return NULL;
+    }
+    return path;
+}
+
+static void demo_forget_key(char *path)
+{
+    g_autofree char *dir = g_path_get_dirname(path);
+    unlink(path);
+    rmdir(dir);
+    g_free(path);
+}
+
+/* The demo proper: the destination as a child process, the source here. */
+static int demo_run(const char *self)
 {
     g_autoptr(GPtrArray) argv = demo_recv_argv(self);
     GPid pid;
@@ -346,4 +411,24 @@ int cli_cmd_demo(const char *self)
     waitpid(pid, &status, 0);
     int drc = WIFEXITED(status) ? WEXITSTATUS(status) : CLI_EXIT_FAILED;
     return rc ? rc : drc;
+}
+
+int cli_cmd_demo(const char *self)
+{
+    g_autoptr(GError) err = NULL;
+    char *one_time_key = NULL;
+    if (!cli_opt.tls_creds && !cli_opt.psk_file && !cli_opt.insecure) {
+        one_time_key = demo_one_time_key(&err);
+        if (!one_time_key) {
+            fprintf(stderr, "rdmig demo: cannot make a one-time key: %s\n", err->message);
+            return CLI_EXIT_FAILED;
+        }
+        cli_opt.psk_file = one_time_key;
+    }
+    int rc = demo_run(self);
+    if (one_time_key) {
+        cli_opt.psk_file = NULL;
+        demo_forget_key(one_time_key);
+    }
+    return rc;
 }

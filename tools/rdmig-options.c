@@ -65,7 +65,9 @@ static const GOptionEntry entries[] = {
     { "cancel-after-ms", 0, 0, G_OPTION_ARG_INT, &cli_opt.cancel_after_ms, "send: cancel after this long", "MS" },
     { "monitor", 0, 0, G_OPTION_ARG_STRING, &cli_opt.monitor, "send/recv: monitor socket (default $XDG_RUNTIME_DIR/rdmig/PID.sock or /run/rdmig/PID.sock); recover/status/cancel/send --resume: the one to talk to", "PATH" },
     { "resume", 0, 0, G_OPTION_ARG_NONE, &cli_opt.resume, "send: resume a paused migration (with --monitor and --to)", NULL },
-    { "insecure", 0, 0, G_OPTION_ARG_NONE, &cli_opt.insecure, "send, recv: allow an address that is not loopback; rdmig has no authentication yet, so whoever reaches it gets the guest's memory (docs/security.md)", NULL },
+    { "tls-creds", 0, 0, G_OPTION_ARG_FILENAME, &cli_opt.tls_creds, "send, recv: TLS 1.3 with x509 certificates from DIR, in QEMU's tls-creds-x509 layout (ca-cert.pem, server-cert.pem + server-key.pem, client-cert.pem + client-key.pem)", "DIR" },
+    { "psk-file", 0, 0, G_OPTION_ARG_FILENAME, &cli_opt.psk_file, "send, recv: TLS 1.3 with a pre-shared key from FILE, QEMU's keys.psk format (IDENTITY:HEXKEY, as psktool writes it)", "FILE" },
+    { "insecure", 0, 0, G_OPTION_ARG_NONE, &cli_opt.insecure, "send, recv: allow an address that is not loopback without --tls-creds or --psk-file: whoever reaches it gets the guest's memory (docs/security.md)", NULL },
     { "precopy-resume", 0, 0, G_OPTION_ARG_NONE, &cli_opt.precopy_resume, "send, recv: a broken precopy link pauses and can be resumed, rather than failing (both sides)", NULL },
     G_OPTION_ENTRY_NULL,
 };

@@ -64,6 +64,8 @@ typedef struct {
     gboolean resume;
     gboolean precopy_resume;
     gboolean insecure;
+    char *tls_creds;        /* x509 directory (QEMU's tls-creds-x509 layout) */
+    char *psk_file;         /* keys.psk (QEMU's tls-creds-psk layout) */
 } CliOptions;
 
 /** cli_opt: the parsed command line.  Written by cli_options_parse() on the

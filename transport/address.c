@@ -22,16 +22,14 @@
 
 #include "rdmig/error.h"
 
-bool rdmig_address_parse(const char *address, bool allow_port0, struct sockaddr_storage *ss,
-                         socklen_t *len, GError **error)
+/* HOST and PORT of "HOST:PORT", "[V6]:PORT" or "tcp:..."; *@host allocated. */
+static bool address_split(const char *address, char **host, const char **port, GError **error)
 {
     if (!address || !*address) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID, "empty address: expected HOST:PORT");
         return false;
     }
     const char *a = g_str_has_prefix(address, "tcp:") ? address + 4 : address;
-    g_autofree char *host = NULL;
-    const char *port;
     if (a[0] == '[') {
         const char *close = strchr(a, ']');
         if (!close || close[1] != ':') {
@@ -39,23 +37,40 @@ bool rdmig_address_parse(const char *address, bool allow_port0, struct sockaddr_
                         "invalid address '%s': expected [IPV6]:PORT", address);
             return false;
         }
-        host = g_strndup(a + 1, close - a - 1);
-        port = close + 2;
-    } else {
-        const char *colon = strrchr(a, ':');
-        if (!colon || colon == a) {
-            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
-                        "invalid address '%s': expected HOST:PORT", address);
-            return false;
-        }
-        if (memchr(a, ':', colon - a)) {
-            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
-                        "invalid address '%s': write IPv6 addresses as [ADDR]:PORT", address);
-            return false;
-        }
-        host = g_strndup(a, colon - a);
-        port = colon + 1;
+        *host = g_strndup(a + 1, close - a - 1);
+        *port = close + 2;
+        return true;
     }
+    const char *colon = strrchr(a, ':');
+    if (!colon || colon == a) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "invalid address '%s': expected HOST:PORT", address);
+        return false;
+    }
+    if (memchr(a, ':', colon - a)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "invalid address '%s': write IPv6 addresses as [ADDR]:PORT", address);
+        return false;
+    }
+    *host = g_strndup(a, colon - a);
+    *port = colon + 1;
+    return true;
+}
+
+char *rdmig_address_host(const char *address)
+{
+    char *host = NULL;
+    const char *port;
+    return address_split(address, &host, &port, NULL) ? host : NULL;
+}
+
+bool rdmig_address_parse(const char *address, bool allow_port0, struct sockaddr_storage *ss,
+                         socklen_t *len, GError **error)
+{
+    g_autofree char *host = NULL;
+    const char *port;
+    if (!address_split(address, &host, &port, error))
+        return false;
     char *end = NULL;
     errno = 0;
     unsigned long p = strtoul(port, &end, 10);

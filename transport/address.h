@@ -12,6 +12,10 @@
 bool rdmig_address_parse(const char *address, bool allow_port0, struct sockaddr_storage *ss,
                          socklen_t *len, GError **error);
 
+/** rdmig_address_host: the HOST part of @address (allocated), or NULL if
+ *  it does not parse. */
+char *rdmig_address_host(const char *address);
+
 /** rdmig_address_is_loopback: whether @address (as rdmig_address_parse()
  *  takes it) is on this host only: 127.0.0.0/8, ::1 or a v4-mapped
  *  127.x.  An address that does not parse or resolve counts as loopback

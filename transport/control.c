@@ -14,6 +14,7 @@
 
 struct RdmigControl {
     int fd;
+    RdmigTls *tls;     /* NULL: in clear */
     int stall_timeout_ms;
     GMutex send_lock;  /* senders: migration thread, keepalive, error reporting */
     uint32_t send_seq;
@@ -73,10 +74,11 @@ RdmigControl *rdmig_control_new(int fd, int stall_timeout_ms)
     return c;
 }
 
-RdmigControl *rdmig_control_new_with_received(int fd, int stall_timeout_ms, uint32_t frames,
-                                              uint64_t bytes)
+RdmigControl *rdmig_control_new_over(int fd, RdmigTls *tls, int stall_timeout_ms,
+                                     uint32_t frames, uint64_t bytes)
 {
     RdmigControl *c = rdmig_control_new(fd, stall_timeout_ms);
+    c->tls = tls;
     c->recv_seq = frames;
     c->bytes = bytes;
     return c;
@@ -86,6 +88,9 @@ void rdmig_control_free(RdmigControl *c)
 {
     if (!c)
         return;
+    if (c->tls && !g_atomic_int_get(&c->shut))
+        rdmig_tls_bye(c->tls);
+    rdmig_tls_free(c->tls);
     close(c->fd);
     g_mutex_clear(&c->send_lock);
     g_free(c->buf);
@@ -99,6 +104,55 @@ void rdmig_control_shutdown(RdmigControl *c)
 }
 
 int rdmig_control_fd(RdmigControl *c) { return c->fd; }
+
+RdmigTls *rdmig_control_tls(RdmigControl *c) { return c->tls; }
+
+static bool buffered(RdmigControl *c) { return c->tls && rdmig_tls_pending(c->tls) > 0; }
+
+void rdmig_control_pollfd(RdmigControl *c, struct pollfd *p, int *timeout_ms)
+{
+    *p = (struct pollfd){ .fd = c->fd, .events = POLLIN };
+    if (buffered(c))
+        *timeout_ms = 0;
+}
+
+bool rdmig_control_readable(RdmigControl *c, const struct pollfd *p)
+{
+    return p->revents || buffered(c);
+}
+
+/* One send(2) or one TLS record's worth: bytes sent or a negative errno. */
+static ssize_t io_send(RdmigControl *c, const struct iovec *v, int n)
+{
+    if (c->tls)
+        return rdmig_tls_send(c->tls, v[0].iov_base, v[0].iov_len);
+    struct msghdr m = { .msg_iov = (struct iovec *)v, .msg_iovlen = n };
+    ssize_t r = sendmsg(c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    return r >= 0 ? r : -errno;
+}
+
+static ssize_t io_recv(RdmigControl *c, void *p, size_t len)
+{
+    if (c->tls)
+        return rdmig_tls_recv(c->tls, p, len);
+    ssize_t r = recv(c->fd, p, len, MSG_DONTWAIT);
+    return r >= 0 ? r : -errno;
+}
+
+/* What an -EAGAIN waits for; TLS may need to write to read, or the reverse. */
+static short io_wants(RdmigControl *c, short dflt)
+{
+    return c->tls ? rdmig_tls_wants(c->tls) : dflt;
+}
+
+static const char *io_error(RdmigControl *c, ssize_t r)
+{
+    if (g_atomic_int_get(&c->shut))
+        return "channel shut down";
+    if (c->tls && r == -EPROTO)
+        return rdmig_tls_last_error(c->tls);
+    return g_strerror((int)-r);
+}
 
 uint64_t rdmig_control_bytes(RdmigControl *c) { return g_atomic_pointer_get(&c->bytes); }
 
@@ -148,14 +202,13 @@ bool rdmig_control_send(RdmigControl *c, uint16_t type, const void *payload, siz
             skip = 0;
             n++;
         }
-        struct msghdr m = { .msg_iov = v, .msg_iovlen = n };
-        ssize_t r = sendmsg(c->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+        ssize_t r = io_send(c, v, n);
         if (r > 0) {
             done += r;
             continue;
         }
-        if (r < 0 && (errno == EAGAIN || errno == EINTR)) {
-            int w = wait_io(c->fd, POLLOUT, deadline);
+        if (r == -EAGAIN || r == -EINTR) {
+            int w = wait_io(c->fd, io_wants(c, POLLOUT), deadline);
             if (w > 0)
                 continue;
             if (w == 0) {
@@ -165,9 +218,10 @@ bool rdmig_control_send(RdmigControl *c, uint16_t type, const void *payload, siz
                 ok = false;
                 break;
             }
+            r = -errno;
         }
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_LINK, "control channel send failed: %s",
-                    g_atomic_int_get(&c->shut) ? "channel shut down" : g_strerror(errno));
+                    io_error(c, r));
         ok = false;
         break;
     }
@@ -176,16 +230,24 @@ bool rdmig_control_send(RdmigControl *c, uint16_t type, const void *payload, siz
     return ok;
 }
 
-/* Reads exactly @len bytes; 1 ok, -1 error (set). */
+/* Reads exactly @len bytes; 1 ok, -1 error (set).  A close before the
+ * first byte of a frame (@frame_start) is a clean end, not a truncation. */
 static int read_full(RdmigControl *c, uint8_t *p, size_t len, gint64 deadline, const char *what,
-                     GError **error)
+                     bool frame_start, GError **error)
 {
     size_t got = 0;
     while (got < len) {
-        ssize_t r = recv(c->fd, p + got, len - got, MSG_DONTWAIT);
+        ssize_t r = io_recv(c, p + got, len - got);
         if (r > 0) {
             got += r;
             continue;
+        }
+        if (r == 0 && frame_start && !got) {
+            if (g_atomic_int_get(&c->shut))
+                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "control channel shut down");
+            else
+                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_LINK, "peer closed the control channel");
+            return -1;
         }
         if (r == 0) {
             g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_LINK,
@@ -193,8 +255,8 @@ static int read_full(RdmigControl *c, uint8_t *p, size_t len, gint64 deadline, c
                         "(%s: got %zu of %zu bytes)", what, got, len);
             return -1;
         }
-        if (errno == EAGAIN || errno == EINTR) {
-            int w = wait_io(c->fd, POLLIN, deadline);
+        if (r == -EAGAIN || r == -EINTR) {
+            int w = wait_io(c->fd, io_wants(c, POLLIN), deadline);
             if (w > 0)
                 continue;
             if (w == 0) {
@@ -203,9 +265,10 @@ static int read_full(RdmigControl *c, uint8_t *p, size_t len, gint64 deadline, c
                             "bytes)", c->stall_timeout_ms, what, got, len);
                 return -1;
             }
+            r = -errno;
         }
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_LINK, "control channel receive failed: %s",
-                    g_strerror(errno));
+                    io_error(c, r));
         return -1;
     }
     g_atomic_pointer_add(&c->bytes, len);
@@ -219,7 +282,7 @@ int rdmig_control_recv(RdmigControl *c, RdmigFrame *frame, int timeout_ms, GErro
         return -1;
     }
     gint64 begin = timeout_ms < 0 ? -1 : g_get_monotonic_time() + (gint64)timeout_ms * 1000;
-    int w = wait_io(c->fd, POLLIN, begin);
+    int w = buffered(c) ? 1 : wait_io(c->fd, POLLIN, begin);
     if (w == 0)
         return 0;
     if (w < 0) {
@@ -227,23 +290,8 @@ int rdmig_control_recv(RdmigControl *c, RdmigFrame *frame, int timeout_ms, GErro
         return -1;
     }
     uint8_t hdr[RDMIG_CONTROL_HEADER_SIZE];
-    /* Peek so that a clean close between frames is told apart from a truncation. */
-    ssize_t r = recv(c->fd, hdr, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (r == 0 && g_atomic_int_get(&c->shut)) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED, "control channel shut down");
-        return -1;
-    }
-    if (r == 0) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_LINK, "peer closed the control channel");
-        return -1;
-    }
-    if (r < 0 && errno != EAGAIN && errno != EINTR) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_LINK, "control channel receive failed: %s",
-                    g_atomic_int_get(&c->shut) ? "channel shut down" : g_strerror(errno));
-        return -1;
-    }
     gint64 deadline = g_get_monotonic_time() + (gint64)c->stall_timeout_ms * 1000;
-    if (read_full(c, hdr, sizeof(hdr), deadline, "frame header", error) < 0)
+    if (read_full(c, hdr, sizeof(hdr), deadline, "frame header", true, error) < 0)
         return -1;
     if (!rdmig_frame_header_decode(hdr, &frame->hdr, error))
         return -1;
@@ -260,7 +308,7 @@ int rdmig_control_recv(RdmigControl *c, RdmigFrame *frame, int timeout_ms, GErro
     }
     g_autofree char *what = g_strdup_printf("payload of type %u", frame->hdr.type);
     if (frame->hdr.length &&
-        read_full(c, c->buf, frame->hdr.length, deadline, what, error) < 0)
+        read_full(c, c->buf, frame->hdr.length, deadline, what, false, error) < 0)
         return -1;
     frame->payload = c->buf;
     return 1;

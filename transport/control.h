@@ -18,6 +18,9 @@
 #include <glib.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <poll.h>
+
+#include "tls.h"
 
 #define RDMIG_CONTROL_MAGIC 0x52444d47u
 #define RDMIG_CONTROL_VERSION 1
@@ -49,10 +52,11 @@ bool rdmig_frame_header_decode(const uint8_t in[RDMIG_CONTROL_HEADER_SIZE],
  *  @stall_timeout_ms bounds how long a frame may take once begun, and how long
  *  a send may wait for the peer to read. */
 RdmigControl *rdmig_control_new(int fd, int stall_timeout_ms);
-/** rdmig_control_new_with_received: the same, for a connection whose first
- *  @frames frames (@bytes bytes in all) the caller has read itself. */
-RdmigControl *rdmig_control_new_with_received(int fd, int stall_timeout_ms, uint32_t frames,
-                                              uint64_t bytes);
+/** rdmig_control_new_over: the same over @tls (owned from now on; NULL: in
+ *  clear) whose handshake is done, for a connection whose first @frames
+ *  frames (@bytes bytes in all) the caller has read itself. */
+RdmigControl *rdmig_control_new_over(int fd, RdmigTls *tls, int stall_timeout_ms,
+                                     uint32_t frames, uint64_t bytes);
 void rdmig_control_free(RdmigControl *c);
 
 /** rdmig_control_send: sends one frame. Thread-safe. */
@@ -69,6 +73,15 @@ int rdmig_control_recv(RdmigControl *c, RdmigFrame *frame, int timeout_ms, GErro
 void rdmig_control_shutdown(RdmigControl *c);
 
 int rdmig_control_fd(RdmigControl *c);
+/** The channel's TLS session, or NULL in clear. */
+RdmigTls *rdmig_control_tls(RdmigControl *c);
+
+/** rdmig_control_pollfd: the entry a poll(2) for incoming frames needs;
+ *  lowers *@timeout_ms to 0 when TLS holds decrypted bytes already, which
+ *  the socket would not show.  rdmig_control_readable: after that poll,
+ *  whether a frame has begun to arrive. */
+void rdmig_control_pollfd(RdmigControl *c, struct pollfd *p, int *timeout_ms);
+bool rdmig_control_readable(RdmigControl *c, const struct pollfd *p);
 /** Bytes sent plus received, headers included. */
 uint64_t rdmig_control_bytes(RdmigControl *c);
 

@@ -111,10 +111,11 @@ typedef struct {
                                    * perftest); 0 leaves it to rdma_cm, whose RoCE choice
                                    * (~0.5 s) stalls a queue pair that long per lost packet */
     bool insecure;                /* listen on or connect to an address that is not
-                                   * loopback; rdmig has no authentication yet, so whoever
-                                   * reaches such an address can write (destination) or
-                                   * read (source) the guest's memory: set it only where
-                                   * every host that can reach it is trusted
+                                   * loopback without credentials
+                                   * (rdmig_session_set_credentials()): whoever reaches
+                                   * such an address can write (destination) or read
+                                   * (source) the guest's memory; set it only where every
+                                   * host that can reach it is trusted
                                    * (docs/security.md); default false */
 } RdmigParams;
 
@@ -265,6 +266,22 @@ RDMIG_API bool rdmig_session_start_postcopy(RdmigSession *s, GError **error);
  *  failed attempt returns to postcopy-paused (stats.pause_reason says why);
  *  call again as often as needed.  A source of another session is refused. */
 RDMIG_API bool rdmig_session_recover(RdmigSession *s, const char *address, GError **error);
+
+/* Credentials for the control channel's TLS 1.3, in QEMU's layouts
+ * (docs/security.md): both ends must use the same kind. */
+typedef enum {
+    RDMIG_CREDENTIALS_X509, /* a directory: ca-cert.pem, and server-cert.pem +
+                             * server-key.pem (destination) or client-cert.pem +
+                             * client-key.pem (source); ca-crl.pem if present */
+    RDMIG_CREDENTIALS_PSK,  /* a keys.psk file: IDENTITY:HEXKEY lines (psktool) */
+} RdmigCredentialKind;
+
+/** rdmig_session_set_credentials: authenticate and encrypt the control
+ *  channel (and the recovery listener) with TLS 1.3; data connections
+ *  present a token derived from it.  Loads and checks the files now,
+ *  naming what is missing or wrong.  Before rdmig_session_start(). */
+RDMIG_API bool rdmig_session_set_credentials(RdmigSession *s, RdmigCredentialKind kind,
+                                             const char *path, GError **error);
 
 /** rdmig_session_start: source: connect to @address ("host:port") and migrate;
  *  destination: listen on @address (port 0 picks one) and receive.  Returns

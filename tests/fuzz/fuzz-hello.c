@@ -48,7 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         off += (size_t)n;
     }
     shutdown(s, SHUT_WR);
-    RdmigHelloGate *g = rdmig_hello_gate_new(listen_fd, 1000, "fuzzed listener");
+    RdmigHelloGate *g = rdmig_hello_gate_new(listen_fd, NULL, 1000, "fuzzed listener");
     bool accepted = false;
     for (int i = 0; i < 1000; i++) {
         struct pollfd p[1 + RDMIG_GATE_SLOTS];
@@ -61,8 +61,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         accepted |= p[0].revents != 0;
         RdmigHello h = { 0 };
         uint64_t bytes = 0;
-        int fd = rdmig_hello_gate_step(g, p, n, &h, &bytes);
+        RdmigTls *tls = NULL;
+        int fd = rdmig_hello_gate_step(g, p, n, &h, &bytes, &tls);
         if (fd >= 0) {
+            if (tls) /* the door was opened without credentials */
+                abort();
             /* Handed over: a whole HELLO of a sane size, decoded. */
             if (bytes < RDMIG_CONTROL_HEADER_SIZE ||
                 bytes > RDMIG_CONTROL_HEADER_SIZE + RDMIG_GATE_MAX_HELLO || bytes > size)
