@@ -15,6 +15,16 @@ static const char *peer_name(RdmigSession *s)
     return s->role == RDMIG_ROLE_SOURCE ? "destination" : "source";
 }
 
+/* What protects the channel, for the stats and reports. */
+static void note_security(RdmigSession *s, RdmigTls *tls)
+{
+    g_autofree char *desc = tls ? rdmig_tls_describe(tls) : NULL;
+    g_autofree char *text = tls ? g_strdup_printf("%s %s", rdmig_tls_creds_kind(s->creds), desc)
+                                : g_strdup("none");
+    RDMIG_STATS_UPDATE(s, g_strlcpy(s->stats.control_security, text,
+                                    sizeof(s->stats.control_security)));
+}
+
 bool rdmig_channel_connect(RdmigSession *s, const char *address, GError **error)
 {
     gint64 start = rdmig_now_us();
@@ -24,8 +34,8 @@ bool rdmig_channel_connect(RdmigSession *s, const char *address, GError **error)
     RdmigTls *tls = NULL;
     if (s->creds) {
         g_autofree char *host = rdmig_address_host(address);
-        int left = (int)MAX(1, (gint64)s->params.connect_timeout_ms -
-                                   (rdmig_now_us() - start) / 1000);
+        gint64 spent_ms = (rdmig_now_us() - start) / 1000;
+        int left = (int)MAX(1, (gint64)s->params.connect_timeout_ms - spent_ms);
         tls = rdmig_tls_new(s->creds, fd, host, error);
         if (!tls || !rdmig_tls_handshake(tls, left, s->wake_fd, error)) {
             g_prefix_error(error, "%s: ", address);
@@ -33,10 +43,8 @@ bool rdmig_channel_connect(RdmigSession *s, const char *address, GError **error)
             close(fd);
             return false;
         }
-        g_autofree char *desc = rdmig_tls_describe(tls);
-        g_info("control channel to %s secured: %s, %s", address, desc,
-               rdmig_tls_creds_describe(s->creds));
     }
+    note_security(s, tls);
     s->ctl = rdmig_control_new_over(fd, tls, (int)s->params.peer_timeout_ms, 0, 0);
     rdmig_channel_heard(s);
     return true;
@@ -45,6 +53,7 @@ bool rdmig_channel_connect(RdmigSession *s, const char *address, GError **error)
 void rdmig_channel_open_after_hello(RdmigSession *s, int fd, RdmigTls *tls,
                                     uint64_t hello_bytes)
 {
+    note_security(s, tls);
     s->ctl = rdmig_control_new_over(fd, tls, (int)s->params.peer_timeout_ms, 1, hello_bytes);
     rdmig_channel_heard(s);
 }

@@ -81,6 +81,7 @@ static void json_migration(JsonBuilder *b, const CliReport *r)
     cli_json_string(b, "transport", s->transport);
     cli_json_string(b, "dirty_method", s->dirty_method);
     cli_json_int(b, "data_connections", s->data_connections);
+    cli_json_string(b, "control_security", s->control_security);
     cli_json_int(b, "total_time_ms", s->total_time_ms);
     cli_json_int(b, "setup_time_ms", s->setup_time_ms);
     cli_json_int(b, "downtime_ms", s->downtime_ms);
@@ -218,6 +219,8 @@ void cli_report_table(const CliReport *r, FILE *f)
         fprintf(f, "  %-22s %s\n", "error", r->error->message);
     fprintf(f, "  %-22s %s x%u\n", "transport", s->transport[0] ? s->transport : "-",
             s->data_connections);
+    if (s->control_security[0])
+        fprintf(f, "  %-22s %s\n", "control channel", s->control_security);
     if (s->dirty_method[0])
         fprintf(f, "  %-22s %s\n", "dirty tracking", s->dirty_method);
     fprintf(f, "  %-22s %" G_GUINT64_FORMAT " ms (setup %" G_GUINT64_FORMAT " ms)\n",

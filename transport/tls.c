@@ -283,6 +283,8 @@ void rdmig_tls_creds_unref(RdmigTlsCreds *c)
 
 const char *rdmig_tls_creds_describe(const RdmigTlsCreds *c) { return c->what; }
 
+const char *rdmig_tls_creds_kind(const RdmigTlsCreds *c) { return c->psk ? "psk" : "x509"; }
+
 /* ---------------------------------------------------------------- sessions */
 
 /* The socket, without ever waiting: the caller polls. */

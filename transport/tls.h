@@ -39,6 +39,8 @@ RdmigTlsCreds *rdmig_tls_creds_x509(const char *dir, RdmigTlsSide side, GError *
 RdmigTlsCreds *rdmig_tls_creds_psk(const char *file, RdmigTlsSide side, GError **error);
 RdmigTlsCreds *rdmig_tls_creds_ref(RdmigTlsCreds *c);
 void rdmig_tls_creds_unref(RdmigTlsCreds *c);
+/** "x509" or "psk". */
+const char *rdmig_tls_creds_kind(const RdmigTlsCreds *c);
 /** "x509 certificates from DIR" / "pre-shared key IDENTITY from FILE". */
 const char *rdmig_tls_creds_describe(const RdmigTlsCreds *c);
 

@@ -436,6 +436,8 @@ def needs_insecure(args):
     loopback and lack --insecure."""
     if not args or args[0] not in ("send", "recv") or "--insecure" in args:
         return False
+    if any(a.split("=")[0] in ("--psk-file", "--tls-creds") for a in args):
+        return False  # credentials are what make such an address allowed
     return any(a in ("--to", "--listen") and i + 1 < len(args) and
                not is_loopback(args[i + 1]) for i, a in enumerate(args))
 
@@ -982,8 +984,8 @@ class RdmigTestCase(unittest.TestCase):
         args = [str(a) for a in args]
         if auto_insecure and needs_insecure(args):
             # Namespaces and the VM's hosts are not loopback: rdmig refuses
-            # them without --insecure (no authentication yet); test_cli
-            # checks that refusal.
+            # them without credentials or --insecure; test_cli checks that
+            # refusal, test_tls the credentials.
             args.append("--insecure")
         p = RdmigProc(args, name=name, env=env, wrapper=wrapper, oracle_dir=odir)
         self.procs.append(p)

@@ -69,12 +69,13 @@ class Address(CliCase):
 
 
 class NotLoopback(CliCase):
-    """No authentication yet: an address other than loopback only with
-    --insecure, refused before anything listens or connects."""
+    """Without credentials, an address other than loopback only with
+    --insecure, refused before anything listens or connects (with
+    credentials: test_tls)."""
 
     def test_recv_any_address_refused(self):
         self.run_cli(["recv", "--listen", "0.0.0.0:0", *SMALL], 2, "refusing to listen on 0.0.0.0:0",
-                     "no authentication", "--insecure")
+                     "without credentials", "--psk-file", "--insecure")
 
     def test_send_refused(self):
         # 0.0.0.0 reaches this host, were it ever connected to.

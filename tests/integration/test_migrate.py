@@ -26,6 +26,8 @@ class Idle(harness.RdmigTestCase):
         self.assertEqual(src["pages_sent"] + src["pages_zero"] + src["pages_untouched"],
                          src["pages_total"])
         self.assertFalse(src["forced_switchover"])
+        # No credentials on loopback: in clear, and the report says so.
+        self.assertEqual((src["control_security"], dst["control_security"]), ("none", "none"))
 
 
 class Converge(harness.RdmigTestCase):
@@ -137,6 +139,10 @@ class Demo(harness.RdmigTestCase):
         by_role = {r["role"]: r for r in reports}
         self.assertEqual(sorted(by_role), ["destination", "source"], ctx)
         self.assert_verified(by_role["source"], by_role["destination"], ctx)
+        # Authenticated by default: the demo's processes share a one-time key.
+        for r in reports:
+            self.assertTrue(r["control_security"].startswith("psk (TLS1.3)"),
+                            "%s: %r%s" % (r["role"], r["control_security"], ctx))
 
 
 if __name__ == "__main__":

@@ -107,6 +107,22 @@ class Migrate(RdmaCase):
                                    send_args=("--connections", "2"))
         self.assertEqual(src["data_connections"], 2)
 
+    def test_psk(self):
+        """A pre-shared key: TLS on the control channel, and two RDMA
+        connections whose token (in the rdma_cm private data) both ends
+        derived from it."""
+        tmp = tempfile.mkdtemp(prefix="rdmig-psk-")
+        self.addCleanup(subprocess.run, ["rm", "-rf", tmp])
+        key = os.path.join(tmp, "keys.psk")
+        subprocess.run(["psktool", "-u", "qemu", "-p", key], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        src, dst = self.rdma_migrate(("--ram-size", "32M", "--dirty-rate", "2"),
+                                     send_args=("--connections", "2", "--psk-file", key),
+                                     recv_args=("--psk-file", key))
+        for r in (src, dst):
+            self.assertTrue(r["control_security"].startswith("psk (TLS1.3)"),
+                            r["control_security"])
+
     def test_auto_picks_rdma(self):
         recv = self.spawn("recv", "--listen", "%s:0" % self.host, "--print-address", "--json",
                           "--quiet", "--ram-size", "16M", name="recv")
@@ -280,7 +296,7 @@ class Recovery(RdmaCase):
     def note(self, what):
         self.log.append("%6.2f s  %s" % (time.monotonic() - self.t0, what))
 
-    def start(self, transport, precopy_resume=False):
+    def start(self, transport, precopy_resume=False, extra=()):
         self.log, self.t0 = [], time.monotonic()
         tmp = tempfile.mkdtemp(prefix="rdmig-rr-")
         self.dmon, self.smon = os.path.join(tmp, "d.sock"), os.path.join(tmp, "s.sock")
@@ -291,14 +307,14 @@ class Recovery(RdmaCase):
             guest = ("--ram-size", "64M", "--dirty-rate", "2", "--precopy-resume")
         self.recv = self.spawn("recv", "--listen", "%s:0" % self.host, "--print-address",
                                "--json", "--quiet", "--transport", transport, "--monitor",
-                               self.dmon, *guest, *self.TIMING, name="recv")
+                               self.dmon, *guest, *self.TIMING, *extra, name="recv")
         addr = self.recv.next_line(timeout=30)
         self.assertTrue(addr and ":" in addr, self.recv.describe())
         self.send = self.spawn("send", "--to", addr.strip(), "--json", "--quiet", "--transport",
                                transport, "--monitor", self.smon,
                                *(("--max-bandwidth", "8") if precopy_resume else
                                  ("--postcopy", "--postcopy-after", "1", "--downtime-ms", "10")),
-                               *guest, *self.TIMING, name="send")
+                               *guest, *self.TIMING, *extra, name="send")
 
     def ctx(self):
         # No waiting here: this string is built for every assertion, passed
@@ -395,6 +411,23 @@ class Recovery(RdmaCase):
         for r in (src, dst):
             self.assertEqual(r["transport"], "rdma", "%s resumed over %s" % (r["role"],
                                                                              r["transport"]))
+
+    def test_link_down_with_psk(self):
+        """The same with a pre-shared key: the RDMA connections of both links
+        present tokens derived from each link's TLS session, and the source
+        proves the session on the new link."""
+        tmp = tempfile.mkdtemp(prefix="rdmig-psk-")
+        key = os.path.join(tmp, "keys.psk")
+        subprocess.run(["psktool", "-u", "qemu", "-p", key], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.start("rdma", extra=("--psk-file", key))
+        self.cut_in_postcopy()
+        self.restore()
+        self.recover()
+        src, dst = self.finish_both()
+        for r in (src, dst):
+            self.assertEqual(r["transport"], "rdma", self.ctx())
+            self.assertTrue(r["control_security"].startswith("psk (TLS1.3)"), self.ctx())
 
     def test_repeated_pauses(self):
         """Three cuts in one postcopy, each recovered over RDMA: every
