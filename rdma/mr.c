@@ -22,7 +22,7 @@ struct ibv_mr *rdmig_rdma_register(struct ibv_pd *pd, void *addr, size_t len, in
                     (already_locked + len + (1 << 20) - 1) >> 20, (uint64_t)rl.rlim_cur >> 20);
         return NULL;
     }
-    struct ibv_mr *mr = ibv_reg_mr(pd, addr, len, access);
+    struct ibv_mr *mr = ibv_reg_mr_iova(pd, addr, len, 0, access);
     if (!mr)
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
                     "ibv_reg_mr of %zu MiB at %p: %s", len >> 20, addr, g_strerror(errno));

@@ -49,7 +49,9 @@ bool rdmig_rdma_endpoint_create_qp(RdmigRdmaEndpoint *ep, struct ibv_pd *pd, uin
 void rdmig_rdma_endpoint_destroy(RdmigRdmaEndpoint *ep);
 
 /** Registers [addr, addr+len) after checking RLIMIT_MEMLOCK against
- *  @already_locked + len; the error says how much is needed. */
+ *  @already_locked + len; the error says how much is needed.  Zero-based:
+ *  the region's addresses, local (SGEs) and remote (RDMA READ/WRITE), are
+ *  offsets 0..len, so no key tells the peer where the memory is mapped. */
 struct ibv_mr *rdmig_rdma_register(struct ibv_pd *pd, void *addr, size_t len, int access,
                                    uint64_t already_locked, GError **error);
 

@@ -5,7 +5,8 @@
  * watches for the connection's end.  The only file that sees both the
  * transport ABI and verbs (rdma/ has verbs only, engine/ neither).
  *
- * Remote key, 20 bytes big-endian: u64 address, u32 rkey, u64 length.
+ * Remote key, 20 bytes big-endian: u64 base (0: registration is zero-based,
+ * so keys carry offsets, not where memory is mapped), u32 rkey, u64 length.
  * Connection private data: u64 session token, u32 version.
  *
  * Posting: submit() queues a request; requests go to the send queue in
@@ -376,7 +377,9 @@ static RdmigRegion *rdma_tp_register(RdmigTransport *t, void *addr, size_t len, 
 static void rdma_tp_region_key(RdmigRegion *r, RdmigRemoteKey *key)
 {
     key->len = RDMA_KEY_LEN;
-    rdmig_put_be64(key->bytes, (uint64_t)(uintptr_t)r->addr);
+    /* Zero-based registration (rdma/mr.c): the base is 0, whatever the
+     * address; it stays in the key so that its layout does not change. */
+    rdmig_put_be64(key->bytes, 0);
     rdmig_put_be32(key->bytes + 8, r->mr->rkey);
     rdmig_put_be64(key->bytes + 12, r->len);
 }
@@ -398,8 +401,10 @@ static int rdma_tp_deregister(RdmigRegion *r)
     return rc ? -rc : 0;
 }
 
-/* lkey of the registered region holding [p, p+len), or 0 with -EINVAL. */
-static int local_key(RdmigTransport *t, const void *p, size_t len, uint32_t *lkey)
+/* lkey of the registered region holding [p, p+len), and @p's offset in it
+ * (its address for the NIC: registration is zero-based); -EINVAL if none. */
+static int local_key(RdmigTransport *t, const void *p, size_t len, uint32_t *lkey,
+                     uint64_t *iova)
 {
     int end = rdmig_backend_regions_end(&t->b);
     for (int i = 0; i < end; i++) {
@@ -407,6 +412,7 @@ static int local_key(RdmigTransport *t, const void *p, size_t len, uint32_t *lke
         if (r && (const uint8_t *)p >= r->addr && len <= r->len &&
             (size_t)((const uint8_t *)p - r->addr) <= r->len - len) {
             *lkey = r->mr->lkey;
+            *iova = (uint64_t)((const uint8_t *)p - r->addr);
             return 0;
         }
     }
@@ -451,9 +457,11 @@ static void post_pending(RdmigConn *c)
         for (uint32_t k = 0; k < n; k++, r = r->tp_next) {
             for (int i = 0; i < r->iovcnt; i++) {
                 /* Checked at submit; a region deregistered since fails the request. */
-                if (local_key(c->t, r->iov[i].iov_base, r->iov[i].iov_len, &sge[k][i].lkey) < 0)
+                uint64_t iova = 0;
+                if (local_key(c->t, r->iov[i].iov_base, r->iov[i].iov_len, &sge[k][i].lkey,
+                              &iova) < 0)
                     sge[k][i].lkey = 0;
-                sge[k][i].addr = (uintptr_t)r->iov[i].iov_base;
+                sge[k][i].addr = iova;
                 sge[k][i].length = (uint32_t)r->iov[i].iov_len;
             }
             bool signal = k == n - 1 || ++c->since_signal >= RDMA_SIGNAL_EVERY;
@@ -499,8 +507,9 @@ static int rdma_tp_submit(RdmigConn *c, RdmigIoReq *req)
     uint64_t total = 0;
     for (int i = 0; i < req->iovcnt; i++) {
         uint32_t lkey;
+        uint64_t iova;
         if (req->iov[i].iov_len > UINT32_MAX ||
-            local_key(c->t, req->iov[i].iov_base, req->iov[i].iov_len, &lkey) < 0)
+            local_key(c->t, req->iov[i].iov_base, req->iov[i].iov_len, &lkey, &iova) < 0)
             return -EINVAL;
         total += req->iov[i].iov_len;
     }

@@ -648,6 +648,35 @@ static int one_request(Fixture *fx, Pair *p, Op *op)
     return op->req.status;
 }
 
+/* Whether @key holds the 8 bytes of @addr in either byte order. */
+static bool key_holds(const RdmigRemoteKey *key, uint64_t addr)
+{
+    for (uint32_t off = 0; off + 8 <= key->len; off++) {
+        uint64_t be = 0, le = 0;
+        for (int i = 0; i < 8; i++) {
+            be = be << 8 | key->bytes[off + i];
+            le |= (uint64_t)key->bytes[off + i] << (8 * i);
+        }
+        if (be == addr || le == addr)
+            return true;
+    }
+    return false;
+}
+
+/* A key tells the peer what it may touch, not where this process maps its
+ * memory (an address would help an attacker elsewhere in the process):
+ * RDMA registers zero-based, TCP names regions by number. */
+static void test_key_hides_address(gpointer data, gconstpointer user)
+{
+    (void)user;
+    Fixture *fx = data;
+    Mem *rb = mem_new(fx, fx->tb, 1u << 20, RDMIG_ACCESS_REMOTE_WRITE | RDMIG_ACCESS_REMOTE_READ,
+                      23);
+    g_assert_cmpuint(rb->key.len, >, 0);
+    for (uint64_t delta = 0; delta < rb->len; delta += 4096)
+        g_assert_false(key_holds(&rb->key, (uint64_t)(uintptr_t)rb->data + delta));
+}
+
 static void test_access(gpointer data, gconstpointer user)
 {
     (void)user;
@@ -1189,6 +1218,7 @@ int main(int argc, char **argv)
         add_case(t, "access", test_access);
         add_case(t, "out-of-range", test_out_of_range);
         add_case(t, "forged-key", test_forged_key);
+        add_case(t, "key-hides-address", test_key_hides_address);
         add_case(t, "deregistered", test_deregistered);
         add_case(t, "shutdown-mid-transfer", test_shutdown_mid_transfer);
         add_case(t, "shutdown-mid-read", test_shutdown_mid_read);
