@@ -67,11 +67,12 @@ static bool send_discards(RdmigSource *src, uint64_t *discarded, GError **error)
     return true;
 }
 
-/* Step 1, the guest still running here. */
+/* Step 1, the guest still running here.  The destination gets the keys to
+ * read our RAM now, not before: in precopy it has no business reading it. */
 static bool prepare(RdmigSource *src, uint64_t *discarded, GError **error)
 {
     RdmigSession *s = &src->s;
-    if (!send_discards(src, discarded, error))
+    if (!rdmig_source_send_keys(src, error) || !send_discards(src, discarded, error))
         return false;
     if ((s->features & RDMIG_FEATURE_VERIFY) && !rdmig_source_send_hashes(src, error))
         return false;

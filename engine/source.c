@@ -101,9 +101,11 @@ static bool setup_memory(RdmigSource *src, GError **error)
         return false;
     gint64 t0 = rdmig_now_us();
     bool postcopy = s->features & RDMIG_FEATURE_POSTCOPY;
-    /* Readable by the peer only when it may pull pages (postcopy). */
-    if (!rdmig_dataplane_register_blocks(s, postcopy ? RDMIG_ACCESS_REMOTE_READ : 0, error) ||
-        (postcopy && !rdmig_source_send_keys(src, error)))
+    /* Readable by the peer only if it may pull pages (postcopy); its keys
+     * are handed over only when postcopy starts (postcopy-source.c).
+     * Registering then instead (deregister, register with the new right)
+     * made soft-RoCE lose a pull connection 1 run in 3 (docs/security.md). */
+    if (!rdmig_dataplane_register_blocks(s, postcopy ? RDMIG_ACCESS_REMOTE_READ : 0, error))
         return false;
     RDMIG_STATS_UPDATE(s, s->stats.registration_time_ms =
                               (uint64_t)(rdmig_now_us() - t0) / 1000);
@@ -283,7 +285,7 @@ static bool precopy_resync(RdmigSource *src, const RdmigHelloAck *ack,
     uint64_t applied;
     if (!rdmig_source_take_regions(src, error) || !rdmig_source_open_data(src, ack, failed, error) ||
         !rdmig_dataplane_register_blocks(s, postcopy ? RDMIG_ACCESS_REMOTE_READ : 0, error) ||
-        (postcopy && !rdmig_source_send_keys(src, error)) || !take_applied(src, &applied, error))
+        !take_applied(src, &applied, error))
         return false;
     uint64_t again = send_again(src, applied);
     src->round_ack = applied;

@@ -50,6 +50,19 @@ class FakeDest(harness.RdmigTestCase):
         self.assertEqual(src["result"], "failed", ctx)
         self.assert_source_guest_safe(src, ctx)
 
+    def test_no_read_keys_in_precopy(self):
+        """A source that may go to postcopy but finishes in precopy never hands
+        out the keys to read its RAM (SOURCE_REGIONS): they are for postcopy
+        only (docs/security.md, least privilege)."""
+        feats = (harness.FEATURE_VERIFY | harness.FEATURE_ZERO_PAGES |
+                 harness.FEATURE_MULTI_CONN | harness.FEATURE_POSTCOPY)
+        fake = FakeDestination(ack_overrides={"supported": feats, "enabled": feats})
+        rc, src, ctx = self.run_source(fake, "--postcopy")
+        self.assertIn("complete", fake.events, ctx)
+        self.assertGreaterEqual(len([e for e in fake.events if e.startswith("round_end")]), 2,
+                                ctx)
+        self.assertNotIn("msg %d" % harness.MSG_SOURCE_REGIONS, fake.events, ctx)
+
     def test_verify_mismatch(self):
         """The destination reports mismatched pages: no completion, guest resumed here."""
         def script(event, fake):
