@@ -165,21 +165,17 @@ static bool postcopy_prepare(RdmigDestination *dst, GError **error)
                               rdmig_u64_encode(ack.pages_verified), error);
 }
 
-/* Runs the guest here (the pager has armed userfaultfd by now). */
-static bool postcopy_resume(RdmigDestination *dst, GError **error)
+/* Postcopy: the guest runs here now (pager.c calls this once its start has
+ * finished): the downtime ends, and the source is told. */
+static void guest_runs(RdmigDestination *dst)
 {
     RdmigSession *s = &dst->s;
-    if (!load_device_state(dst, error))
-        return false;
-    if (s->guest.resume)
-        s->guest.resume(s->guest_opaque);
     RDMIG_STATS_UPDATE(s, s->stats.downtime_ms = (uint64_t)(rdmig_now_us() - s->t_stop) / 1000);
     /* The guest runs here now, whatever the link does: a failed send is
      * the pager's to notice (and pause on). */
     g_autoptr(GError) serr = NULL;
     if (!rdmig_channel_send(s, RDMIG_MSG_POSTCOPY_RUNNING, rdmig_u64_encode(0), &serr))
         g_warning("the guest runs here, but telling the source failed: %s", serr->message);
-    return true;
 }
 
 static bool postcopy_start_allowed(RdmigDestination *dst, GError **error)
@@ -216,7 +212,7 @@ static bool postcopy(RdmigDestination *dst, GError **error)
         s->stats.pages_discarded = discarded;
     });
     RdmigCompleteAck ack = { .pages_verified = dst->held_verified };
-    bool ok = rdmig_pager_run(dst, postcopy_resume, &ack, error);
+    bool ok = rdmig_pager_run(dst, guest_runs, &ack, error);
     RDMIG_STATS_UPDATE(s, {
         s->stats.pages_verified = ack.pages_verified;
         s->stats.verify_mismatches = ack.mismatches;

@@ -108,11 +108,13 @@ bool rdmig_verify_all(RdmigDestination *dst, RdmigCompleteAck *ack);
  *  the data transport (reads land there).  At PREPARE, outside the
  *  downtime; again after a recovery. */
 bool rdmig_pager_map_aliases(RdmigDestination *dst, GError **error);
-/** Arms userfaultfd over every block, calls @resume (which runs the guest
- *  and tells the source), then pulls every needed page, verifying each
- *  into @ack, and pauses and recovers on a broken link.  After a failure
- *  the threads that wait on missing pages keep waiting. */
-bool rdmig_pager_run(RdmigDestination *dst, bool (*resume)(RdmigDestination *, GError **),
+/** Arms userfaultfd over every block, starts the guest on a thread of its
+ *  own (guest-start.h: device state, resume) and pulls every needed page
+ *  meanwhile, verifying each into @ack; pauses and recovers on a broken
+ *  link; once the guest's start has finished, calls @runs (which ends the
+ *  downtime and tells the source).  After a failure the threads that wait
+ *  on missing pages keep waiting. */
+bool rdmig_pager_run(RdmigDestination *dst, void (*runs)(RdmigDestination *),
                      RdmigCompleteAck *ack, GError **error);
 
 #endif

@@ -168,11 +168,26 @@ static bool control_message(Pager *pg, GError **error)
     return false;
 }
 
-/* Waits for what comes next: completions, faults, control, a cancel. */
+/* The guest's start, once its thread has finished: the guest runs here
+ * (the source is told), or its device state did not load (fatal). */
+static bool guest_started(Pager *pg, GError **error)
+{
+    bool ok;
+    if (pg->guest_running || !rdmig_guest_start_finished(pg->start, &ok, error))
+        return true;
+    if (!ok)
+        return false;
+    pg->guest_running = true;
+    pg->runs(pg->dst);
+    return true;
+}
+
+/* Waits for what comes next: completions, faults, control, a cancel, the
+ * guest's start finishing. */
 static bool pull_wait(Pager *pg, GError **error)
 {
     RdmigSession *s = pg->s;
-    struct pollfd p[RDMIG_MAX_DATA_CONNS + 3];
+    struct pollfd p[RDMIG_MAX_DATA_CONNS + 4];
     uint32_t n = 0;
     for (uint32_t i = 0; i < s->nconns; i++) {
         short ev;
@@ -183,6 +198,8 @@ static bool pull_wait(Pager *pg, GError **error)
     int wait = pager_backlog(pg) ? 0 : (int)s->params.keepalive_ms;
     rdmig_control_pollfd(s->ctl, &p[n++], &wait);
     p[n++] = (struct pollfd){ .fd = pg->cancel_seen ? -1 : s->wake_fd, .events = POLLIN };
+    p[n++] = (struct pollfd){ .fd = pg->guest_running ? -1 : rdmig_guest_start_fd(pg->start),
+                              .events = POLLIN };
     if (poll(p, n, wait) < 0 && errno != EINTR) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s", g_strerror(errno));
         return false;
@@ -194,7 +211,7 @@ static bool pull_wait(Pager *pg, GError **error)
             return false;
     if (rdmig_control_readable(s->ctl, &p[s->nconns + 1]) && !control_message(pg, error))
         return false;
-    if (!pager_settle_backlog(pg, HASH_SLICE_PAGES, error))
+    if (!pager_settle_backlog(pg, HASH_SLICE_PAGES, error) || !guest_started(pg, error))
         return false;
     if (p[s->nconns + 2].revents && rdmig_session_cancelled(s) && !pg->cancel_seen) {
         /* The guest runs here and part of its memory is still there. */
@@ -207,7 +224,8 @@ static bool pull_wait(Pager *pg, GError **error)
 static bool pull_loop(Pager *pg, GError **error)
 {
     RdmigSession *s = pg->s;
-    while (pg->received < pg->needed || pg->unverified || pager_backlog(pg)) {
+    while (pg->received < pg->needed || pg->unverified || pager_backlog(pg) ||
+           !pg->guest_running) {
         /* Faults first: while a guest thread waits, no new bulk read goes
          * out to share the link with its page. */
         if (!pager_pull_faulted(pg, error) ||
@@ -240,12 +258,16 @@ static bool pulled_ok(Pager *pg, RdmigCompleteAck *ack)
     return false;
 }
 
-bool rdmig_pager_run(RdmigDestination *dst, bool (*resume)(RdmigDestination *, GError **),
+bool rdmig_pager_run(RdmigDestination *dst, void (*runs)(RdmigDestination *),
                      RdmigCompleteAck *ack, GError **error)
 {
     RdmigSession *s = &dst->s;
     Pager *pg = g_new0(Pager, 1);
-    bool ok = pager_init(pg, dst, error) && resume(dst, error);
+    pg->runs = runs;
+    bool ok = pager_init(pg, dst, error);
+    /* The guest starts beside the pager, which serves its faults from now. */
+    if (ok)
+        pg->start = rdmig_guest_start(&s->guest, s->guest_opaque, dst->device_state);
     pg->pulling = ok;
     pager_update_missing(pg);
     while (ok) {
@@ -270,6 +292,7 @@ bool rdmig_pager_run(RdmigDestination *dst, bool (*resume)(RdmigDestination *, G
     }
     /* A verification failure still has every page in place: release them. */
     pager_fini(pg, ok || pg->received == pg->needed);
+    rdmig_guest_start_release(pg->start);
     g_free(pg);
     return ok;
 }

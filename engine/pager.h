@@ -38,6 +38,7 @@
 
 #include <linux/userfaultfd.h>
 
+#include "guest-start.h"
 #include "destination.h"
 
 #define FAULT_SLOTS 16
@@ -97,6 +98,9 @@ typedef struct {
     bool cancel_seen;
     uint64_t epoch;              /* links lost so far: fences their completions */
     bool pulling;                /* a link is up and the source said to pull */
+    RdmigGuestStart *start;      /* the guest's start, on its own thread */
+    bool guest_running;          /* it has finished: device state loaded, resumed */
+    void (*runs)(RdmigDestination *dst); /* then: the downtime ends, the source is told */
     uint64_t duplicates;         /* pages that arrived again after being placed */
 } Pager;
 

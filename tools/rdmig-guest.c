@@ -107,4 +107,6 @@ void cli_guest_check(CliGuest *gu, CliReport *r, int run_ms, double dirty_rate,
     r->guest_ok = sg_check(g, &r->guest);
     r->guest.pages_written = after.pages_written;
     r->guest_checked = true;
+    static const char *const probe[] = { "none", "present", "missing" };
+    r->device_state_probe = gu->destination ? probe[sg_device_state_probe(g)] : "none";
 }

@@ -63,6 +63,10 @@ static int dispatch(const char *name)
 
 int main(int argc, char **argv)
 {
+    /* Messages of every level to stderr: stdout carries what scripts read
+     * (reports, --json, the bound address that `rdmig demo` waits for), and
+     * GLib would put G_MESSAGES_DEBUG's lines there. */
+    g_log_writer_default_set_use_stderr(TRUE);
     g_autoptr(GOptionContext) ctx = cli_options_context_new();
     g_autoptr(GError) err = NULL;
     if (!g_option_context_parse(ctx, &argc, &argv, &err)) {

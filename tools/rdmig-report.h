@@ -24,6 +24,7 @@ typedef struct {
     const GError *error;   /* why not, or NULL; not owned */
     SgStats guest;         /* the guest check's counts */
     bool guest_checked;    /* the guest was checked (cli_guest_check()) */
+    const char *device_state_probe; /* destination: "none", "present", "missing" */
     bool guest_ok;         /* ... and every page was as it wrote it */
     bool guest_running;    /* ... and it ran (wrote pages) before the check */
     double cpu_user, cpu_sys; /* the process's CPU time, taken at the end */

@@ -36,6 +36,7 @@
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 /* Errors of this file; the domain is local, the tools are not the library. */
@@ -65,17 +66,22 @@ static G_DEFINE_QUARK(sg-error-quark, sg_error)
  *  24  u64 ram_size
  *  32  u64 pages_written (all vCPUs)
  *  40  per vCPU: u64 RNG state, u64 pages written by that vCPU
+ * 1064 u64 probe: 1 + the page a vCPU wrote last (0: none), and
+ * 1072 u64 FNV-1a 64 of that page as saved.  Loading reads the page and
+ *      checks it, as a real device model reads its rings from guest RAM:
+ *      in postcopy that page is likely still at the source.
  *  ..  deterministic filler up to SG_DS_SUM_OFF (so a real guest's size is
  *      approximated and corruption anywhere is caught)
  * 4088 u64 FNV-1a 64 of bytes 0..4087
  */
 #define SG_DS_MAGIC UINT64_C(0x52444d4947534744)
-#define SG_DS_VERSION 1
+#define SG_DS_VERSION 2
 #define SG_DS_SIZE 4096
 #define SG_DS_VCPU_OFF 40
 #define SG_DS_VCPU_SIZE 16
 #define SG_DS_SUM_OFF (SG_DS_SIZE - 8)
-G_STATIC_ASSERT(SG_DS_VCPU_OFF + SG_MAX_VCPUS * SG_DS_VCPU_SIZE <= SG_DS_SUM_OFF);
+#define SG_DS_PROBE_OFF (SG_DS_VCPU_OFF + SG_MAX_VCPUS * SG_DS_VCPU_SIZE)
+G_STATIC_ASSERT(SG_DS_PROBE_OFF + 16 <= SG_DS_SUM_OFF);
 
 typedef struct {
     SyntheticGuest *g;
@@ -108,6 +114,8 @@ struct SyntheticGuest {
     char pad[64];                  /* keep the counter off stop_writing's line */
     _Atomic uint64_t pages_written;
     _Atomic uint64_t pages_rezeroed;
+    _Atomic uint64_t last_page;    /* 1 + the page rewritten last; 0: none */
+    SgProbe probe;                 /* what the last device-state load found */
 
     SgWriteHook write_hook; /* under lock; copied by a vCPU per write section */
     void *write_hook_opaque;
@@ -268,6 +276,7 @@ static void sg_rewrite_page(SyntheticGuest *g, uint64_t page)
     uint64_t gen = sg_page_ptr(g, page)[1];
 
     sg_write_page(g, page, gen + 1);
+    atomic_store_explicit(&g->last_page, page + 1, memory_order_relaxed);
 }
 
 /* One vCPU write: rewrite @page, or (rezero_percent of the time) zero it.
@@ -859,9 +868,65 @@ void sg_save_device_state(SyntheticGuest *g, GByteArray *out)
     for (; off < SG_DS_SUM_OFF; off++) {
         b[off] = sg_ds_filler(off);
     }
+    uint64_t probe = atomic_load(&g->last_page);
+    rdmig_put_be64(b + SG_DS_PROBE_OFF, probe);
+    rdmig_put_be64(b + SG_DS_PROBE_OFF + 8,
+                   probe ? sg_fnv1a64((const uint8_t *)sg_page_ptr(g, probe - 1),
+                                      g->cfg.page_size)
+                         : 0);
     rdmig_put_be64(b + SG_DS_SUM_OFF, sg_fnv1a64(b, SG_DS_SUM_OFF));
     g_byte_array_append(out, b, sizeof(b));
 }
+
+/* Whether @addr is mapped in this process now (its page-table entry is
+ * present or swapped: /proc/self/pagemap bits 63 and 62).  mincore(2) would
+ * not do: it says whether a file page is cached, and a page of the guest's
+ * memfd can be cached while the guest's own mapping still faults on it.
+ * True when it cannot tell. */
+static bool sg_mapped(const void *addr)
+{
+    int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+    uint64_t e = UINT64_C(3) << 62;
+    if (fd >= 0) {
+        off_t off = (off_t)((uintptr_t)addr / (uintptr_t)sysconf(_SC_PAGESIZE)) * 8;
+        if (pread(fd, &e, sizeof(e), off) != sizeof(e))
+            e = UINT64_C(3) << 62;
+        close(fd);
+    }
+    return (e >> 62) != 0;
+}
+
+/* The page the device state points at, read from guest RAM as a device
+ * model reads its rings; whether it was mapped before the read is kept for
+ * the report: in postcopy the read is what makes the pager pull it. */
+static bool sg_load_probe(SyntheticGuest *g, const uint8_t *data, GError **error)
+{
+    uint64_t probe = rdmig_get_be64(data + SG_DS_PROBE_OFF);
+    g->probe = SG_PROBE_NONE;
+    if (!probe)
+        return true;
+    if (probe > g->npages) {
+        g_set_error(error, SG_ERROR, SG_ERROR_DEVICE_STATE,
+                    "device state points at page %" G_GUINT64_FORMAT " of a %" G_GUINT64_FORMAT
+                    "-page guest", probe - 1, g->npages);
+        return false;
+    }
+    const uint8_t *page = (const uint8_t *)sg_page_ptr(g, probe - 1);
+    bool mapped = sg_mapped(page);
+    uint64_t want = rdmig_get_be64(data + SG_DS_PROBE_OFF + 8);
+    uint64_t have = sg_fnv1a64(page, g->cfg.page_size);
+    if (want != have) {
+        g_set_error(error, SG_ERROR, SG_ERROR_DEVICE_STATE,
+                    "guest page %" G_GUINT64_FORMAT " does not hold what the device state "
+                    "was saved with (FNV %#018" G_GINT64_MODIFIER "x, expected %#018"
+                    G_GINT64_MODIFIER "x)", probe - 1, have, want);
+        return false;
+    }
+    g->probe = mapped ? SG_PROBE_PRESENT : SG_PROBE_MISSING;
+    return true;
+}
+
+SgProbe sg_device_state_probe(SyntheticGuest *g) { return g->probe; }
 
 bool sg_load_device_state(SyntheticGuest *g, const uint8_t *data, size_t len, GError **error)
 {
@@ -915,6 +980,13 @@ bool sg_load_device_state(SyntheticGuest *g, const uint8_t *data, size_t len, GE
     }
 
     g_mutex_lock(&g->lock);
+    bool running = g->running;
+    g_mutex_unlock(&g->lock);
+    /* Read without the lock: in postcopy this read may wait for a page. */
+    if (!running && !sg_load_probe(g, data, error))
+        return false;
+
+    g_mutex_lock(&g->lock);
     if (g->running) {
         g_mutex_unlock(&g->lock);
         g_set_error(error, SG_ERROR, SG_ERROR_INVALID,
@@ -927,6 +999,7 @@ bool sg_load_device_state(SyntheticGuest *g, const uint8_t *data, size_t len, GE
         g->vcpus[i].pages_written = rdmig_get_be64(p + 8);
     }
     atomic_store(&g->pages_written, rdmig_get_be64(data + 32));
+    atomic_store(&g->last_page, rdmig_get_be64(data + SG_DS_PROBE_OFF));
     g_mutex_unlock(&g->lock);
     return true;
 }

@@ -52,6 +52,14 @@ typedef struct {
 
 typedef struct SyntheticGuest SyntheticGuest;
 
+/* What the last sg_load_device_state() found at the page its device state
+ * points at (the page a vCPU wrote last before the save). */
+typedef enum {
+    SG_PROBE_NONE,     /* no page (no write before the save), or not loaded */
+    SG_PROBE_PRESENT,  /* in memory already when read */
+    SG_PROBE_MISSING,  /* not in memory when read: the read faulted it in */
+} SgProbe;
+
 /* Called on a vCPU thread just before that vCPU writes @page (@zeroing: it
  * is about to zero it).  A page belongs to one vCPU, so calls for one page
  * never overlap; calls for different pages may. */
@@ -101,6 +109,8 @@ bool sg_running(SyntheticGuest *g);
 void sg_save_device_state(SyntheticGuest *g, GByteArray *out);
 /** sg_load_device_state: restores it; fails on a bad size or checksum. */
 bool sg_load_device_state(SyntheticGuest *g, const uint8_t *data, size_t len, GError **error);
+/** sg_device_state_probe: what the last load found (SgProbe). */
+SgProbe sg_device_state_probe(SyntheticGuest *g);
 
 /** sg_check: checks every page for consistency (must be paused, or the
  *  result may include pages torn by a concurrent write). Returns true if all

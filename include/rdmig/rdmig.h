@@ -124,7 +124,11 @@ RDMIG_API void rdmig_params_init(RdmigParams *params);
 
 /*
  * Guest hooks.  All optional; a missing hook does nothing.  Called on the
- * session's migration thread.
+ * session's migration thread ("rdmig-source", "rdmig-destination"), except
+ * in postcopy on the destination: load_device_state() and then resume() run
+ * on a thread of their own ("rdmig-guest-start") while the migration thread
+ * serves page faults, so that they may read guest RAM that has not arrived
+ * yet (a device model reading its rings).  One hook runs at a time.
  */
 typedef struct {
     /** Source: stop the guest's CPUs.  Must return only when no CPU writes

@@ -127,10 +127,9 @@ class NoConverge(harness.RdmigTestCase):
 
 
 class Demo(harness.RdmigTestCase):
-    def test_demo(self):
-        """Case 12: both ends from one command; two reports, both verified."""
+    def run_demo(self, env=None):
         p = self.spawn("demo", "--json", "--quiet", "--ram-size", "64M", "--dirty-rate", "10",
-                       name="demo")
+                       name="demo", env=env)
         rc = self.finish(p, 60)
         ctx = "\n" + p.describe()
         self.assertEqual(rc, 0, ctx)
@@ -139,10 +138,28 @@ class Demo(harness.RdmigTestCase):
         by_role = {r["role"]: r for r in reports}
         self.assertEqual(sorted(by_role), ["destination", "source"], ctx)
         self.assert_verified(by_role["source"], by_role["destination"], ctx)
+        return reports
+
+    def test_demo(self):
+        """Case 12: both ends from one command; two reports, both verified."""
+        reports = self.run_demo()
         # Authenticated by default: the demo's processes share a one-time key.
         for r in reports:
             self.assertTrue(r["control_security"].startswith("psk (TLS1.3)"),
-                            "%s: %r%s" % (r["role"], r["control_security"], ctx))
+                            "%s: %r" % (r["role"], r["control_security"]))
+
+    def test_demo_debug_messages(self):
+        """With every GLib message on (G_MESSAGES_DEBUG=all) stdout still
+        carries only the reports: debug lines go to stderr, where they
+        neither break --json nor hide the destination's address from the
+        demo (it used to wait forever)."""
+        p_lines = self.run_demo(env={"G_MESSAGES_DEBUG": "all"})
+        self.assertEqual(len(p_lines), 2)
+        demo = self.procs[-1]
+        self.assertIn("rdmig-", demo.stderr(), "no debug message at all: the case did not happen")
+        for line in demo.lines:
+            self.assertTrue(not line.strip() or line.strip().startswith("{"),
+                            "stdout carries a line that is not a report: %r" % line)
 
 
 if __name__ == "__main__":
