@@ -222,6 +222,24 @@ bool rdmig_session_set_credentials(RdmigSession *s, RdmigCredentialKind kind, co
     return true;
 }
 
+bool rdmig_session_pause(RdmigSession *s, GError **error)
+{
+    RdmigState st = rdmig_session_state(s);
+    bool postcopy = st == RDMIG_STATE_POSTCOPY_ACTIVE && (s->features & RDMIG_FEATURE_RECOVERY);
+    bool precopy = st == RDMIG_STATE_ACTIVE && (s->features & RDMIG_FEATURE_PRECOPY_RESUME);
+    if (!postcopy && !precopy) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "pause is for a migration in postcopy-active (with postcopy recovery "
+                    "negotiated), or in precopy with precopy-resume on both sides; this one is "
+                    "%s%s", rdmig_state_str(st),
+                    st == RDMIG_STATE_ACTIVE ? " without precopy-resume" : "");
+        return false;
+    }
+    g_atomic_int_set(&s->pause_asked, 1);
+    rdmig_session_wake(s);
+    return true;
+}
+
 bool rdmig_session_recover(RdmigSession *s, const char *address, GError **error)
 {
     if (!address || !*address)

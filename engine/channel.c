@@ -169,6 +169,8 @@ static bool woken(RdmigSession *s, GError **error)
     if (read(s->wake_fd, &v, sizeof(v)) < 0) {
         /* Drained by another wait already. */
     }
+    if (rdmig_session_take_pause(s, error))
+        return false;
     GError *failure = rdmig_session_take_failure(s);
     if (!failure)
         return true;

@@ -213,6 +213,8 @@ static bool pull_wait(Pager *pg, GError **error)
         return false;
     if (!pager_settle_backlog(pg, HASH_SLICE_PAGES, error) || !guest_started(pg, error))
         return false;
+    if (p[s->nconns + 2].revents && rdmig_session_take_pause(s, error))
+        return false;
     if (p[s->nconns + 2].revents && rdmig_session_cancelled(s) && !pg->cancel_seen) {
         /* The guest runs here and part of its memory is still there. */
         g_warning("cancel ignored: postcopy cannot be cancelled once the guest runs here");

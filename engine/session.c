@@ -80,6 +80,16 @@ void rdmig_session_take_error(RdmigSession *s, GError *err)
 
 bool rdmig_session_cancelled(RdmigSession *s) { return g_atomic_int_get(&s->cancel) != 0; }
 
+bool rdmig_session_take_pause(RdmigSession *s, GError **error)
+{
+    if (!g_atomic_int_compare_and_exchange(&s->pause_asked, 1, 0))
+        return false;
+    g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_LINK,
+                "paused on request (migrate-pause): this side dropped the link; recover it "
+                "as after a network failure");
+    return true;
+}
+
 void rdmig_session_wake(RdmigSession *s)
 {
     uint64_t one = 1;

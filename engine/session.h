@@ -45,6 +45,7 @@ struct RdmigSession {
     bool started, joined;
     int wake_fd;       /* eventfd: a cancel, a recovery request, another thread's failure */
     gint cancel;
+    gint pause_asked;  /* rdmig_session_pause(): drop the link, pause, recover later */
     GMutex failure_lock;
     GError *failure;   /* the first failure another thread of the session reported */
 
@@ -100,6 +101,10 @@ void rdmig_session_clear(RdmigSession *s);
 /** rdmig_session_take_error: records @err as the session's error (the first
  *  one wins; stats.error gets its text) and takes ownership. */
 void rdmig_session_take_error(RdmigSession *s, GError *err);
+/** rdmig_session_take_pause: whether rdmig_session_pause() asked to pause
+ *  (asked once, taken once); if so @error is the LINK error that makes the
+ *  role's thread drop its link and pause as if the network had broken it. */
+bool rdmig_session_take_pause(RdmigSession *s, GError **error);
 /** rdmig_session_cancelled: a cancel was asked for.  Any thread. */
 bool rdmig_session_cancelled(RdmigSession *s);
 /** rdmig_session_wake: wakes the role's thread out of its poll(2). */

@@ -134,6 +134,8 @@ bool rdmig_source_wait_events(RdmigSource *src, int timeout_ms, GError **error)
         rdmig_set_cancelled(error);
         return false;
     }
+    if (p[nconns + 1].revents && rdmig_session_take_pause(s, error))
+        return false;
     /* The control channel first: once the destination has acknowledged the
      * end (postcopy), its closing the data connections is no failure. */
     if (rdmig_control_readable(s->ctl, &p[nconns])) {

@@ -48,6 +48,10 @@ static RdmigSession *session_setup(RdmigRole role, const char *what, CliGuest *g
     if (gu->s && cli_opt.psk_file &&
         !rdmig_session_set_credentials(gu->s, RDMIG_CREDENTIALS_PSK, cli_opt.psk_file, &err))
         goto fail;
+    gu->blocks = cli_opt.blocks;
+    if (gu->s && role == RDMIG_ROLE_SOURCE && cli_opt.dirty_method &&
+        !strcmp(cli_opt.dirty_method, "guest"))
+        rdmig_session_set_dirty_ops(gu->s, &cli_guest_dirty_ops, gu);
     if (gu->s && cli_guest_add_blocks(gu->s, gu->g, cli_opt.blocks, &err))
         return gu->s;
 fail:
@@ -268,6 +272,16 @@ int cli_cmd_cancel(void)
 {
     int rc = CLI_EXIT_OK;
     g_autoptr(JsonNode) ret = monitor_command("cancel", "cancel", NULL, &rc);
+    if (!ret)
+        return rc;
+    printf("ok\n");
+    return CLI_EXIT_OK;
+}
+
+int cli_cmd_pause(void)
+{
+    int rc = CLI_EXIT_OK;
+    g_autoptr(JsonNode) ret = monitor_command("pause", "pause", NULL, &rc);
     if (!ret)
         return rc;
     printf("ok\n");

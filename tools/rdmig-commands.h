@@ -32,5 +32,9 @@ int cli_cmd_status(void);
 /** cli_cmd_cancel: cancels the migration at --monitor (in a pause: gives
  *  it up), printing "ok"; refused in postcopy-active.  Main thread. */
 int cli_cmd_cancel(void);
+/** cli_cmd_pause: pauses the migration at --monitor (QMP's migrate-pause):
+ *  that side drops the link, both pause; continue with recover and
+ *  send --resume. */
+int cli_cmd_pause(void);
 
 #endif

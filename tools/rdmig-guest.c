@@ -58,6 +58,36 @@ const RdmigGuestOps cli_guest_ops = {
     .save_device_state = guest_save, .load_device_state = guest_load,
 };
 
+static bool dirty_start(void *opaque, GError **error)
+{
+    (void)error;
+    sg_dirty_log_start(((CliGuest *)opaque)->g);
+    return true;
+}
+
+static bool dirty_sync(void *opaque, unsigned block, uint64_t *bitmap, uint64_t npages,
+                       GError **error)
+{
+    CliGuest *gu = opaque;
+    uint64_t per = sg_npages(gu->g) / (uint64_t)gu->blocks;
+    if (block >= (unsigned)gu->blocks || npages != per) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "dirty sync of block %u (%" G_GUINT64_FORMAT " pages): the guest has %d "
+                    "blocks of %" G_GUINT64_FORMAT " pages", block, npages, gu->blocks, per);
+        return false;
+    }
+    sg_dirty_log_sync(gu->g, per * block, per, bitmap);
+    return true;
+}
+
+static void dirty_stop(void *opaque)
+{
+    sg_dirty_log_stop(((CliGuest *)opaque)->g);
+}
+
+const RdmigDirtyOps cli_guest_dirty_ops = { .start = dirty_start, .sync = dirty_sync,
+                                            .stop = dirty_stop };
+
 bool cli_guest_add_blocks(RdmigSession *s, SyntheticGuest *g, int blocks, GError **error)
 {
     uint64_t per = sg_ram_size(g) / (uint64_t)blocks;

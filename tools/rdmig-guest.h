@@ -17,6 +17,7 @@
 /* What the session's guest hooks act on. */
 typedef struct {
     SyntheticGuest *g;
+    int blocks;          /* equal blocks the RAM is declared as */
     SgOracle *oracle;    /* --oracle: the guest's own record of its pages, or NULL */
     bool destination;
     RdmigSession *s;
@@ -25,6 +26,12 @@ typedef struct {
 /** cli_guest_ops: the session's hooks for a CliGuest (its opaque pointer).
  *  The session calls them on its migration thread. */
 extern const RdmigGuestOps cli_guest_ops;
+
+/** cli_guest_dirty_ops: RdmigDirtyOps over the synthetic guest's own dirty
+ *  log (sg_dirty_log_*), for a CliGuest of @blocks equal blocks: what a
+ *  hypervisor does with KVM's dirty bitmaps.  Its opaque pointer is the
+ *  CliGuest; blocks as cli_guest_add_blocks() declares them. */
+extern const RdmigDirtyOps cli_guest_dirty_ops;
 
 /** cli_guest_add_blocks: declares @g's RAM to @s as @blocks equal blocks
  *  ("pc.ram" when one, else "ram0", "ram1", ...); on a destination also

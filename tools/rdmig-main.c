@@ -8,6 +8,7 @@
  *   rdmig recover --monitor PATH --listen ADDR   paused destination: wait for the source there
  *   rdmig send --resume --monitor PATH --to ADDR paused source: resume toward that address
  *   rdmig status --monitor PATH          state of a running send or recv, as JSON
+ *   rdmig pause --monitor PATH           drop the link, both sides pause (migrate-pause)
  *   rdmig cancel --monitor PATH          cancel it (in postcopy-paused: give up)
  *
  * send and recv answer on a monitor socket (--monitor, default PID.sock in
@@ -48,6 +49,8 @@ static int dispatch(const char *name)
         return cli_cmd_status();
     if (!strcmp(name, "cancel"))
         return cli_cmd_cancel();
+    if (!strcmp(name, "pause"))
+        return cli_cmd_pause();
     if (!strcmp(name, "demo")) {
         if (cli_opt.address) {
             fprintf(stderr, "rdmig demo: runs both ends on loopback; --to/--listen do not apply\n");
@@ -56,8 +59,8 @@ static int dispatch(const char *name)
         /* The destination is this very binary, wherever it was run from. */
         return cli_cmd_demo("/proc/self/exe");
     }
-    fprintf(stderr, "rdmig: unknown command '%s': expected recv, send, demo, recover, status "
-            "or cancel\n", name);
+    fprintf(stderr, "rdmig: unknown command '%s': expected recv, send, demo, recover, status, "
+            "pause or cancel\n", name);
     return CLI_EXIT_USAGE;
 }
 

@@ -190,6 +190,13 @@ static JsonNode *cmd_cancel(RdmigSession *s, JsonObject *args, GError **error)
     return empty_return();
 }
 
+/* Either side (QMP's migrate-pause): drop the link; both pause. */
+static JsonNode *cmd_pause(RdmigSession *s, JsonObject *args, GError **error)
+{
+    (void)args;
+    return rdmig_session_pause(s, error) ? empty_return() : NULL;
+}
+
 /* Source: switch to postcopy at the end of this round. */
 static JsonNode *cmd_postcopy(RdmigSession *s, JsonObject *args, GError **error)
 {
@@ -205,6 +212,7 @@ static const struct {
     { "status", "", cmd_status },
     { "recover", "address", cmd_recover },
     { "cancel", "", cmd_cancel },
+    { "pause", "", cmd_pause },
     { "postcopy", "", cmd_postcopy },
 };
 
@@ -225,7 +233,7 @@ static int check_request(JsonObject *req, JsonObject **args, GError **error)
     if (!name) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
                     "the request needs \"execute\": a command name (status, recover, cancel, "
-                    "postcopy)");
+                    "pause, postcopy)");
         return -1;
     }
     JsonNode *an = json_object_get_member(req, "arguments");
@@ -248,7 +256,7 @@ static int check_request(JsonObject *req, JsonObject **args, GError **error)
         return i;
     }
     g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID, "unknown command \"%.64s\": the "
-                "commands are status, recover, cancel and postcopy", name);
+                "commands are status, recover, cancel, pause and postcopy", name);
     return -1;
 }
 

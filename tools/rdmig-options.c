@@ -50,7 +50,7 @@ static const GOptionEntry entries[] = {
     { "postcopy-after", 0, 0, G_OPTION_ARG_STRING, &cli_opt.postcopy_after, "send: start postcopy after N rounds, or a time (2s, 500ms)", "N|TIME" },
     { "connections", 0, 0, G_OPTION_ARG_INT, &cli_opt.connections, "parallel data connections (default 1)", "N" },
     { "transport", 0, 0, G_OPTION_ARG_STRING, &cli_opt.transport, "auto (default), tcp or rdma", "T" },
-    { "dirty-method", 0, 0, G_OPTION_ARG_STRING, &cli_opt.dirty_method, "auto, uffd-wp or soft-dirty", "M" },
+    { "dirty-method", 0, 0, G_OPTION_ARG_STRING, &cli_opt.dirty_method, "auto, uffd-wp, soft-dirty, or guest (the synthetic guest's own dirty log through RdmigDirtyOps, as a hypervisor passes KVM's)", "M" },
     { "no-verify", 0, 0, G_OPTION_ARG_NONE, &cli_opt.no_verify, "skip the per-page hash check", NULL },
     { "postcopy-placement", 0, 0, G_OPTION_ARG_STRING, &cli_opt.postcopy_placement, "recv: place pulled pages by 'continue' (zero copy, default where the kernel can) or 'copy' (from a staging buffer)", "HOW" },
     { "keepalive-ms", 0, 0, G_OPTION_ARG_INT, &cli_opt.keepalive_ms, "keepalive period (default 1000)", "MS" },
@@ -178,9 +178,11 @@ static bool params_choices(RdmigParams *p, GError **error)
         p->dirty_method = RDMIG_DIRTY_UFFD_WP;
     else if (!strcmp(dm, "soft-dirty"))
         p->dirty_method = RDMIG_DIRTY_SOFT_DIRTY;
+    else if (!strcmp(dm, "guest"))
+        p->dirty_method = RDMIG_DIRTY_AUTO; /* unused: the guest's log comes as RdmigDirtyOps */
     else {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
-                    "--dirty-method must be auto, uffd-wp or soft-dirty");
+                    "--dirty-method must be auto, uffd-wp, soft-dirty or guest");
         return false;
     }
     return true;

@@ -115,6 +115,8 @@ struct SyntheticGuest {
     _Atomic uint64_t pages_written;
     _Atomic uint64_t pages_rezeroed;
     _Atomic uint64_t last_page;    /* 1 + the page rewritten last; 0: none */
+    _Atomic uint64_t *dirty_log;   /* sg_dirty_log_*: a bit per page written, or NULL */
+    atomic_bool logging;
     SgProbe probe;                 /* what the last device-state load found */
 
     SgWriteHook write_hook; /* under lock; copied by a vCPU per write section */
@@ -295,6 +297,14 @@ static void sg_vcpu_write(SyntheticGuest *g, uint64_t page, uint64_t *rng, SgWri
         atomic_fetch_add_explicit(&g->pages_rezeroed, 1, memory_order_relaxed);
     } else {
         sg_rewrite_page(g, page);
+    }
+    /* Marked after the write, with release order: a sync that takes the
+     * mark sees the page as written; one that comes before it leaves the
+     * mark for the next sync.  (Before the write, a sync between the mark
+     * and the write would send the page early and lose the write.) */
+    if (atomic_load_explicit(&g->logging, memory_order_relaxed)) {
+        atomic_fetch_or_explicit(&g->dirty_log[page / 64], UINT64_C(1) << (page % 64),
+                                 memory_order_release);
     }
 }
 
@@ -559,6 +569,7 @@ void sg_free(SyntheticGuest *g)
         close(g->memfd);
     }
     g_free(g->vcpus);
+    g_free((void *)g->dirty_log);
     g_cond_clear(&g->idle);
     g_cond_clear(&g->wake);
     g_mutex_clear(&g->lock);
@@ -821,6 +832,45 @@ void sg_get_stats(SyntheticGuest *g, SgStats *stats)
     g_mutex_unlock(&g->lock);
     stats->pages_written = atomic_load(&g->pages_written);
     stats->pages_rezeroed = atomic_load(&g->pages_rezeroed);
+}
+
+/* ---- the guest's own dirty log ---- */
+
+void sg_dirty_log_start(SyntheticGuest *g)
+{
+    if (!g->dirty_log) {
+        g->dirty_log = g_new0(_Atomic uint64_t, (g->npages + 63) / 64);
+    }
+    atomic_store(&g->logging, true);
+}
+
+uint64_t sg_dirty_log_sync(SyntheticGuest *g, uint64_t first, uint64_t n, uint64_t *bitmap)
+{
+    uint64_t count = 0;
+
+    if (!g->dirty_log || first > g->npages || n > g->npages - first) {
+        return 0;
+    }
+    for (uint64_t p = first; p < first + n;) {
+        /* The bits of this word that are in [first, first + n): only those
+         * are taken, so that a neighbouring block's marks stay. */
+        uint64_t bit = p % 64, span = MIN(64 - bit, first + n - p);
+        uint64_t mask = (span == 64 ? ~UINT64_C(0) : ((UINT64_C(1) << span) - 1)) << bit;
+        uint64_t got = atomic_fetch_and_explicit(&g->dirty_log[p / 64], ~mask,
+                                                 memory_order_acquire) & mask;
+        for (; got; got &= got - 1) {
+            uint64_t i = p / 64 * 64 + (uint64_t)__builtin_ctzll(got) - first;
+            bitmap[i / 64] |= UINT64_C(1) << (i % 64);
+            count++;
+        }
+        p += span;
+    }
+    return count;
+}
+
+void sg_dirty_log_stop(SyntheticGuest *g)
+{
+    atomic_store(&g->logging, false);
 }
 
 /* ---- device state ---- */

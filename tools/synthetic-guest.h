@@ -93,6 +93,16 @@ uint64_t sg_ram_size(SyntheticGuest *g);
 uint32_t sg_page_size(SyntheticGuest *g);
 int sg_memfd(SyntheticGuest *g);
 
+/** The guest's own dirty log, as a hypervisor's (KVM's dirty bitmap) would
+ *  be: sg_dirty_log_start() marks every page a vCPU writes from now on;
+ *  sg_dirty_log_sync() ORs into @bitmap (bit 0 = page @first) the pages of
+ *  [@first, @first + @n) written since the last sync, clears those marks
+ *  (only those) and returns how many; sg_dirty_log_stop() stops marking.
+ *  A page is marked after its write, so a sync never loses one. */
+void sg_dirty_log_start(SyntheticGuest *g);
+uint64_t sg_dirty_log_sync(SyntheticGuest *g, uint64_t first, uint64_t n, uint64_t *bitmap);
+void sg_dirty_log_stop(SyntheticGuest *g);
+
 /** sg_set_write_hook: @hook runs before every vCPU page write from now on
  *  (NULL: none).  Call while paused. */
 void sg_set_write_hook(SyntheticGuest *g, SgWriteHook hook, void *opaque);

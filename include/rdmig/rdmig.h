@@ -274,6 +274,15 @@ RDMIG_API bool rdmig_session_start_postcopy(RdmigSession *s, GError **error);
  *  call again as often as needed.  A source of another session is refused. */
 RDMIG_API bool rdmig_session_recover(RdmigSession *s, const char *address, GError **error);
 
+/** rdmig_session_pause: like QMP's migrate-pause: this side drops its link
+ *  to the peer and both pause (postcopy-paused, or precopy-paused with
+ *  precopy_resume), as after a network failure; the guest keeps running
+ *  where it runs.  Continue with rdmig_session_recover() on both sides.
+ *  For a migration in postcopy-active, or in precopy with precopy_resume;
+ *  anything else is refused (RDMIG_ERROR_INVALID).  Any thread; returns at
+ *  once, the pause follows. */
+RDMIG_API bool rdmig_session_pause(RdmigSession *s, GError **error);
+
 /* Credentials for the control channel's TLS 1.3, in QEMU's layouts
  * (docs/security.md): both ends must use the same kind. */
 typedef enum {

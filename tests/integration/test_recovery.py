@@ -151,6 +151,47 @@ class LinkDown(Recovery):
         self.assertGreaterEqual(src["recovery"]["recover_failures"], 1, self.ctx())
 
 
+class Pause(Recovery):
+    """The operator's pause (QMP migrate-pause, `rdmig pause`): the side
+    asked drops its link, both pause as after a network failure, the guest
+    runs on at the destination, and recovery continues to a verified end."""
+
+    def pause_and_recover(self, side):
+        self.start()
+        mon = self.dmon if side == "destination" else self.smon
+        self.wait_state(self.dmon, ("postcopy-active",), 60, self.recv)
+        p = self.spawn("pause", "--monitor", mon, name="rdmig pause")
+        self.assertEqual(self.finish(p, 15), 0, "rdmig pause failed%s\n%s" %
+                         (self.ctx(), p.describe()))
+        self.note("pause asked of %s" % os.path.basename(mon))
+        self.wait_state(self.dmon, ("postcopy-paused",), 15, self.recv)
+        self.wait_state(self.smon, ("postcopy-paused",), 15, self.send)
+        st = monitor_status(mon)
+        self.assertIn("paused on request", st["pause_reason"], self.ctx())
+        self.recover()
+        src, dst = self.finish_both()
+        for r in (src, dst):
+            self.assertEqual(r["recovery"]["pauses"], 1, self.ctx())
+        return src, dst
+
+    def test_pause_destination(self):
+        self.pause_and_recover("destination")
+
+    def test_pause_source(self):
+        self.pause_and_recover("source")
+
+    def test_pause_refused_in_plain_precopy(self):
+        """In precopy without --precopy-resume there is nothing to pause into:
+        refused, naming why."""
+        self.start(postcopy_after=None)
+        self.wait_state(self.smon, ("active",), 30, self.send)
+        reply = monitor(self.smon, "pause")
+        self.assertIn("error", reply, reply)
+        self.assertEqual(reply["error"]["class"], "invalid", reply)
+        self.assertIn("pause is for", reply["error"]["desc"])
+        self.assertIn("without precopy-resume", reply["error"]["desc"])
+
+
 class Repeated(Recovery):
     """A slower link (40 Mbit/s: the pull of about 90 MiB lasts some 20 s), so
     that three cuts land in one postcopy."""
@@ -197,6 +238,25 @@ class PrecopyResume(Recovery):
         self.assertFalse(src["postcopy"]["active"], self.ctx())
         # Continued, not started over: fewer pages went than twice the guest.
         self.assertLess(src["pages_sent"] + src["pages_zero"], 2 * src["pages_total"], self.ctx())
+
+    def test_pause_in_precopy(self):
+        """`rdmig pause` of the destination in precopy: both pause, and the
+        precopy continues after recovery."""
+        self.start(postcopy_after=None, extra_both=["--precopy-resume"])
+        self.wait_state(self.dmon, ("active",), 30, self.recv)
+        p = self.spawn("pause", "--monitor", self.dmon, name="rdmig pause")
+        self.assertEqual(self.finish(p, 15), 0, p.describe())
+        st = self.wait_state(self.dmon, ("precopy-paused",), 15, self.recv)
+        self.assertIn("paused on request", st["pause_reason"], self.ctx())
+        self.wait_state(self.smon, ("precopy-paused",), 15, self.send)
+        self.recover()
+        src_rc = self.finish(self.send, 120, self.ctx)
+        dst_rc = self.finish(self.recv, 30, self.ctx)
+        src, dst = self.send.report(), self.recv.report()
+        self.assertEqual((src_rc, dst_rc), (0, 0), self.ctx())
+        self.assert_verified(src, dst, self.ctx())
+        for r in (src, dst):
+            self.assertEqual(r["recovery"]["pauses"], 1, self.ctx())
 
     def test_give_up(self):
         """Cancel while precopy is paused: the source guest runs on intact."""
