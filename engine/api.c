@@ -264,12 +264,26 @@ bool rdmig_session_recover(RdmigSession *s, const char *address, GError **error)
     return ok;
 }
 
+/* The role's thread, between the caller's thread_start and thread_stop:
+ * every hook and RdmigDirtyOps call of the role runs inside them. */
+static gpointer role_thread(gpointer data)
+{
+    RdmigSession *s = data;
+    bool src = s->role == RDMIG_ROLE_SOURCE;
+    if (s->guest.thread_start)
+        s->guest.thread_start(s->guest_opaque, src ? "rdmig-source" : "rdmig-destination");
+    gpointer r = src ? rdmig_source_thread(s) : rdmig_destination_thread(s);
+    if (s->guest.thread_stop)
+        s->guest.thread_stop(s->guest_opaque);
+    return r;
+}
+
 /* The source connects synchronously, so that start() reports it. */
 static bool start_source(RdmigSession *s, const char *address, GError **error)
 {
     if (rdmig_source_connect(rdmig_source(s), address, error)) {
         s->started = true;
-        s->thread = g_thread_new("rdmig-source", rdmig_source_thread, s);
+        s->thread = g_thread_new("rdmig-source", role_thread, s);
         return true;
     }
     if (g_error_matches(*error, RDMIG_ERROR, RDMIG_ERROR_CANCELLED) &&
@@ -289,7 +303,7 @@ static bool start_destination(RdmigSession *s, const char *address, GError **err
         return false;
     }
     s->started = true;
-    s->thread = g_thread_new("rdmig-destination", rdmig_destination_thread, s);
+    s->thread = g_thread_new("rdmig-destination", role_thread, s);
     return true;
 }
 

@@ -39,6 +39,8 @@ static gpointer start_thread(gpointer data)
     RdmigGuestStart *g = data;
     GError *err = NULL;
     bool ok = true;
+    if (g->ops.thread_start)
+        g->ops.thread_start(g->opaque, "rdmig-guest-start");
     if (g->ops.load_device_state) {
         GByteArray *d = g->device_state;
         ok = g->ops.load_device_state(g->opaque, d ? d->data : NULL, d ? d->len : 0, &err);
@@ -49,6 +51,8 @@ static gpointer start_thread(gpointer data)
     }
     if (ok && g->ops.resume)
         g->ops.resume(g->opaque);
+    if (g->ops.thread_stop)
+        g->ops.thread_stop(g->opaque);
     g->ok = ok;
     g->error = err;
     g_atomic_int_set(&g->finished, 1);

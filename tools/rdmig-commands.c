@@ -102,6 +102,7 @@ static int recv_run(RdmigSession *s, CliGuest *gu, CliMonitor *mon)
          * them would wait forever, and letting them run would read zeros. */
         _exit(finish(&r, NULL, 0));
     }
+    cli_guest_report_threads(gu, &r);
     return finish(&r, r.ok ? gu : NULL, cli_opt.run_after_ms);
 }
 
@@ -180,6 +181,7 @@ static int source_run(RdmigSession *s, CliGuest *gu, const char *address)
     if (r.ok && gu->oracle &&
         !cli_guest_save_oracle(gu->oracle, cli_opt.oracle_dir, "source.oracle", &r))
         r.ok = false;
+    cli_guest_report_threads(gu, &r);
     /* After a completion the guest is the destination's: nothing to check here.
      * After a failure it must be running here, with every page intact. */
     return finish(&r, r.ok ? NULL : gu, cli_opt.stop_after_failure_ms);

@@ -9,6 +9,35 @@
 
 #include "rdmig-guest.h"
 
+/* Set between the session's thread_start and thread_stop on this thread.
+ * Every hook checks it, as QEMU's code would need its RCU registration. */
+static _Thread_local bool announced;
+
+static void on_hook(CliGuest *gu)
+{
+    if (!announced)
+        g_atomic_int_inc(&gu->hooks_off_thread);
+}
+
+static void guest_thread_start(void *opaque, const char *name)
+{
+    (void)name;
+    announced = true;
+    g_atomic_int_inc(&((CliGuest *)opaque)->hook_threads);
+}
+
+static void guest_thread_stop(void *opaque)
+{
+    (void)opaque;
+    announced = false;
+}
+
+void cli_guest_report_threads(const CliGuest *gu, CliReport *r)
+{
+    r->hook_threads = g_atomic_int_get(&((CliGuest *)gu)->hook_threads);
+    r->hooks_off_thread = g_atomic_int_get(&((CliGuest *)gu)->hooks_off_thread);
+}
+
 /* Source: the switchover's stop (state device or postcopy-active), or a
  * pause across a soft-dirty sync (setup, active).  The oracle's record is
  * taken at the switchover, the last moment this side's memory can change. */
@@ -16,6 +45,7 @@ static bool guest_stop(void *opaque, GError **error)
 {
     CliGuest *gu = opaque;
     (void)error;
+    on_hook(gu);
     sg_pause(gu->g);
     RdmigStats st;
     rdmig_session_get_stats(gu->s, &st);
@@ -30,6 +60,7 @@ static bool guest_stop(void *opaque, GError **error)
 static void guest_resume(void *opaque)
 {
     CliGuest *gu = opaque;
+    on_hook(gu);
     if (gu->oracle && gu->destination)
         sg_oracle_arm(gu->oracle);
     sg_resume(gu->g);
@@ -38,6 +69,7 @@ static void guest_resume(void *opaque)
 static bool guest_save(void *opaque, GByteArray *out, GError **error)
 {
     (void)error;
+    on_hook(opaque);
     sg_save_device_state(((CliGuest *)opaque)->g, out);
     return true;
 }
@@ -47,6 +79,7 @@ static bool guest_save(void *opaque, GByteArray *out, GError **error)
 static bool guest_load(void *opaque, const uint8_t *data, size_t len, GError **error)
 {
     g_autoptr(GError) e = NULL;
+    on_hook(opaque);
     if (sg_load_device_state(((CliGuest *)opaque)->g, data, len, &e))
         return true;
     g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL, "%s", e->message);
@@ -56,11 +89,13 @@ static bool guest_load(void *opaque, const uint8_t *data, size_t len, GError **e
 const RdmigGuestOps cli_guest_ops = {
     .stop = guest_stop, .resume = guest_resume,
     .save_device_state = guest_save, .load_device_state = guest_load,
+    .thread_start = guest_thread_start, .thread_stop = guest_thread_stop,
 };
 
 static bool dirty_start(void *opaque, GError **error)
 {
     (void)error;
+    on_hook(opaque);
     sg_dirty_log_start(((CliGuest *)opaque)->g);
     return true;
 }
@@ -69,6 +104,7 @@ static bool dirty_sync(void *opaque, unsigned block, uint64_t *bitmap, uint64_t 
                        GError **error)
 {
     CliGuest *gu = opaque;
+    on_hook(gu);
     uint64_t per = sg_npages(gu->g) / (uint64_t)gu->blocks;
     if (block >= (unsigned)gu->blocks || npages != per) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
@@ -82,6 +118,7 @@ static bool dirty_sync(void *opaque, unsigned block, uint64_t *bitmap, uint64_t 
 
 static void dirty_stop(void *opaque)
 {
+    on_hook(opaque);
     sg_dirty_log_stop(((CliGuest *)opaque)->g);
 }
 

@@ -18,6 +18,8 @@
 typedef struct {
     SyntheticGuest *g;
     int blocks;          /* equal blocks the RAM is declared as */
+    gint hook_threads;   /* threads the session announced (thread_start) */
+    gint hooks_off_thread; /* hook calls on a thread it did not announce */
     SgOracle *oracle;    /* --oracle: the guest's own record of its pages, or NULL */
     bool destination;
     RdmigSession *s;
@@ -32,6 +34,9 @@ extern const RdmigGuestOps cli_guest_ops;
  *  hypervisor does with KVM's dirty bitmaps.  Its opaque pointer is the
  *  CliGuest; blocks as cli_guest_add_blocks() declares them. */
 extern const RdmigDirtyOps cli_guest_dirty_ops;
+
+/** cli_guest_report_threads: the hook-thread counts into @r. */
+void cli_guest_report_threads(const CliGuest *gu, CliReport *r);
 
 /** cli_guest_add_blocks: declares @g's RAM to @s as @blocks equal blocks
  *  ("pc.ram" when one, else "ram0", "ram1", ...); on a destination also

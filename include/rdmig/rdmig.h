@@ -128,7 +128,10 @@ RDMIG_API void rdmig_params_init(RdmigParams *params);
  * in postcopy on the destination: load_device_state() and then resume() run
  * on a thread of their own ("rdmig-guest-start") while the migration thread
  * serves page faults, so that they may read guest RAM that has not arrived
- * yet (a device model reading its rings).  One hook runs at a time.
+ * yet (a device model reading its rings).  One hook runs at a time.  Each
+ * of these threads begins with thread_start() and ends with thread_stop().
+ * The state callback (rdmig_session_set_state_func) runs on whichever
+ * thread changes the state: these, or the caller's in rdmig_session_start().
  */
 typedef struct {
     /** Source: stop the guest's CPUs.  Must return only when no CPU writes
@@ -144,6 +147,15 @@ typedef struct {
     bool (*save_device_state)(void *opaque, GByteArray *out, GError **error);
     /** Destination, before resume: load the blob saved by the source. */
     bool (*load_device_state)(void *opaque, const uint8_t *data, size_t len, GError **error);
+    /** First and last on every thread of the session that calls the hooks
+     *  above or RdmigDirtyOps ("rdmig-source", "rdmig-destination",
+     *  "rdmig-guest-start"; @name is the thread's), before and after any
+     *  such call on it: register the thread where the hypervisor needs it
+     *  (QEMU: rcu_register_thread(); its main lock is the hook's to take).
+     *  rdmig's other threads (data, keepalive, hashing, registration,
+     *  verification) never call the caller. */
+    void (*thread_start)(void *opaque, const char *name);
+    void (*thread_stop)(void *opaque);
 } RdmigGuestOps;
 
 /*

@@ -1052,6 +1052,10 @@ class RdmigTestCase(unittest.TestCase):
         self.assertEqual(dst["role"], "destination")
         for r in (src, dst):
             self.assertEqual(r["result"], "completed", "%s result%s" % (r["role"], ctx))
+            # Every hook ran on a thread the session announced (thread_start),
+            # as QEMU needs for its RCU registration.
+            self.assertEqual(r["hooks_off_thread"], 0, "%s hooks_off_thread%s" % (r["role"], ctx))
+            self.assertGreaterEqual(r["hook_threads"], 1, "%s hook_threads%s" % (r["role"], ctx))
             self.assertEqual(r["error"], "", "%s error%s" % (r["role"], ctx))
             self.assertEqual(r["verify_mismatches"], 0, "%s verify_mismatches%s" % (r["role"], ctx))
         self.assertGreater(dst["pages_total"], 0, ctx)

@@ -76,6 +76,10 @@ class DeviceState(PostcopyCase):
             self.setUp()
         self.assertEqual(seen[-1], "missing", "the page was in place every time: %r" % seen)
         self.assertGreater(dst["postcopy"]["faults"], 0)
+        # The destination's thread and the guest's start each announced
+        # themselves before calling a hook (assert_verified: none called
+        # off an announced thread).
+        self.assertEqual(dst["hook_threads"], 2)
 
 
 class Triggers(PostcopyCase):
