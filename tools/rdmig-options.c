@@ -40,6 +40,7 @@ static const GOptionEntry entries[] = {
     { "vcpus", 0, 0, G_OPTION_ARG_INT, &cli_opt.vcpus, "guest vCPU threads (default 2)", "N" },
     { "seed", 0, 0, G_OPTION_ARG_INT64, &cli_opt.seed, "guest contents seed", "N" },
     { "rezero-percent", 0, 0, G_OPTION_ARG_INT, &cli_opt.rezero_percent, "share of guest writes that zero a page (default 0)", "P" },
+    { "device-state-pad", 0, 0, G_OPTION_ARG_STRING, &cli_opt.device_state_pad, "tests: grow the guest's device state by SIZE bytes of filler, both sides alike (e.g. 1M; 16M and more is refused by the control channel's frame limit)", "SIZE" },
     { "oracle", 0, 0, G_OPTION_ARG_FILENAME, &cli_opt.oracle_dir, "tests: the guest writes the SHA-256 of every page to DIR/source.oracle (at the final stop) or DIR/destination.oracle (as migrated)", "DIR" },
     { "downtime-ms", 0, 0, G_OPTION_ARG_INT, &cli_opt.downtime_ms, "downtime limit (default 300)", "MS" },
     { "max-bandwidth", 0, 0, G_OPTION_ARG_DOUBLE, &cli_opt.max_bandwidth_mib, "MiB/s cap (default none)", "R" },
@@ -250,6 +251,19 @@ static bool guest_config(SgConfig *cfg, GError **error)
     }
     cfg->rezero_percent = (uint32_t)cli_opt.rezero_percent;
     cfg->seed = (uint64_t)cli_opt.seed;
+    if (cli_opt.device_state_pad) {
+        g_autoptr(GError) perr = NULL;
+        cfg->device_state_pad = parse_size(cli_opt.device_state_pad, "--device-state-pad", &perr);
+        if (perr) {
+            g_propagate_error(error, g_steal_pointer(&perr));
+            return false;
+        }
+        if (cfg->device_state_pad > (64u << 20)) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                        "--device-state-pad is at most 64M");
+            return false;
+        }
+    }
     const char *pat = cli_opt.pattern_str;
     if (!pat)
         return true;

@@ -926,6 +926,13 @@ void sg_save_device_state(SyntheticGuest *g, GByteArray *out)
                          : 0);
     rdmig_put_be64(b + SG_DS_SUM_OFF, sg_fnv1a64(b, SG_DS_SUM_OFF));
     g_byte_array_append(out, b, sizeof(b));
+    if (g->cfg.device_state_pad) {
+        guint at = out->len;
+        g_byte_array_set_size(out, at + (guint)g->cfg.device_state_pad);
+        for (uint64_t i = 0; i < g->cfg.device_state_pad; i++) {
+            out->data[at + i] = sg_ds_filler(SG_DS_SIZE + i);
+        }
+    }
 }
 
 /* Whether @addr is mapped in this process now (its page-table entry is
@@ -978,15 +985,22 @@ static bool sg_load_probe(SyntheticGuest *g, const uint8_t *data, GError **error
 
 SgProbe sg_device_state_probe(SyntheticGuest *g) { return g->probe; }
 
-bool sg_load_device_state(SyntheticGuest *g, const uint8_t *data, size_t len, GError **error)
+/* The blob's size, padding, magic, version and checksum. */
+static bool sg_ds_check_blob(SyntheticGuest *g, const uint8_t *data, size_t len, GError **error)
 {
-    g_return_val_if_fail(error == NULL || *error == NULL, false);
-
-    if (!data || len != SG_DS_SIZE) {
+    if (!data || len != SG_DS_SIZE + g->cfg.device_state_pad) {
         g_set_error(error, SG_ERROR, SG_ERROR_DEVICE_STATE,
-                    "device state is %zu bytes, expected %d", data ? len : 0,
-                    SG_DS_SIZE);
+                    "device state is %zu bytes, expected %" G_GUINT64_FORMAT, data ? len : 0,
+                    SG_DS_SIZE + g->cfg.device_state_pad);
         return false;
+    }
+    for (uint64_t i = 0; i < g->cfg.device_state_pad; i++) {
+        if (data[SG_DS_SIZE + i] != sg_ds_filler(SG_DS_SIZE + i)) {
+            g_set_error(error, SG_ERROR, SG_ERROR_DEVICE_STATE,
+                        "device state padding differs at byte %" G_GUINT64_FORMAT,
+                        SG_DS_SIZE + i);
+            return false;
+        }
     }
     if (rdmig_get_be64(data) != SG_DS_MAGIC) {
         g_set_error(error, SG_ERROR, SG_ERROR_DEVICE_STATE,
@@ -1006,6 +1020,16 @@ bool sg_load_device_state(SyntheticGuest *g, const uint8_t *data, size_t len, GE
         g_set_error(error, SG_ERROR, SG_ERROR_DEVICE_STATE,
                     "device state checksum mismatch (stored %#018" G_GINT64_MODIFIER
                     "x, computed %#018" G_GINT64_MODIFIER "x)", want, have);
+        return false;
+    }
+    return true;
+}
+
+bool sg_load_device_state(SyntheticGuest *g, const uint8_t *data, size_t len, GError **error)
+{
+    g_return_val_if_fail(error == NULL || *error == NULL, false);
+
+    if (!sg_ds_check_blob(g, data, len, error)) {
         return false;
     }
     uint32_t vcpus = rdmig_get_be32(data + 12);

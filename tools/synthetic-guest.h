@@ -48,6 +48,10 @@ typedef struct {
     uint32_t rezero_percent;
     /* The fill makes one filled page in this many sparse (0: none).  Default 16. */
     uint32_t sparse_every;
+    /* Bytes of deterministic filler after the device-state blob, which load
+     * then expects too: device state as large as a real VM's, or larger
+     * than a transport takes.  Default 0. */
+    uint64_t device_state_pad;
 } SgConfig;
 
 typedef struct SyntheticGuest SyntheticGuest;

@@ -301,6 +301,33 @@ class AfterSwitchover(harness.RdmigTestCase):
         self.assert_source_guest_safe(src, ctx)
 
 
+class DeviceStateSize(harness.RdmigTestCase):
+    """Device state travels as one control message of at most 16 MiB (the
+    frame limit): one of 1 MiB goes through; one over the limit is refused
+    with a message saying so, and the source's guest runs on intact."""
+    GUEST = ["--ram-size", "32M", "--dirty-rate", "5"]
+
+    def test_one_mib(self):
+        pad = ["--device-state-pad", "1M"]
+        self.migrate(guest=self.GUEST + pad)
+
+    def test_over_the_limit_refused(self):
+        pad = ["--device-state-pad", "17M"]
+        recv, addr = self.start_recv(guest=self.GUEST + pad)
+        send = self.start_send(addr, guest=self.GUEST + pad)
+        src_rc, dst_rc = self.finish(send, 30), self.finish(recv, 30)
+        src, dst = send.report(), recv.report()
+        ctx = "\n%s\n%s" % (send.describe(), recv.describe())
+        self.assertEqual((src_rc, dst_rc), (1, 1), ctx)
+        want = "device state of %d bytes exceeds the 16777216-byte message limit" % (
+            4096 + (17 << 20))
+        self.assertIn(want, src["error"], ctx)
+        self.assertEqual(src["error_code"], "unsupported", ctx)
+        self.assert_source_guest_safe(src, ctx)
+        self.assertIn("exceeds the 16777216-byte message limit", dst["error"], ctx)
+        self.assertFalse(dst["guest"]["checked"], "the destination ran a guest" + ctx)
+
+
 class SecondSource(harness.RdmigTestCase):
     def test_turned_away(self):
         """One source per destination: once one source is taken (HELLO_ACK,
