@@ -270,25 +270,20 @@ int cli_cmd_status(void)
     return CLI_EXIT_OK;
 }
 
-int cli_cmd_cancel(void)
+/* A monitor command without arguments or answer: "ok", or why not. */
+static int plain_command(const char *name)
 {
     int rc = CLI_EXIT_OK;
-    g_autoptr(JsonNode) ret = monitor_command("cancel", "cancel", NULL, &rc);
+    g_autoptr(JsonNode) ret = monitor_command(name, name, NULL, &rc);
     if (!ret)
         return rc;
     printf("ok\n");
     return CLI_EXIT_OK;
 }
 
-int cli_cmd_pause(void)
-{
-    int rc = CLI_EXIT_OK;
-    g_autoptr(JsonNode) ret = monitor_command("pause", "pause", NULL, &rc);
-    if (!ret)
-        return rc;
-    printf("ok\n");
-    return CLI_EXIT_OK;
-}
+int cli_cmd_cancel(void) { return plain_command("cancel"); }
+
+int cli_cmd_pause(void) { return plain_command("pause"); }
 
 int cli_cmd_send(void)
 {

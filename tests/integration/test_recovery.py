@@ -216,6 +216,17 @@ class PrecopyResume(Recovery):
     starting over."""
     dirty = "4"  # below the capped link rate: precopy converges
 
+    def finish_precopy(self):
+        """Both ends completed after one pause, verified; the reports."""
+        src_rc = self.finish(self.send, 120, self.ctx)
+        dst_rc = self.finish(self.recv, 30, self.ctx)
+        src, dst = self.send.report(), self.recv.report()
+        self.assertEqual((src_rc, dst_rc), (0, 0), self.ctx())
+        self.assert_verified(src, dst, self.ctx())
+        for r in (src, dst):
+            self.assertEqual(r["recovery"]["pauses"], 1, self.ctx())
+        return src, dst
+
     def test_link_down_in_precopy(self):
         self.start(postcopy_after=None, extra_both=["--precopy-resume"])
         self.wait_state(self.smon, ("active",), 30, self.send)
@@ -228,13 +239,7 @@ class PrecopyResume(Recovery):
         time.sleep(0.5)  # the source guest runs on, dirtying pages
         self.net.up()
         self.recover()
-        src_rc = self.finish(self.send, 120, self.ctx)
-        dst_rc = self.finish(self.recv, 30, self.ctx)
-        src, dst = self.send.report(), self.recv.report()
-        self.assertEqual((src_rc, dst_rc), (0, 0), self.ctx())
-        self.assert_verified(src, dst, self.ctx())
-        for r in (src, dst):
-            self.assertEqual(r["recovery"]["pauses"], 1, self.ctx())
+        src, dst = self.finish_precopy()
         self.assertFalse(src["postcopy"]["active"], self.ctx())
         # Continued, not started over: fewer pages went than twice the guest.
         self.assertLess(src["pages_sent"] + src["pages_zero"], 2 * src["pages_total"], self.ctx())
@@ -250,13 +255,7 @@ class PrecopyResume(Recovery):
         self.assertIn("paused on request", st["pause_reason"], self.ctx())
         self.wait_state(self.smon, ("precopy-paused",), 15, self.send)
         self.recover()
-        src_rc = self.finish(self.send, 120, self.ctx)
-        dst_rc = self.finish(self.recv, 30, self.ctx)
-        src, dst = self.send.report(), self.recv.report()
-        self.assertEqual((src_rc, dst_rc), (0, 0), self.ctx())
-        self.assert_verified(src, dst, self.ctx())
-        for r in (src, dst):
-            self.assertEqual(r["recovery"]["pauses"], 1, self.ctx())
+        self.finish_precopy()
 
     def test_give_up(self):
         """Cancel while precopy is paused: the source guest runs on intact."""
