@@ -187,7 +187,7 @@ typedef struct {
     char transport[16];           /* data transport in use, "" before setup ends */
     uint32_t data_connections;
     char control_security[96];    /* the control channel's protection: "psk
-                                   * (TLS1.3)-(ECDHE-X25519)-..." or "x509 ...", or
+                                   * (TLS1.3)--(AES-128-GCM)" or "x509 ...", or
                                    * "none" (in clear); "" before it is connected */
     uint64_t total_time_ms;       /* start -> now, or -> end */
     uint64_t setup_time_ms;       /* start -> first round */
