@@ -7,7 +7,6 @@
 #define G_LOG_DOMAIN "rdmig"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/random.h>
@@ -360,16 +359,11 @@ static char *demo_one_time_key(GError **error)
     g_string_append_c(line, '\n');
     memset(key, 0, sizeof(key));
     char *path = g_build_filename(dir, "keys.psk", NULL);
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    bool ok = fd >= 0 && write(fd, line->str, line->len) == (ssize_t)line->len;
-    int saved = errno;
-    if (fd >= 0)
-        close(fd);
+    bool ok = g_file_set_contents_full(path, line->str, (gssize)line->len,
+                                       G_FILE_SET_CONTENTS_CONSISTENT, 0600, error);
     memset(line->str, 0, line->len);
     g_string_free(line, TRUE);
     if (!ok) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "%s: %s", path, g_strerror(saved));
-        unlink(path);
         rmdir(dir);
         g_free(path);
         return NULL;

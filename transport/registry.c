@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The transport registry.  A table is checked against the ABI this build
- * knows, copied, and its absent members are filled with stubs that fail with
+ * knows, copied, and its absent members are filled with fill-ins (absent_*) that fail with
  * -ENOTSUP or RDMIG_ERROR_UNSUPPORTED, so no caller ever tests for NULL.
  */
 #define G_LOG_DOMAIN "rdmig-transport"
@@ -25,54 +25,54 @@ static void unsupported(GError **error)
     g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
                 "operation not supported by this transport");
 }
-static bool stub_probe(GError **error) { unsupported(error); return false; }
-static RdmigTransport *stub_create(const RdmigTransportConfig *c, GError **error)
+static bool absent_probe(GError **error) { unsupported(error); return false; }
+static RdmigTransport *absent_create(const RdmigTransportConfig *c, GError **error)
 {
     (void)c;
     unsupported(error);
     return NULL;
 }
-static void stub_destroy(RdmigTransport *t) { (void)t; }
-static RdmigListener *stub_listen(RdmigTransport *t, const char *a, GError **error)
+static void absent_destroy(RdmigTransport *t) { (void)t; }
+static RdmigListener *absent_listen(RdmigTransport *t, const char *a, GError **error)
 {
     (void)t; (void)a;
     unsupported(error);
     return NULL;
 }
-static const char *stub_listener_address(RdmigListener *l) { (void)l; return ""; }
-static RdmigConn *stub_accept(RdmigListener *l, int timeout_ms, GError **error)
+static const char *absent_listener_address(RdmigListener *l) { (void)l; return ""; }
+static RdmigConn *absent_accept(RdmigListener *l, int timeout_ms, GError **error)
 {
     (void)l; (void)timeout_ms;
     unsupported(error);
     return NULL;
 }
-static void stub_listener_close(RdmigListener *l) { (void)l; }
-static RdmigConn *stub_connect(RdmigTransport *t, const char *a, GError **error)
+static void absent_listener_close(RdmigListener *l) { (void)l; }
+static RdmigConn *absent_connect(RdmigTransport *t, const char *a, GError **error)
 {
     (void)t; (void)a;
     unsupported(error);
     return NULL;
 }
-static void stub_conn_void(RdmigConn *c) { (void)c; }
-static RdmigRegion *stub_register(RdmigTransport *t, void *addr, size_t len, uint32_t access,
+static void absent_conn_void(RdmigConn *c) { (void)c; }
+static RdmigRegion *absent_register(RdmigTransport *t, void *addr, size_t len, uint32_t access,
                                   GError **error)
 {
     (void)t; (void)addr; (void)len; (void)access;
     unsupported(error);
     return NULL;
 }
-static void stub_region_key(RdmigRegion *r, RdmigRemoteKey *k) { (void)r; k->len = 0; }
+static void absent_region_key(RdmigRegion *r, RdmigRemoteKey *k) { (void)r; k->len = 0; }
 /* Nothing to revoke for NULL; a region this table could not deregister
  * may still be reachable, and the caller must hear so. */
-static int stub_deregister(RdmigRegion *r) { return r ? -ENOTSUP : 0; }
-static int stub_submit(RdmigConn *c, RdmigIoReq *req) { (void)c; (void)req; return -ENOTSUP; }
-static int stub_poll(RdmigConn *c, RdmigIoReq **done, int max)
+static int absent_deregister(RdmigRegion *r) { return r ? -ENOTSUP : 0; }
+static int absent_submit(RdmigConn *c, RdmigIoReq *req) { (void)c; (void)req; return -ENOTSUP; }
+static int absent_poll(RdmigConn *c, RdmigIoReq **done, int max)
 {
     (void)c; (void)done; (void)max;
     return -ENOTSUP;
 }
-static int stub_conn_fd(RdmigConn *c, short *events) { (void)c; *events = 0; return -1; }
-static const char *stub_conn_error(RdmigConn *c) { (void)c; return NULL; }
+static int absent_conn_fd(RdmigConn *c, short *events) { (void)c; *events = 0; return -1; }
+static const char *absent_conn_error(RdmigConn *c) { (void)c; return NULL; }
 
 #define FILL(member, stub) do { if (!t->member) t->member = stub; } while (0)
 
@@ -106,26 +106,26 @@ bool rdmig_transport_register(const RdmigTransportOps *ops, GError **error)
     }
     RdmigTransportOps *t = &registered[n_registered];
     memset(t, 0, sizeof(*t));
-    /* An older, smaller table: copy what it has, the rest stays NULL and gets stubs. */
+    /* An older, smaller table: copy what it has, the rest stays NULL and gets fill-ins. */
     memcpy(t, ops, ops->size);
     t->size = sizeof(*t);
-    FILL(probe, stub_probe);
-    FILL(create, stub_create);
-    FILL(destroy, stub_destroy);
-    FILL(listen, stub_listen);
-    FILL(listener_address, stub_listener_address);
-    FILL(accept, stub_accept);
-    FILL(listener_close, stub_listener_close);
-    FILL(connect, stub_connect);
-    FILL(disconnect, stub_conn_void);
-    FILL(conn_close, stub_conn_void);
-    FILL(register_region, stub_register);
-    FILL(region_key, stub_region_key);
-    FILL(deregister_region, stub_deregister);
-    FILL(submit, stub_submit);
-    FILL(poll, stub_poll);
-    FILL(conn_fd, stub_conn_fd);
-    FILL(conn_error, stub_conn_error);
+    FILL(probe, absent_probe);
+    FILL(create, absent_create);
+    FILL(destroy, absent_destroy);
+    FILL(listen, absent_listen);
+    FILL(listener_address, absent_listener_address);
+    FILL(accept, absent_accept);
+    FILL(listener_close, absent_listener_close);
+    FILL(connect, absent_connect);
+    FILL(disconnect, absent_conn_void);
+    FILL(conn_close, absent_conn_void);
+    FILL(register_region, absent_register);
+    FILL(region_key, absent_region_key);
+    FILL(deregister_region, absent_deregister);
+    FILL(submit, absent_submit);
+    FILL(poll, absent_poll);
+    FILL(conn_fd, absent_conn_fd);
+    FILL(conn_error, absent_conn_error);
     listed[n_registered] = t;
     n_registered++;
     g_mutex_unlock(&registry_lock);
