@@ -14,7 +14,9 @@ bool rdmig_dirty_log_start(RdmigSource *src, GError **error)
     if (src->have_dirty_ops) {
         RDMIG_STATS_UPDATE(s, g_strlcpy(s->stats.dirty_method, "caller",
                                         sizeof(s->stats.dirty_method)));
-        return !src->dirty_ops.start || src->dirty_ops.start(src->dirty_opaque, error);
+        src->dirty_ops_started =
+            !src->dirty_ops.start || src->dirty_ops.start(src->dirty_opaque, error);
+        return src->dirty_ops_started;
     }
     src->tracker = rdmig_dirty_tracker_new(s->params.dirty_method, error);
     if (!src->tracker)
@@ -85,8 +87,11 @@ bool rdmig_dirty_log_sync(RdmigSource *src, uint64_t *pending, GError **error)
 void rdmig_dirty_log_stop(RdmigSource *src)
 {
     if (src->have_dirty_ops) {
-        if (src->dirty_ops.stop)
+        /* Only a started log is stopped: a hypervisor's stop may assert
+         * that its log runs (QEMU's does). */
+        if (src->dirty_ops_started && src->dirty_ops.stop)
             src->dirty_ops.stop(src->dirty_opaque);
+        src->dirty_ops_started = false;
     } else {
         g_clear_pointer(&src->tracker, rdmig_dirty_tracker_free);
     }

@@ -37,6 +37,7 @@ typedef struct {
     RdmigDirtyOps dirty_ops;
     void *dirty_opaque;
     bool have_dirty_ops;
+    bool dirty_ops_started;     /* the caller's start() succeeded: stop() is owed */
     RdmigDirtyTracker *tracker;
 
     /* traffic (source-io.c) */

@@ -36,6 +36,7 @@ void cli_guest_report_threads(const CliGuest *gu, CliReport *r)
 {
     r->hook_threads = g_atomic_int_get(&((CliGuest *)gu)->hook_threads);
     r->hooks_off_thread = g_atomic_int_get(&((CliGuest *)gu)->hooks_off_thread);
+    r->hooks_unpaired = g_atomic_int_get(&((CliGuest *)gu)->hooks_unpaired);
 }
 
 /* Source: the switchover's stop (state device or postcopy-active), or a
@@ -97,6 +98,7 @@ static bool dirty_start(void *opaque, GError **error)
     (void)error;
     on_hook(opaque);
     sg_dirty_log_start(((CliGuest *)opaque)->g);
+    ((CliGuest *)opaque)->dirty_started = true;
     return true;
 }
 
@@ -105,6 +107,8 @@ static bool dirty_sync(void *opaque, unsigned block, uint64_t *bitmap, uint64_t 
 {
     CliGuest *gu = opaque;
     on_hook(gu);
+    if (!gu->dirty_started)
+        g_atomic_int_inc(&gu->hooks_unpaired);
     uint64_t per = sg_npages(gu->g) / (uint64_t)gu->blocks;
     if (block >= (unsigned)gu->blocks || npages != per) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
@@ -116,10 +120,16 @@ static bool dirty_sync(void *opaque, unsigned block, uint64_t *bitmap, uint64_t 
     return true;
 }
 
+/* A hypervisor's stop may assert that its log runs (QEMU's does): a stop
+ * without a start is counted, and must not happen. */
 static void dirty_stop(void *opaque)
 {
-    on_hook(opaque);
-    sg_dirty_log_stop(((CliGuest *)opaque)->g);
+    CliGuest *gu = opaque;
+    on_hook(gu);
+    if (!gu->dirty_started)
+        g_atomic_int_inc(&gu->hooks_unpaired);
+    gu->dirty_started = false;
+    sg_dirty_log_stop(gu->g);
 }
 
 const RdmigDirtyOps cli_guest_dirty_ops = { .start = dirty_start, .sync = dirty_sync,

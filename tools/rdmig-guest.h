@@ -20,6 +20,8 @@ typedef struct {
     int blocks;          /* equal blocks the RAM is declared as */
     gint hook_threads;   /* threads the session announced (thread_start) */
     gint hooks_off_thread; /* hook calls on a thread it did not announce */
+    bool dirty_started;  /* the dirty log's start hook ran and its stop has not */
+    gint hooks_unpaired; /* dirty-log sync or stop without a start before it */
     SgOracle *oracle;    /* --oracle: the guest's own record of its pages, or NULL */
     bool destination;
     RdmigSession *s;

@@ -84,6 +84,7 @@ static void json_migration(JsonBuilder *b, const CliReport *r)
     cli_json_string(b, "control_security", s->control_security);
     cli_json_int(b, "hook_threads", (uint64_t)MAX(r->hook_threads, 0));
     cli_json_int(b, "hooks_off_thread", (uint64_t)MAX(r->hooks_off_thread, 0));
+    cli_json_int(b, "hooks_unpaired", (uint64_t)MAX(r->hooks_unpaired, 0));
     cli_json_int(b, "total_time_ms", s->total_time_ms);
     cli_json_int(b, "setup_time_ms", s->setup_time_ms);
     cli_json_int(b, "downtime_ms", s->downtime_ms);

@@ -27,6 +27,7 @@ typedef struct {
     const char *device_state_probe; /* destination: "none", "present", "missing" */
     int hook_threads;      /* threads the session announced before calling hooks */
     int hooks_off_thread;  /* hook calls on threads it did not announce: must be 0 */
+    int hooks_unpaired;    /* dirty-log sync or stop without start: must be 0 */
     bool guest_ok;         /* ... and every page was as it wrote it */
     bool guest_running;    /* ... and it ran (wrote pages) before the check */
     double cpu_user, cpu_sys; /* the process's CPU time, taken at the end */

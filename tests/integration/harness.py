@@ -1055,6 +1055,7 @@ class RdmigTestCase(unittest.TestCase):
             # Every hook ran on a thread the session announced (thread_start),
             # as QEMU needs for its RCU registration.
             self.assertEqual(r["hooks_off_thread"], 0, "%s hooks_off_thread%s" % (r["role"], ctx))
+            self.assertEqual(r["hooks_unpaired"], 0, "%s hooks_unpaired%s" % (r["role"], ctx))
             self.assertGreaterEqual(r["hook_threads"], 1, "%s hook_threads%s" % (r["role"], ctx))
             self.assertEqual(r["error"], "", "%s error%s" % (r["role"], ctx))
             self.assertEqual(r["verify_mismatches"], 0, "%s verify_mismatches%s" % (r["role"], ctx))
@@ -1111,6 +1112,7 @@ class RdmigTestCase(unittest.TestCase):
         self.assertTrue(g["intact"], "source guest corrupt after the failure" + ctx)
         self.assertEqual(g["pages_bad"], 0, ctx)
         self.assertTrue(g["running"], "source guest not running after the failure" + ctx)
+        self.assertEqual(src["hooks_unpaired"], 0, "a dirty-log hook without start" + ctx)
 
     def tamper_midway(self, recv, mem, tamper, timeout=30):
         """Waits until the destination @recv holds the pages of its first

@@ -249,6 +249,13 @@ class Layout(harness.RdmigTestCase):
             self.assertIn(str(64 << 20), text, ctx)
             self.assertIn(str(128 << 20), text, ctx)
 
+    def test_size_caller_dirty_log(self):
+        """The same with the caller's dirty log (as QEMU's): its stop is not
+        called, since its start never was (QEMU asserts on that)."""
+        src, refusal, ctx = self.run_mismatch(["--ram-size", "64M"],
+                                              ["--ram-size", "128M", "--dirty-method", "guest"])
+        self.assertEqual(src["dirty_method"], "", ctx)
+
     def test_blocks(self):
         """The same RAM split into 2 blocks here, 4 there."""
         src, refusal, ctx = self.run_mismatch(["--ram-size", "64M", "--blocks", "2"],
