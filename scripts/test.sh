@@ -3,7 +3,9 @@
 #   1. unit, contract and integration suites on the host,
 #   2. the same under AddressSanitizer + UndefinedBehaviorSanitizer,
 #   3. the libFuzzer harnesses (tests/fuzz/), each for a bounded time,
-#   4. the soft-RoCE suite inside a VM (tests/rxe/run), where RDMA works.
+#   4. a QEMU with the rdmig: transport (scripts/build-qemu.sh, cached by
+#      content hash) migrating a real guest (tests/qemu/),
+#   5. the soft-RoCE suite inside a VM (tests/rxe/run), where RDMA works.
 # Prints every skip with its reason, then one closing line
 # "rdmig-tests: N passed, N failed, N skipped", counting test cases (each
 # GLib sub-test and each Python case), not test programs.
@@ -52,6 +54,18 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	meson test -C build-fuzz --suite fuzz --print-errorlogs || status=1
 grep -h "stat::number_of_executed_units\|^#.*DONE" build-fuzz/meson-logs/testlog.txt 2>/dev/null | head -8
 count build-fuzz fuzz
+
+echo "== QEMU with the rdmig: transport (tests/qemu/)"
+if qemu=$(scripts/build-qemu.sh build | tail -n 1) && [ -x "$qemu" ]; then
+	rm -f build/meson-logs/testlog.json
+	# exported: the rdma suite's QEMU cases run it inside the soft-RoCE VM
+	export RDMIG_QEMU=$qemu
+	meson test -C build --suite qemu --print-errorlogs || status=1
+	count build qemu
+else
+	echo "scripts/build-qemu.sh failed: the QEMU suite did not run" >&2
+	status=1 failed=$((failed + 1))
+fi
 
 echo "== soft-RoCE suite (inside a VM)"
 tests/rxe/run --timeout 1500 -- tests/rxe/smoke.sh || status=1
