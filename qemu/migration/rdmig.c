@@ -893,9 +893,17 @@ void rdmig_migration_fill_info(MigrationInfo *info)
         rdmig_fill_ram(info, &st);
     } else if (rdmig_in) {
         rdmig_session_get_stats(rdmig_in->session, &st);
+        /* The destination counts postcopy's requests: with RDMA READ the
+         * source never sees them. */
         if (st.postcopy) {
+            uint64_t pulled = st.pages_on_demand + st.pages_background;
+
             info->has_postcopy_blocktime = true;
             info->postcopy_blocktime = st.blocktime_us / 1000;
+            rdmig_fill_ram(info, &st);
+            info->ram->normal = pulled;
+            info->ram->normal_bytes = pulled * TARGET_PAGE_SIZE;
+            info->ram->postcopy_bytes = pulled * TARGET_PAGE_SIZE;
         }
     } else {
         return;
