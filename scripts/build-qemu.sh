@@ -64,11 +64,15 @@ pristine=$(ls -d "$cache"/src/qemu-7.2*/ | head -n 1)
 # The source tree with the hooks applied, configured, is kept per hash of
 # the patch and this script, so that a change to rdmig.c alone rebuilds
 # only what it touches.
-tree_key=$(cd "$root" && cat scripts/build-qemu.sh qemu/hooks.patch | sha256sum | cut -c1-16)
+# (and the rdmig build it links against: configure records its path)
+tree_key=$(cd "$root" && { cat scripts/build-qemu.sh qemu/hooks.patch; echo "$rdmig_build"; } |
+	sha256sum | cut -c1-16)
 work=$cache/tree-$tree_key
 [ -e "$rdmig_build/librdmig.so" ] || { log "no librdmig.so in $rdmig_build: build rdmig first"; exit 1; }
 if [ ! -f "$work/qemu/build/build.ninja" ]; then
-	rm -rf "$cache"/tree-* && mkdir -p "$work"
+	rm -rf "$work" && mkdir -p "$work"
+	# trees of other rdmig builds are kept; only the three newest
+	ls -dt "$cache"/tree-*/ 2>/dev/null | tail -n +4 | xargs -r rm -rf
 	log "preparing $work from $pristine"
 	cp -a "$pristine" "$work/qemu"
 	(cd "$work/qemu" && patch -p1 -s < "$root/qemu/hooks.patch")
