@@ -24,6 +24,8 @@
 #include "qemu/main-loop.h"
 #include "qemu/rcu.h"
 #include "qemu/units.h"
+#include "qemu/sockets.h"
+#include "qapi/qapi-visit-sockets.h"
 #include "qemu/yank.h"
 #include "qapi/error.h"
 #include "qom/object.h"
@@ -781,8 +783,16 @@ void rdmig_start_incoming_migration(const char *uri, Error **errp)
     if (m) {
         rdmig_in = m;
         if (rdmig_session_start(m->session, u.address, &gerr)) {
-            info_report("rdmig: listening on %s",
-                        rdmig_session_listen_address(m->session));
+            const char *bound = rdmig_session_listen_address(m->session);
+            /* query-migrate's socket-address, where a manager asking for
+             * port 0 finds the port (as with tcp:). */
+            SocketAddress *sa = socket_parse(bound, NULL);
+
+            if (sa) {
+                migrate_add_address(sa);
+                qapi_free_SocketAddress(sa);
+            }
+            info_report("rdmig: listening on %s", bound);
         } else {
             error_setg(errp, "rdmig: %s", gerr->message);
         }

@@ -92,7 +92,11 @@ class QemuTestCase(unittest.TestCase):
             vm.set_caps(events=True, **(caps or {}))
         opts = self.uri_opts + uri_opts
         dst.cmd("migrate-incoming", uri="rdmig:%s:0%s" % (listen_host, opts))
-        self.uri = "rdmig:" + dst.listen_address() + opts
+        address = dst.listen_address()
+        # a manager finds the port it asked to be picked where tcp: puts it
+        sa = dst.migration()["socket-address"][0]
+        self.assertEqual("%s:%s" % (sa["host"], sa["port"]), address)
+        self.uri = "rdmig:" + address + opts
         self.wait_beats(src, 3)
         return src, dst
 
@@ -211,6 +215,8 @@ class Recovery(QemuTestCase):
             net = harness.NetPair(rate="40mbit")
             self.addCleanup(net.close)
             host, wrapper = net.addr_there, net.wrapper
+        else:
+            self.netem_slow()
         # credentials instead of insecure=on
         opts = self.uri_opts.replace(",insecure=on", "")
         keys = tempfile.mkdtemp(prefix="rdmig-psk-")
@@ -228,20 +234,18 @@ class Recovery(QemuTestCase):
         dst.cmd("migrate-incoming", uri="rdmig:%s:0%s" % (host, opts))
         uri = "rdmig:" + dst.listen_address() + opts
         self.wait_beats(src, 3)
-        if not net:  # round 1 long enough for the guest to rewrite every page
-            src.cmd("migrate-set-parameters", max_bandwidth=2 << 20)
         src.cmd("migrate", uri=uri)
         self.wait_status(src, ("active",))
         src.cmd("migrate-start-postcopy")
         self.wait_status(dst, ("postcopy-active",))
         if cut:
-            net.down()
+            net.down() if net else self.netem_cut()
         else:
             src.cmd("migrate-pause")
         self.wait_status(src, ("postcopy-paused",), 60)
         self.wait_status(dst, ("postcopy-paused",), 60)
         if cut:
-            net.up()
+            net.up() if net else self.netem_restore()
         dst.cmd("migrate-recover", uri="rdmig:%s:0%s" % (host, opts))
         raddr = dst.listen_address(what="listening for recovery on")
         src.cmd("migrate", uri="rdmig:" + raddr + opts, resume=True)
@@ -261,6 +265,12 @@ class Cancel(QemuTestCase):
         src.cmd("migrate", uri=self.uri)
         self.wait_status(src, ("active",))
         time.sleep(1)
+        running = src.migration()  # query-migrate while it runs
+        self.assertEqual(running["status"], "active", running)
+        for key in ("total-time", "setup-time", "expected-downtime"):
+            self.assertIn(key, running)
+        self.assertGreater(running["ram"]["transferred"], 0, running)
+        self.assertGreater(running["ram"]["remaining"], 0, running)
         src.cmd("migrate_cancel")
         info = self.wait_status(src, ("cancelled",))
         self.assertEqual(src.status(), "running")
@@ -413,9 +423,32 @@ class RdmaRefused(OverRdma, Refused):
 
 
 class RdmaRecovery(OverRdma, Recovery):
-    """migrate-pause over RDMA; no cut: after `ip link set down` rxe 6.1 in
-    the VM makes no new rdma_cm connection (tests/rdma/meson.build)."""
+    """Over RDMA between the VM's two hosts.  The cut drops every packet
+    with netem and keeps the link up: after `ip link set down` rxe 6.1 makes
+    no new rdma_cm connection (tests/rdma/test_rdma.py, cut())."""
     netns = False
+    devs = (os.environ.get("RXE_A_NETDEV", "rxe-a"), os.environ.get("RXE_B_NETDEV", "rxe-b"))
+
+    # 40 Mbit/s, as the namespaces' link on the host, so that postcopy
+    # lasts long enough to be paused or cut; a queue deep enough that RC
+    # never loses a packet to it (tests/rdma/test_rdma.py, restore()).
+    slow = ["netem", "rate", "40mbit", "limit", "20000"]
+
+    def netem(self, *qdisc):
+        for dev in self.devs:
+            subprocess.run(["tc", "qdisc", "replace", "dev", dev, "root", *qdisc], check=True)
+
+    def netem_slow(self):
+        self.netem(*self.slow)
+        for dev in self.devs:
+            self.addCleanup(subprocess.run, ["tc", "qdisc", "del", "dev", dev, "root"],
+                            check=False, stderr=subprocess.DEVNULL)
+
+    def netem_cut(self):
+        self.netem("netem", "loss", "100%")
+
+    def netem_restore(self):
+        self.netem(*self.slow)
 
 
 def rdma_devices():
