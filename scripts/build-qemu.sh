@@ -32,7 +32,8 @@ missing=()
 for p in $QEMU_PACKAGES; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
-# Debian's sources: deb-src next to deb in the one sources file.
+# Debian's sources: deb-src next to deb (deb822 debian.sources, or the
+# one-line sources.list).
 src_list=/etc/apt/sources.list.d/debian.sources
 need_src=0
 [ -d "$cache/src" ] && ls -d "$cache"/src/qemu-7.2*/ >/dev/null 2>&1 || need_src=1
@@ -45,6 +46,11 @@ if [ ${#missing[@]} -gt 0 ] || [ $need_src = 1 ]; then
 	if [ $need_src = 1 ] && [ -f $src_list ] && ! grep -q '^Types:.*deb-src' $src_list; then
 		log "enabling deb-src in $src_list"
 		sed -i 's/^Types: deb$/Types: deb deb-src/' $src_list
+	elif [ $need_src = 1 ] && [ ! -f $src_list ] && [ -f /etc/apt/sources.list ] &&
+		! grep -q '^deb-src ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null; then
+		# the one-line format: a deb-src line for every deb line
+		log "adding deb-src lines in /etc/apt/sources.list.d/rdmig-deb-src.list"
+		sed -n 's/^deb /deb-src /p' /etc/apt/sources.list > /etc/apt/sources.list.d/rdmig-deb-src.list
 	fi
 	apt-get -o DPkg::Lock::Timeout=600 update -qq
 	if [ ${#missing[@]} -gt 0 ]; then

@@ -58,8 +58,12 @@ count build-fuzz fuzz
 echo "== QEMU with the rdmig: transport (tests/qemu/)"
 if qemu=$(scripts/build-qemu.sh build | tail -n 1) && [ -x "$qemu" ]; then
 	rm -f build/meson-logs/testlog.json
-	# exported: the rdma suite's QEMU cases run it inside the soft-RoCE VM
-	export RDMIG_QEMU=$qemu
+	# exported: the rdma suite's QEMU cases run it inside the soft-RoCE VM,
+	# which sees the build directory but not the host's /tmp (where
+	# RDMIG_QEMU_CACHE may point): a copy in the build directory.
+	mkdir -p build/qemu-rdmig
+	cp "$qemu" build/qemu-rdmig/qemu-system-x86_64
+	export RDMIG_QEMU=$PWD/build/qemu-rdmig/qemu-system-x86_64
 	meson test -C build --suite qemu --print-errorlogs || status=1
 	count build qemu
 else
