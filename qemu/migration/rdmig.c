@@ -737,67 +737,66 @@ static bool rdmig_recover(RdmigMigration *m, const char *uri, Error **errp)
     return !gerr;
 }
 
-void rdmig_start_outgoing_migration(MigrationState *s, const char *uri,
-                                    bool resume, Error **errp)
+/* A new migration for @uri (options checked first), started: connected
+ * (source) or listening (destination).  NULL with @errp set on failure;
+ * a session that failed to start is still kept, for query-migrate. */
+static RdmigMigration *rdmig_start(bool incoming, const char *uri, Error **errp)
 {
     g_autoptr(GError) gerr = NULL;
     RdmigMigration *m;
     RdmigUri u;
 
-    if (resume) {
-        if (!rdmig_out) {
-            error_setg(errp, "rdmig: the paused migration is not an rdmig one");
-            return;
-        }
-        rdmig_recover(rdmig_out, uri, errp);
-        return;
-    }
     if (!rdmig_check_capabilities(errp) || !rdmig_uri_parse(uri, &u, errp)) {
-        return;
+        return NULL;
     }
-    m = rdmig_migration_new(false, &u, errp);
+    m = rdmig_migration_new(incoming, &u, errp);
     if (m) {
-        rdmig_out = m;
+        *(incoming ? &rdmig_in : &rdmig_out) = m;
         if (!rdmig_session_start(m->session, u.address, &gerr)) {
             error_setg(errp, "rdmig: %s", gerr->message);
+            m = NULL;
         }
     }
     rdmig_uri_free(&u);
+    return m;
+}
+
+void rdmig_start_outgoing_migration(MigrationState *s, const char *uri,
+                                    bool resume, Error **errp)
+{
+    if (!resume) {
+        rdmig_start(false, uri, errp);
+    } else if (!rdmig_out) {
+        error_setg(errp, "rdmig: the paused migration is not an rdmig one");
+    } else {
+        rdmig_recover(rdmig_out, uri, errp);
+    }
 }
 
 void rdmig_start_incoming_migration(const char *uri, Error **errp)
 {
     MigrationIncomingState *mis = migration_incoming_get_current();
-    g_autoptr(GError) gerr = NULL;
     RdmigMigration *m;
-    RdmigUri u;
+    const char *bound;
+    SocketAddress *sa;
 
     if (rdmig_in && mis->state == MIGRATION_STATUS_POSTCOPY_PAUSED) {
         rdmig_recover(rdmig_in, uri, errp);   /* migrate-recover */
         return;
     }
-    if (!rdmig_check_capabilities(errp) || !rdmig_uri_parse(uri, &u, errp)) {
+    m = rdmig_start(true, uri, errp);
+    if (!m) {
         return;
     }
-    m = rdmig_migration_new(true, &u, errp);
-    if (m) {
-        rdmig_in = m;
-        if (rdmig_session_start(m->session, u.address, &gerr)) {
-            const char *bound = rdmig_session_listen_address(m->session);
-            /* query-migrate's socket-address, where a manager asking for
-             * port 0 finds the port (as with tcp:). */
-            SocketAddress *sa = socket_parse(bound, NULL);
-
-            if (sa) {
-                migrate_add_address(sa);
-                qapi_free_SocketAddress(sa);
-            }
-            info_report("rdmig: listening on %s", bound);
-        } else {
-            error_setg(errp, "rdmig: %s", gerr->message);
-        }
+    bound = rdmig_session_listen_address(m->session);
+    /* query-migrate's socket-address, where a manager asking for port 0
+     * finds the port (as with tcp:). */
+    sa = socket_parse(bound, NULL);
+    if (sa) {
+        migrate_add_address(sa);
+        qapi_free_SocketAddress(sa);
     }
-    rdmig_uri_free(&u);
+    info_report("rdmig: listening on %s", bound);
 }
 
 /* ---- QMP --------------------------------------------------------------- */

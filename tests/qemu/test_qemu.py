@@ -77,9 +77,10 @@ class QemuTestCase(unittest.TestCase):
         self.assertNotIn("E", vm.heartbeat(), "the guest found a bad page on " + vm.name)
 
     def wait_status(self, vm, statuses, timeout=120):
-        return self.wait_for("%s reaching %s" % (vm.name, statuses),
-                             lambda: vm.migration().get("status") in statuses and
-                             vm.migration(), timeout)
+        def reached():
+            info = vm.migration()  # one query-migrate per poll
+            return info if info.get("status") in statuses else None
+        return self.wait_for("%s reaching %s" % (vm.name, statuses), reached, timeout)
 
     def pair(self, kernel=None, paused=True, caps=None, dst_ram=RAM, uri_opts="", net=None):
         """A running source and a destination listening on rdmig: (on the
