@@ -11,6 +11,26 @@
 #include "dataplane.h"
 #include "pager.h"
 
+/* A read that failed.  A remote access error means the source's memory
+ * registration is gone: a source process that dies (SIGKILL) has its memory
+ * regions torn down before its queue pairs, so reads in flight fail that way
+ * before the connection itself breaks.  In postcopy the only running copy
+ * of the guest is here, so that is read as a lost link (pause, recoverable)
+ * and not as a misbehaving peer (fail): a source that really hands out bad
+ * keys has authenticated, and its operator can cancel the paused migration. */
+static void pull_failed(RdmigSession *s, uint32_t ci, int err, GError **error)
+{
+    if (err == -EACCES) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_LINK,
+                    "pulling pages from the source: data connection %u: the source refused "
+                    "the read (its memory registration is gone; the source process may have "
+                    "died)",
+                    ci);
+        return;
+    }
+    rdmig_dataplane_conn_failed(s, ci, err, "pulling pages from the source: ", error);
+}
+
 bool pager_reap(Pager *pg, uint32_t ci, GError **error)
 {
     RdmigSession *s = pg->s;
@@ -18,8 +38,7 @@ bool pager_reap(Pager *pg, uint32_t ci, GError **error)
         RdmigIoReq *done[16];
         int n = s->tp->poll(s->conns[ci], done, G_N_ELEMENTS(done));
         if (n < 0 || (n > 0 && done[0]->status < 0)) {
-            rdmig_dataplane_conn_failed(s, ci, n < 0 ? n : done[0]->status,
-                                        "pulling pages from the source: ", error);
+            pull_failed(s, ci, n < 0 ? n : done[0]->status, error);
             return false;
         }
         for (int i = 0; i < n; i++) {
@@ -27,8 +46,7 @@ bool pager_reap(Pager *pg, uint32_t ci, GError **error)
             if (r->epoch != pg->epoch)
                 continue; /* a lost link's: its pages were asked for again */
             if (done[i]->status < 0) {
-                rdmig_dataplane_conn_failed(s, ci, done[i]->status,
-                                            "pulling pages from the source: ", error);
+                pull_failed(s, ci, done[i]->status, error);
                 return false;
             }
             if (!pager_completed(pg, r, error))

@@ -19,7 +19,7 @@ static const struct {
     [IBV_WC_WR_FLUSH_ERR] = { -ECANCELED, "flushed: the connection failed earlier" },
     [IBV_WC_MW_BIND_ERR] = { -EINVAL, "memory window bind error" },
     [IBV_WC_BAD_RESP_ERR] = { -EPROTO, "bad response from the peer" },
-    [IBV_WC_LOC_ACCESS_ERR] = { -EACCES, "local access error" },
+    [IBV_WC_LOC_ACCESS_ERR] = { -EFAULT, "local access error" },
     [IBV_WC_REM_INV_REQ_ERR] = { -EPROTO, "the peer found the request invalid (out of range?)" },
     [IBV_WC_REM_ACCESS_ERR] = { -EACCES, "the peer refused access (bad key, range or rights)" },
     [IBV_WC_REM_OP_ERR] = { -EREMOTEIO, "the peer failed the operation" },

@@ -443,10 +443,11 @@ class Recovery(RdmaCase):
             self.assertEqual(r["transport"], "rdma", self.ctx())
 
     def test_source_killed(self):
-        """The source dies in postcopy over RDMA: the destination pauses
-        (its reads on the dead queue pair never complete: rxe retries them
-        for ever); giving up names the lost pages, and no guest thread
-        reads one."""
+        """The source dies in postcopy over RDMA: the destination pauses,
+        whether its reads on the dead queue pair never complete (rxe retries
+        them for ever) or complete with a remote access error (the dying
+        process's memory regions went first); giving up names the lost
+        pages, and no guest thread reads one."""
         self.start("rdma")
         st = self.wait_monitor(self.dmon, ("postcopy-active",), 120, self.recv, self.ctx)
         self.assertEqual(st["transport"], "rdma", self.ctx())
@@ -454,6 +455,8 @@ class Recovery(RdmaCase):
         self.send.kill()
         st = self.wait_monitor(self.dmon, ("postcopy-paused",), 30, self.recv, self.ctx)
         self.assertGreater(st["pages_missing"], 0, "postcopy ended before the kill" + self.ctx())
+        self.assertTrue(st["pause_reason"], self.ctx())
+        print("paused because:", st["pause_reason"], file=sys.stderr, flush=True)
         c = self.spawn("cancel", "--monitor", self.dmon)
         self.assertEqual(self.finish(c, 30), 0, c.describe())
         self.assertEqual(self.finish(self.recv, 60, self.ctx), 1, self.ctx())

@@ -25,6 +25,9 @@ static void test_wc_table(void)
     g_assert_cmpint(rdmig_rdma_wc_errno(IBV_WC_RETRY_EXC_ERR), ==, -ETIMEDOUT);
     g_assert_nonnull(strstr(rdmig_rdma_wc_reason(IBV_WC_RETRY_EXC_ERR), "unreachable"));
     g_assert_cmpint(rdmig_rdma_wc_errno(IBV_WC_REM_ACCESS_ERR), ==, -EACCES);
+    /* Only the peer's refusal is EACCES (the postcopy pager reads it as the
+     * source's memory gone); a local access error is our own fault. */
+    g_assert_cmpint(rdmig_rdma_wc_errno(IBV_WC_LOC_ACCESS_ERR), ==, -EFAULT);
     g_assert_cmpint(rdmig_rdma_wc_errno(IBV_WC_WR_FLUSH_ERR), ==, -ECANCELED);
     /* A status from a newer rdma-core: an error all the same. */
     g_assert_cmpint(rdmig_rdma_wc_errno((enum ibv_wc_status)999), ==, -EIO);
