@@ -5,7 +5,7 @@
  * ERROR from the peer, a verification mismatch or a cancel still ends it.
  * Paused, each side keeps its half: the source its stopped guest (postcopy)
  * or its running one (precopy), the destination what it received.  A new
- * link must be the same session with a newer epoch.
+ * link must be the same session with the next epoch.
  */
 #define G_LOG_DOMAIN "rdmig-engine"
 
@@ -98,7 +98,7 @@ static bool woken_to_cancel(RdmigSession *s)
 
 /* ---------------------------------------------------------------- source */
 
-/* One attempt toward @address: a new epoch, the control channel, HELLO +
+/* One attempt toward @address: the control channel, HELLO, EPOCH +
  * RESUME, HELLO_ACK; then @resync.  Postcopy goes through recover-setup
  * (connecting) and recover (resyncing). */
 static bool source_attempt(RdmigSource *src, const char *address, const RdmigTransportOps *skip,
@@ -111,7 +111,6 @@ static bool source_attempt(RdmigSource *src, const char *address, const RdmigTra
                                                           RDMIG_STATE_POSTCOPY_RECOVER_SETUP,
                                                           error))
         return false;
-    s->epoch++;
     if (!rdmig_channel_connect(s, address, error))
         return false;
     RdmigHelloAck ack;
@@ -222,27 +221,25 @@ static bool own_source(RdmigDestination *dst, const RdmigHello *hello, GError **
     return true;
 }
 
-/* How far one RESUME may move the epoch: the source counts every attempt,
- * also those that never reached here (no route, refused, cancelled), so it
- * cannot be exactly one; bounded, so that no RESUME can use up the count
- * (UINT64_MAX would refuse the real source for good). */
-#define RDMIG_EPOCH_MAX_STEP 4096
-
-/* RESUME: an epoch newer than the last link's, by at most the step. */
-static bool newer_epoch(RdmigSession *s, uint64_t *epoch, GError **error)
+/* EPOCH, then RESUME naming the next epoch.  The destination keeps the
+ * count and tells it, so that the source need not guess which of its
+ * attempts got here (a HELLO_ACK lost with the link would otherwise part
+ * the two counts for good); the epoch advances by exactly one per link
+ * accepted, and no RESUME can use the count up. */
+static bool next_epoch(RdmigSession *s, uint64_t *epoch, GError **error)
 {
     RdmigFrame f;
-    if (!rdmig_channel_expect(s, RDMIG_MSG_RESUME, "after HELLO", (int)s->params.peer_timeout_ms,
+    if (!rdmig_channel_send(s, RDMIG_MSG_EPOCH, rdmig_u64_encode(s->epoch), error) ||
+        !rdmig_channel_expect(s, RDMIG_MSG_RESUME, "after EPOCH", (int)s->params.peer_timeout_ms,
                               &f, error) ||
         !rdmig_u64_decode(f.payload, f.hdr.length, epoch, "RESUME", error))
         return false;
-    if (*epoch > s->epoch && *epoch - s->epoch <= RDMIG_EPOCH_MAX_STEP)
+    if (s->epoch < UINT64_MAX && *epoch == s->epoch + 1)
         return true;
     if (*epoch > s->epoch) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
-                    "recovery refused: epoch %" G_GUINT64_FORMAT " jumps more than %d past "
-                    "the last one accepted (%" G_GUINT64_FORMAT ")", *epoch,
-                    RDMIG_EPOCH_MAX_STEP, s->epoch);
+                    "recovery refused: epoch %" G_GUINT64_FORMAT " is not the next after the "
+                    "last one accepted (%" G_GUINT64_FORMAT ")", *epoch, s->epoch);
         return false;
     }
     /* A replay, or a source that lost count: either could drive the pages
@@ -259,7 +256,7 @@ static bool take_source_back(RdmigDestination *dst, RdmigHello *hello, GError **
 {
     RdmigSession *s = &dst->s;
     uint64_t epoch;
-    bool ok = own_source(dst, hello, error) && newer_epoch(s, &epoch, error) &&
+    bool ok = own_source(dst, hello, error) && next_epoch(s, &epoch, error) &&
               rdmig_destination_handshake(dst, hello, true, error);
     if (ok)
         s->epoch = epoch;

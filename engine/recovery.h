@@ -38,7 +38,7 @@ typedef void (*RdmigSourcePause)(RdmigSource *src, const GError *why);
 
 /** rdmig_recovery_source: takes @err, a link's failure.  If it @may_pause,
  *  pauses (@pause), waits for rdmig_session_recover() and tries each
- *  address given (a new epoch, HELLO + RESUME, then @resync) until one
+ *  address given (HELLO, EPOCH + RESUME of the next epoch, then @resync) until one
  *  succeeds (true) or the operator gives up (false, @error); a transport
  *  that could not connect is left out of one immediate retry.  Else hands
  *  @err up (false). */
@@ -59,7 +59,7 @@ typedef struct {
 /** rdmig_recovery_destination: the one wait of a paused destination, for
  *  precopy resume and for the pager alike: serves @w's fd, polls the
  *  recovery listener that rdmig_session_recover() hands over, and takes a
- *  source on it only if it is this session's with a newer epoch; then the
+ *  source on it only if it is this session's and names the next epoch; then the
  *  handshake again and @w's resync.  True once a link is up; false
  *  (RDMIG_ERROR_CANCELLED) when the operator gives up, or @serve failed. */
 bool rdmig_recovery_destination(RdmigDestination *dst, const RdmigRecoveryWaiter *w,

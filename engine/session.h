@@ -76,9 +76,9 @@ struct RdmigSession {
     gint64 t_start, t_active, t_stop; /* start; round 1 (or the source's arrival); guest stopped */
 
     /* recovery (recovery.c), both roles */
-    uint64_t epoch;             /* the source counts its attempts; the destination
-                                 * accepts only a newer one than the last, by at most
-                                 * RDMIG_EPOCH_MAX_STEP (recovery.c) */
+    uint64_t epoch;             /* links accepted after the first: the destination
+                                 * counts, tells a recovering source (EPOCH), and takes
+                                 * only the next one (recovery.c) */
     gint64 t_pause, t_recover;  /* when the last pause / recovery request began */
 };
 

@@ -146,6 +146,26 @@ static bool take_transport(RdmigSource *src, const RdmigTransportOps **offer, ui
     return true;
 }
 
+/* A recovery link: the destination tells the last epoch it accepted, and
+ * RESUME names the next, which this link then is. */
+static bool resume_next_epoch(RdmigSession *s, GError **error)
+{
+    RdmigFrame f;
+    uint64_t last;
+    if (!rdmig_channel_expect(s, RDMIG_MSG_EPOCH, "after a recovering HELLO",
+                              (int)s->params.peer_timeout_ms, &f, error) ||
+        !rdmig_u64_decode(f.payload, f.hdr.length, &last, "EPOCH", error))
+        return false;
+    if (last == UINT64_MAX) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "the destination's recovery epoch is used up (EPOCH %" G_GUINT64_FORMAT ")",
+                    last);
+        return false;
+    }
+    s->epoch = last + 1;
+    return rdmig_channel_send(s, RDMIG_MSG_RESUME, rdmig_u64_encode(s->epoch), error);
+}
+
 bool rdmig_source_hello(RdmigSource *src, bool recovering, const RdmigTransportOps *skip,
                         RdmigHelloAck *ack, GError **error)
 {
@@ -160,8 +180,7 @@ bool rdmig_source_hello(RdmigSource *src, bool recovering, const RdmigTransportO
     RdmigHello h;
     if (!send_hello(src, recovering, offer, noffer, &h, error))
         return false;
-    if (recovering &&
-        !rdmig_channel_send(s, RDMIG_MSG_RESUME, rdmig_u64_encode(s->epoch), error))
+    if (recovering && !resume_next_epoch(s, error))
         return false;
     if (!recv_hello_ack(s, ack, error) || !check_features(src, &h, ack, recovering, error) ||
         !take_transport(src, offer, noffer, ack, error))

@@ -84,7 +84,7 @@ gpointer rdmig_source_thread(gpointer data);
 /** Connects the control channel to @address (synchronously, so that start()
  *  reports it) and draws the session id. */
 bool rdmig_source_connect(RdmigSource *src, const char *address, GError **error);
-/** HELLO (and, @recovering, RESUME with the epoch); takes HELLO_ACK into
+/** HELLO (and, @recovering, EPOCH + RESUME of the next); takes HELLO_ACK into
  *  @ack and the session's features and transport.  @skip: a transport not
  *  to offer this time (it could not connect on the last attempt). */
 bool rdmig_source_hello(RdmigSource *src, bool recovering, const RdmigTransportOps *skip,

@@ -33,6 +33,7 @@ static const char *const msg_names[RDMIG_MSG__MAX] = {
     [RDMIG_MSG_RECEIVED] = "RECEIVED",
     [RDMIG_MSG_RECEIVED_END] = "RECEIVED_END",
     [RDMIG_MSG_POSTCOPY_RESUME] = "POSTCOPY_RESUME",
+    [RDMIG_MSG_EPOCH] = "EPOCH",
 };
 
 const char *rdmig_msg_type_str(uint16_t type)

@@ -64,6 +64,8 @@ typedef enum {
     RDMIG_MSG_RECEIVED_END,  /* dst -> src: the bitmap is complete; pages received in all
                               * (precopy resume: the last round applied, no bitmap) */
     RDMIG_MSG_POSTCOPY_RESUME, /* src -> dst: keys and hashes resent; pull again (recovery) */
+    RDMIG_MSG_EPOCH,         /* dst -> src after a recovering source's HELLO: the last epoch
+                              * accepted; RESUME must name the next (recovery) */
     RDMIG_MSG__MAX
 } RdmigMsgType;
 
@@ -166,7 +168,7 @@ bool rdmig_received_decode(const uint8_t *p, size_t len, RdmigReceivedMsg *m, GE
 uint64_t rdmig_received_word(const RdmigReceivedMsg *m, uint32_t i);
 
 /* ROUND_END / ROUND_ACK: u64 round.  COMPLETE: u64 pages.  RESUME,
- * POSTCOPY_RESUME: u64 epoch.  RECEIVED_END: u64 pages. */
+ * POSTCOPY_RESUME, EPOCH: u64 epoch.  RECEIVED_END: u64 pages. */
 GByteArray *rdmig_u64_encode(uint64_t v);
 bool rdmig_u64_decode(const uint8_t *p, size_t len, uint64_t *v, const char *what, GError **error);
 

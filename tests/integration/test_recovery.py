@@ -2,7 +2,8 @@
 """Postcopy recovery and fault injection over TCP between two "hosts" (this
 network namespace and another, joined by a veth pair): the link cut and
 restored, a peer stopped (SIGSTOP) past the peer timeout, repeated pauses in
-one migration, a recovery attempt by another session, the source killed
+one migration, a recovery attempt by another session, recovery epochs
+that do not name the next one, the source killed
 during postcopy, the destination killed during precopy.
 
 The link from the source is capped (tbf) so that postcopy lasts a few
@@ -14,6 +15,7 @@ import json
 import os
 import random
 import signal
+import socket
 import struct
 import sys
 import tempfile
@@ -21,7 +23,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (FEATURE_KEEPALIVE, FEATURE_POSTCOPY, FEATURE_RECOVERY,  # noqa: E402
-                     FEATURE_VERIFY, FEATURE_ZERO_PAGES, MSG_ERROR, MSG_HELLO, MSG_RESUME,
+                     FEATURE_VERIFY, FEATURE_ZERO_PAGES, MSG_EPOCH, MSG_ERROR, MSG_HELLO,
+                     MSG_RESUME, parse_hello,
                      NetPair, RdmigTestCase, FakeControl, hello_payload, main, monitor,
                      monitor_exchange, monitor_status, parse_error)
 
@@ -297,7 +300,91 @@ class Stall(Recovery):
         self._stall("destination")
 
 
+class AcceptedControl(FakeControl):
+    """The destination end of a control channel a real source opened."""
+
+    def __init__(self, sock):
+        self.sock, self.seq, self.rx_seq = sock, 0, 0
+
+
 class Unrecoverable(Recovery):
+    def wait_recover_failures(self, mon, n):
+        """The monitor's status once it counts @n failed recovery attempts."""
+        deadline = time.monotonic() + 15
+        st = monitor_status(mon)
+        while st and st["recover_failures"] < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+            st = monitor_status(mon)
+        self.assertEqual(st and st["recover_failures"], n, "%s%s" % (st, self.ctx()))
+        self.assertEqual(st["state"], "postcopy-paused", self.ctx())
+        return st
+
+    def fake_destination_epoch(self, told):
+        """The paused source sent to a listener of the test's, which reads
+        its HELLO, tells EPOCH @told and returns (HELLO payload, the frame
+        that followed) and drops the link."""
+        lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.addCleanup(lst.close)
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(1)
+        lst.settimeout(15)
+        reply = monitor(self.smon, "recover", address="127.0.0.1:%d" % lst.getsockname()[1])
+        self.assertIn("return", reply, reply)
+        ctl = AcceptedControl(lst.accept()[0])
+        try:
+            f = ctl.recv(15)
+            self.assertEqual(f and f[0], MSG_HELLO, "%r%s" % (f, self.ctx()))
+            ctl.send(MSG_EPOCH, struct.pack(">Q", told))
+            return f[1], ctl.recv(15)
+        finally:
+            ctl.close()
+
+    def test_epoch_only_the_next(self):
+        """The destination counts the links it accepted and tells a
+        recovering source (EPOCH); the source's RESUME names the next. A
+        RESUME that repeats the last epoch (a replay) or skips one is
+        refused, as is an EPOCH with no next; the real source then
+        recovers."""
+        self.start()
+        self.cut()
+        self.net.up()
+        hello, after = self.fake_destination_epoch(41)
+        self.assertTrue(parse_hello(hello)["required"] & FEATURE_RECOVERY, self.ctx())
+        self.assertEqual(after, (MSG_RESUME, struct.pack(">Q", 42)),
+                         "the source did not take the next epoch after the one it was told" +
+                         self.ctx())
+        self.wait_recover_failures(self.smon, 1)
+        _, after = self.fake_destination_epoch(2**64 - 1)
+        self.assertNotEqual(after and after[0], MSG_RESUME, self.ctx())
+        st = self.wait_recover_failures(self.smon, 2)
+        self.assertIn("epoch is used up", st["pause_reason"], self.ctx())
+
+        # The destination, in clear (the session id is the proof): the
+        # source's own HELLO, replayed, with a wrong RESUME.
+        reply = monitor(self.dmon, "recover", address="%s:0" % self.net.addr_there)
+        self.assertIn("return", reply, reply)
+        addr = reply["return"]["address"]
+        for n, (epoch, code, why) in enumerate(((0, "auth", "is not newer than the last one"),
+                                                (2, "protocol", "is not the next after"),
+                                                (2**64 - 1, "protocol", "is not the next"))):
+            fake = FakeControl(addr)
+            fake.send(MSG_HELLO, hello)
+            f = fake.recv()
+            self.assertEqual(f, (MSG_EPOCH, struct.pack(">Q", 0)), self.ctx())
+            fake.send(MSG_RESUME, struct.pack(">Q", epoch))
+            got = fake.recv_error()
+            fake.close()
+            self.assertIsNotNone(got, "no ERROR for RESUME %d%s" % (epoch, self.ctx()))
+            self.assertEqual(got[0], code, got)
+            self.assertIn(why, got[1])
+            st = self.wait_recover_failures(self.dmon, n + 1)
+            self.assertIn(why, st["pause_reason"], self.ctx())
+        s = self.spawn("send", "--resume", "--monitor", self.smon, "--to", addr)
+        self.assertEqual(self.finish(s, 15), 0, s.describe())
+        src, dst = self.finish_both()
+        self.assertEqual(src["recovery"]["recover_failures"], 2, self.ctx())
+        self.assertEqual(dst["recovery"]["recover_failures"], 3, self.ctx())
+
     def test_other_session_refused(self):
         """While paused, a source of another session is refused with a clear
         error; the real one then recovers."""

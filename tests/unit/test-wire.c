@@ -968,7 +968,7 @@ static void test_msg_type_str(void)
         { RDMIG_MSG_POSTCOPY_PREPARED, "POSTCOPY_PREPARED" },
         { RDMIG_MSG_RESUME, "RESUME" },       { RDMIG_MSG_RECEIVED, "RECEIVED" },
         { RDMIG_MSG_RECEIVED_END, "RECEIVED_END" },
-        { RDMIG_MSG_POSTCOPY_RESUME, "POSTCOPY_RESUME" },
+        { RDMIG_MSG_POSTCOPY_RESUME, "POSTCOPY_RESUME" }, { RDMIG_MSG_EPOCH, "EPOCH" },
     };
     g_assert_cmpuint(G_N_ELEMENTS(known), ==, RDMIG_MSG__MAX - 1);
     for (size_t i = 0; i < G_N_ELEMENTS(known); i++)
@@ -1417,6 +1417,7 @@ static const struct {
       { 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08 } },             /* epoch */
     { 22, "POSTCOPY_RESUME", 0xfedcba9876543210ull,                     /* top bit set */
       { 0xfe, 0xdc, 0xba, 0x98, 0x76, 0x54, 0x32, 0x10 } },
+    { 23, "EPOCH", 2, { 0, 0, 0, 0, 0, 0, 0, 0x02 } },                  /* two links accepted */
 };
 
 static void test_doc_u64(void)
@@ -1473,14 +1474,14 @@ static void test_doc_type_numbers(void)
         [13] = "SOURCE_REGIONS", [14] = "DISCARD",          [15] = "POSTCOPY_START",
         [16] = "POSTCOPY_RUNNING", [17] = "POSTCOPY_PREPARE", [18] = "POSTCOPY_PREPARED",
         [19] = "RESUME",         [20] = "RECEIVED",         [21] = "RECEIVED_END",
-        [22] = "POSTCOPY_RESUME",
+        [22] = "POSTCOPY_RESUME", [23] = "EPOCH",
     };
     for (uint16_t t = 1; t < G_N_ELEMENTS(doc_names); t++)
         g_assert_cmpstr(rdmig_msg_type_str(t), ==, doc_names[t]);
-    /* §2: type 0 and 23 onwards are unknown. */
-    g_assert_cmpuint(RDMIG_MSG__MAX, ==, 23);
+    /* §2: type 0 and 24 onwards are unknown. */
+    g_assert_cmpuint(RDMIG_MSG__MAX, ==, 24);
     g_assert_cmpstr(rdmig_msg_type_str(0), ==, "unknown");
-    g_assert_cmpstr(rdmig_msg_type_str(23), ==, "unknown");
+    g_assert_cmpstr(rdmig_msg_type_str(24), ==, "unknown");
 }
 
 /* §4.1's bits and §3.10's codes, which the vectors above write as numbers. */
