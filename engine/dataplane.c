@@ -37,16 +37,20 @@ typedef struct {
     RdmigSession *s;
     RdmigRamBlock *b;
     uint32_t access;
+    RdmigRegion **region; /* where it goes: b->region or b->read_region */
     GError *error;
 } RegisterJob;
 
 static gpointer register_block(gpointer data)
 {
     RegisterJob *j = data;
-    j->b->region = j->s->tp->register_region(j->s->transport, j->b->host, j->b->length, j->access,
-                                            &j->error);
-    if (!j->b->region)
-        g_prefix_error(&j->error, "registering RAM block '%s': ", j->b->name);
+    if (*j->region)
+        return NULL;
+    *j->region = j->s->tp->register_region(j->s->transport, j->b->host, j->b->length, j->access,
+                                           &j->error);
+    if (!*j->region)
+        g_prefix_error(&j->error, "registering RAM block '%s'%s: ", j->b->name,
+                       j->region == &j->b->read_region ? " readable by the destination" : "");
     return NULL;
 }
 
@@ -57,7 +61,7 @@ static gpointer register_thread(gpointer data)
     return NULL;
 }
 
-bool rdmig_dataplane_register_blocks(RdmigSession *s, uint32_t access, GError **error)
+static bool register_all(RdmigSession *s, uint32_t access, bool readable, GError **error)
 {
     guint n = s->blocks->len;
     g_autofree RegisterJob *jobs = g_new0(RegisterJob, n);
@@ -65,7 +69,9 @@ bool rdmig_dataplane_register_blocks(RdmigSession *s, uint32_t access, GError **
     guint max_threads = MAX(1u, MIN(g_get_num_processors(), 8u));
     guint running = 0;
     for (guint i = 0; i < n; i++) {
-        jobs[i] = (RegisterJob){ .s = s, .b = s->blocks->pdata[i], .access = access };
+        RdmigRamBlock *b = s->blocks->pdata[i];
+        jobs[i] = (RegisterJob){ .s = s, .b = b, .access = access,
+                                 .region = readable ? &b->read_region : &b->region };
         /* A small block, or no thread to spare: register it right here. */
         if (jobs[i].b->length < REGISTER_PARALLEL_MIN || running + 1 >= max_threads ||
             !(threads[i] = g_thread_try_new("rdmig-register", register_thread, &jobs[i], NULL)))
@@ -86,6 +92,16 @@ bool rdmig_dataplane_register_blocks(RdmigSession *s, uint32_t access, GError **
         }
     }
     return ok;
+}
+
+bool rdmig_dataplane_register_blocks(RdmigSession *s, uint32_t access, GError **error)
+{
+    return register_all(s, access, false, error);
+}
+
+bool rdmig_dataplane_register_readable(RdmigSession *s, GError **error)
+{
+    return register_all(s, RDMIG_ACCESS_REMOTE_READ, true, error);
 }
 
 RdmigRegions *rdmig_dataplane_peer_keys(RdmigSession *s, const RdmigFrame *f, const char *msg,
@@ -154,6 +170,7 @@ bool rdmig_dataplane_deregister_blocks(RdmigSession *s, GError **error)
     for (guint i = 0; i < s->blocks->len; i++) {
         RdmigRamBlock *b = s->blocks->pdata[i];
         deregister(s, &b->region, b, &err);
+        deregister(s, &b->read_region, b, &err);
         deregister(s, &b->alias_region, b, &err);
     }
     if (err)

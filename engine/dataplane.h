@@ -21,6 +21,10 @@ RdmigTransportConfig rdmig_dataplane_config(RdmigSession *s, uint64_t conn_token
  *  @access, large blocks in parallel threads.  On failure the error names
  *  the block; those registered stay so (rdmig_dataplane_close() drops them). */
 bool rdmig_dataplane_register_blocks(RdmigSession *s, uint32_t access, GError **error);
+/** rdmig_dataplane_register_readable: the source's RAM blocks, each as a
+ *  second region (read_region) the peer may read (postcopy); blocks that
+ *  have one already are left as they are.  Errors as above. */
+bool rdmig_dataplane_register_readable(RdmigSession *s, GError **error);
 /** rdmig_dataplane_peer_keys: the peer's keys from @f (REGIONS or
  *  SOURCE_REGIONS, named @msg in errors), one per RAM block: NULL with a
  *  PROTOCOL error when malformed or for another number of blocks. */

@@ -21,6 +21,8 @@ typedef struct {
     uint64_t *hashes;         /* source: hash as last sent; destination: expected hash */
     uint64_t *hash_known;     /* destination: which expected hashes arrived */
     RdmigRegion *region;      /* registered with the data transport */
+    RdmigRegion *read_region; /* source, postcopy: registered again, readable by the
+                               * destination, from the switchover's step 1 */
     RdmigRemoteKey rkey;      /* source: the destination's key of this block */
     unsigned tracker_index;   /* source: index in the built-in dirty tracker */
     uint64_t zero_hash;       /* hash of an all-zero page of this block's page size */

@@ -239,6 +239,6 @@ bool rdmig_source_send_keys(RdmigSource *src, GError **error)
     g_autofree RdmigRegions *keys = g_new0(RdmigRegions, 1);
     keys->n_blocks = s->blocks->len;
     for (guint i = 0; i < s->blocks->len; i++)
-        s->tp->region_key(((RdmigRamBlock *)s->blocks->pdata[i])->region, &keys->keys[i]);
+        s->tp->region_key(((RdmigRamBlock *)s->blocks->pdata[i])->read_region, &keys->keys[i]);
     return rdmig_channel_send(s, RDMIG_MSG_SOURCE_REGIONS, rdmig_regions_encode(keys), error);
 }

@@ -100,12 +100,9 @@ static bool setup_memory(RdmigSource *src, GError **error)
     if (!rdmig_dirty_log_start(src, error) || !first_round(src, error))
         return false;
     gint64 t0 = rdmig_now_us();
-    bool postcopy = s->features & RDMIG_FEATURE_POSTCOPY;
-    /* Readable by the peer only if it may pull pages (postcopy); its keys
-     * are handed over only when postcopy starts (postcopy-source.c).
-     * Registering then instead (deregister, register with the new right)
-     * made soft-RoCE lose a pull connection 1 run in 3 (docs/security.md). */
-    if (!rdmig_dataplane_register_blocks(s, postcopy ? RDMIG_ACCESS_REMOTE_READ : 0, error))
+    /* For our own writes only: the peer may read our RAM once postcopy
+     * starts, through a second registration (postcopy-source.c). */
+    if (!rdmig_dataplane_register_blocks(s, 0, error))
         return false;
     RDMIG_STATS_UPDATE(s, s->stats.registration_time_ms =
                               (uint64_t)(rdmig_now_us() - t0) / 1000);
@@ -281,10 +278,9 @@ static bool precopy_resync(RdmigSource *src, const RdmigHelloAck *ack,
                            const RdmigTransportOps **failed, GError **error)
 {
     RdmigSession *s = &src->s;
-    bool postcopy = s->features & RDMIG_FEATURE_POSTCOPY;
     uint64_t applied;
     if (!rdmig_source_take_regions(src, error) || !rdmig_source_open_data(src, ack, failed, error) ||
-        !rdmig_dataplane_register_blocks(s, postcopy ? RDMIG_ACCESS_REMOTE_READ : 0, error) ||
+        !rdmig_dataplane_register_blocks(s, 0, error) ||
         !take_applied(src, &applied, error))
         return false;
     uint64_t again = send_again(src, applied);

@@ -715,6 +715,48 @@ static void test_access(gpointer data, gconstpointer user)
     mem_assert(dst, "local buffer after an allowed read");
 }
 
+/* The same memory registered twice, as the source's RAM is once postcopy
+ * starts (engine/postcopy-source.c): first for its own writes, then
+ * readable by the peer.  Each key has its own rights, and the readable one
+ * stops reading when its registration goes. */
+static void test_second_registration(gpointer data, gconstpointer user)
+{
+    (void)user;
+    Fixture *fx = data;
+    Mem *ram = mem_new(fx, fx->tb, 1u << 20, 0, 21);
+    Mem *dst = mem_new(fx, fx->ta, 1u << 20, RDMIG_ACCESS_LOCAL_WRITE, 22);
+    g_autoptr(GError) err = NULL;
+    RdmigRegion *readable =
+        fx->ops->register_region(fx->tb, ram->data, ram->len, RDMIG_ACCESS_REMOTE_READ, &err);
+    g_assert_no_error(err);
+    g_assert_nonnull(readable);
+    RdmigRemoteKey rkey;
+    fx->ops->region_key(readable, &rkey);
+
+    Op *op = fx_alloc(fx, sizeof(Op));
+    op_init(op, RDMIG_IO_READ, &rkey, 8192, 1);
+    op_iov(op, dst->data, 4096);
+    g_assert_cmpint(one_request(fx, fx->main, op), ==, 0);
+    memcpy(dst->shadow + GUARD, ram->data + 8192, 4096);
+    mem_assert(dst, "local buffer after a read through the second registration");
+
+    /* The first registration's key does not read (a fresh connection: a
+     * refusal may end the one it came on). */
+    op = fx_alloc(fx, sizeof(Op));
+    op_init(op, RDMIG_IO_READ, &ram->key, 0, 2);
+    op_iov(op, dst->data + 8192, 4096);
+    g_assert_cmpint(one_request(fx, pair_new(fx), op), <, 0);
+    mem_assert(dst, "local buffer of a read refused through the first registration");
+
+    g_assert_cmpint(fx->ops->deregister_region(readable), ==, 0);
+    op = fx_alloc(fx, sizeof(Op));
+    op_init(op, RDMIG_IO_READ, &rkey, 0, 3);
+    op_iov(op, dst->data + 16384, 4096);
+    g_assert_cmpint(one_request(fx, pair_new(fx), op), <, 0);
+    mem_assert(dst, "local buffer of a read through a deregistered region");
+    mem_assert(ram, "memory registered twice");
+}
+
 static void test_out_of_range(gpointer data, gconstpointer user)
 {
     (void)user;
@@ -1216,6 +1258,7 @@ int main(int argc, char **argv)
         add_case(t, "queue-depth", test_queue_depth);
         add_case(t, "read", test_read);
         add_case(t, "access", test_access);
+        add_case(t, "second-registration", test_second_registration);
         add_case(t, "out-of-range", test_out_of_range);
         add_case(t, "forged-key", test_forged_key);
         add_case(t, "key-hides-address", test_key_hides_address);

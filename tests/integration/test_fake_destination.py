@@ -63,6 +63,29 @@ class FakeDest(harness.RdmigTestCase):
                                 ctx)
         self.assertNotIn("msg %d" % harness.MSG_SOURCE_REGIONS, fake.events, ctx)
 
+    def test_no_reads_in_precopy(self):
+        """A destination that guesses the source's region (a TCP key is a
+        region number) and asks to read its RAM in precopy, postcopy
+        negotiated: refused, since the RAM is registered readable only when
+        postcopy starts (a second registration); no byte of it is sent, and
+        the source fails safely."""
+        feats = (harness.FEATURE_VERIFY | harness.FEATURE_ZERO_PAGES |
+                 harness.FEATURE_MULTI_CONN | harness.FEATURE_POSTCOPY)
+
+        def script(event, fake):
+            if event == "put":
+                for c in list(fake.data):
+                    c.sendall(harness.TCP_HDR.pack(harness.TCP_MAGIC, harness.T_GET, 0, 0, 0,
+                                                   4096, 0, 1))
+                fake.events.append("get sent")
+            return False
+        fake = FakeDestination(script, ack_overrides={"supported": feats, "enabled": feats})
+        rc, src, ctx = self.run_source(fake, "--postcopy", "--postcopy-after", "1000")
+        self.assertIn("get sent", fake.events, ctx)
+        self.assert_failed_safely(rc, src, ctx)
+        self.assertIn("does not allow remote reads", src["error"], ctx)
+        self.assertEqual(src["error_code"], "protocol", ctx)
+
     def test_verify_mismatch(self):
         """The destination reports mismatched pages: no completion, guest resumed here."""
         def script(event, fake):
