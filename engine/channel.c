@@ -207,9 +207,10 @@ int rdmig_channel_recv(RdmigSession *s, RdmigFrame *f, int timeout_ms, GError **
         int wait = next_wait(s, start, timeout_ms, &expired);
         if (expired)
             return 0;
-        struct pollfd p[2] = { { 0 }, { .fd = s->wake_fd, .events = POLLIN } };
+        struct pollfd p[3] = { { 0 }, { .fd = s->wake_fd, .events = POLLIN },
+                               { .fd = s->side.fd, .events = POLLIN } };
         rdmig_control_pollfd(s->ctl, &p[0], &wait);
-        int n = poll(p, 2, wait);
+        int n = poll(p, s->side.fd >= 0 ? 3 : 2, wait);
         if (n < 0 && errno != EINTR) {
             g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s", g_strerror(errno));
             return -1;
@@ -219,6 +220,8 @@ int rdmig_channel_recv(RdmigSession *s, RdmigFrame *f, int timeout_ms, GError **
                 return -1;
             continue;
         }
+        if (s->side.fd >= 0 && p[2].revents && !s->side.serve(s->side.opaque, error))
+            return -1;
         if (n < 0 || !rdmig_control_readable(s->ctl, &p[0])) {
             /* Judged only when nothing is waiting to be read: a busy receiver
              * must not blame a peer whose frames are queued. */

@@ -374,9 +374,12 @@ static bool accept_data(RdmigDestination *dst, GError **error)
 {
     RdmigSession *s = &dst->s;
     gint64 deadline = rdmig_now_us() + (gint64)s->params.connect_timeout_ms * 1000;
+    /* Between accepts the control channel is read (and, in a postcopy
+     * recovery, the pager's faults served: s->side), so waits are short. */
+    int slice = s->side.fd >= 0 ? 10 : 250;
     for (uint32_t i = 0; i < s->nconns;) {
         gint64 left_ms = (deadline - rdmig_now_us()) / 1000; /* once: CLAMP re-evaluates */
-        int left = (int)CLAMP(left_ms, 0, 250);
+        int left = (int)CLAMP(left_ms, 0, slice);
         g_autoptr(GError) aerr = NULL;
         if ((s->conns[i] = s->tp->accept(dst->data_listener, left, &aerr))) {
             i++;

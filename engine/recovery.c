@@ -271,7 +271,14 @@ static bool try_link(RdmigDestination *dst, RdmigHello *hello, const RdmigRecove
 {
     RdmigSession *s = &dst->s;
     GError *err = NULL;
-    if (take_source_back(dst, hello, &err) && (!w->resync || w->resync(w->opaque, &err)))
+    /* The handshake's waits serve @w's fd as the door's wait does: a source
+     * that is slow or stalls after its HELLO must not hold up the faults
+     * that need nothing from it. */
+    if (w->fd >= 0 && w->serve)
+        s->side.fd = w->fd, s->side.serve = w->serve, s->side.opaque = w->opaque;
+    bool ok = take_source_back(dst, hello, &err) && (!w->resync || w->resync(w->opaque, &err));
+    s->side.fd = -1;
+    if (ok)
         return true;
     if (!err)
         rdmig_set_cancelled(&err);

@@ -17,6 +17,7 @@ bool rdmig_session_init(RdmigSession *s, RdmigRole role, const RdmigParams *para
                         GError **error)
 {
     s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    s->side.fd = -1;
     if (s->wake_fd < 0) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "eventfd: %s", g_strerror(errno));
         return false;

@@ -80,6 +80,15 @@ struct RdmigSession {
                                  * counts, tells a recovering source (EPOCH), and takes
                                  * only the next one (recovery.c) */
     gint64 t_pause, t_recover;  /* when the last pause / recovery request began */
+    /* While a recovery handshake runs on the pager's thread, the waits in it
+     * (channel.c, destination-link.c) serve this fd too: the pager's
+     * userfaultfd, so that faults needing nothing from the source are not
+     * held up by a slow or stalled source.  fd -1: none (recovery.c). */
+    struct {
+        int fd;
+        bool (*serve)(void *opaque, GError **error);
+        void *opaque;
+    } side;
 };
 
 /** Stats update under the lock. */

@@ -64,6 +64,9 @@ static void guest_resume(void *opaque)
     on_hook(gu);
     if (gu->oracle && gu->destination)
         sg_oracle_arm(gu->oracle);
+    g_autoptr(GError) err = NULL;
+    if (gu->destination && !sg_start_reader(gu->g, &err))
+        g_warning("%s", err->message);
     sg_resume(gu->g);
 }
 
@@ -183,6 +186,8 @@ void cli_guest_check(CliGuest *gu, CliReport *r, int run_ms, double dirty_rate,
     }
     r->guest_ok = sg_check(g, &r->guest);
     r->guest.pages_written = after.pages_written;
+    r->guest.reader_reads = after.reader_reads;
+    r->guest.reader_max_us = after.reader_max_us;
     r->guest_checked = true;
     static const char *const probe[] = { "none", "present", "missing" };
     r->device_state_probe = gu->destination ? probe[sg_device_state_probe(g)] : "none";

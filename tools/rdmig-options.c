@@ -40,6 +40,7 @@ static const GOptionEntry entries[] = {
     { "vcpus", 0, 0, G_OPTION_ARG_INT, &cli_opt.vcpus, "guest vCPU threads (default 2)", "N" },
     { "seed", 0, 0, G_OPTION_ARG_INT64, &cli_opt.seed, "guest contents seed", "N" },
     { "rezero-percent", 0, 0, G_OPTION_ARG_INT, &cli_opt.rezero_percent, "share of guest writes that zero a page (default 0)", "P" },
+    { "reader-pages", 0, 0, G_OPTION_ARG_INT64, &cli_opt.reader_pages, "tests: leave the last N pages to a thread of the destination's guest that reads one every 5 ms, each once, and reports the slowest read (reader_max_us): how long the pager let a fault wait that needs nothing from the source; both sides alike", "N" },
     { "device-state-pad", 0, 0, G_OPTION_ARG_STRING, &cli_opt.device_state_pad, "tests: grow the guest's device state by SIZE bytes of filler, both sides alike (e.g. 1M; 16M and more is refused by the control channel's frame limit)", "SIZE" },
     { "oracle", 0, 0, G_OPTION_ARG_FILENAME, &cli_opt.oracle_dir, "tests: the guest writes the SHA-256 of every page to DIR/source.oracle (at the final stop) or DIR/destination.oracle (as migrated)", "DIR" },
     { "downtime-ms", 0, 0, G_OPTION_ARG_INT, &cli_opt.downtime_ms, "downtime limit (default 300)", "MS" },
@@ -251,6 +252,13 @@ static bool guest_config(SgConfig *cfg, GError **error)
     }
     cfg->rezero_percent = (uint32_t)cli_opt.rezero_percent;
     cfg->seed = (uint64_t)cli_opt.seed;
+    if (cli_opt.reader_pages < 0) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "--reader-pages must be 0 or more, not %" G_GINT64_FORMAT,
+                    (gint64)cli_opt.reader_pages);
+        return false;
+    }
+    cfg->reader_pages = (uint64_t)cli_opt.reader_pages;
     if (cli_opt.device_state_pad) {
         g_autoptr(GError) perr = NULL;
         cfg->device_state_pad = parse_size(cli_opt.device_state_pad, "--device-state-pad", &perr);

@@ -67,6 +67,7 @@ typedef struct {
     char *tls_creds;        /* x509 directory (QEMU's tls-creds-x509 layout) */
     char *psk_file;         /* keys.psk (QEMU's tls-creds-psk layout) */
     char *device_state_pad; /* tests: grow the device state by this size */
+    gint64 reader_pages;    /* tests: pages left to the destination's reader */
 } CliOptions;
 
 /** cli_opt: the parsed command line.  Written by cli_options_parse() on the

@@ -125,6 +125,8 @@ static void json_guest(JsonBuilder *b, const CliReport *r)
     cli_json_int(b, "first_bad_page", r->guest.first_bad_page);
     cli_json_int(b, "pages_written", r->guest.pages_written);
     cli_json_int(b, "pages_rezeroed", r->guest.pages_rezeroed);
+    cli_json_int(b, "reader_reads", r->guest.reader_reads);
+    cli_json_int(b, "reader_max_us", r->guest.reader_max_us);
     cli_json_string(b, "device_state_probe",
                     r->device_state_probe ? r->device_state_probe : "none");
     json_builder_end_object(b);

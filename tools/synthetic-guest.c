@@ -124,6 +124,11 @@ struct SyntheticGuest {
 
     uint32_t n_threads;     /* vCPU threads actually started */
     SgVcpu *vcpus;
+
+    uint64_t nwritable;     /* pages the fill and the vCPUs use: the rest is the reader's */
+    GThread *reader;        /* sg_start_reader, or NULL */
+    _Atomic uint64_t reader_reads;
+    _Atomic uint64_t reader_max_us;
 };
 
 /* ---- hashing and page contents ---- */
@@ -383,6 +388,53 @@ static uint64_t sg_vcpu_seed(uint64_t seed, uint32_t index)
     return s ? s : UINT64_C(0x9e3779b97f4a7c15); /* xorshift state must not be 0 */
 }
 
+#define SG_READER_PERIOD_US 5000
+
+/* sg_start_reader's thread: reads each reader page once, in order, one
+ * every SG_READER_PERIOD_US while the guest runs, timing each read. */
+static gpointer sg_reader_main(gpointer opaque)
+{
+    SyntheticGuest *g = opaque;
+    uint64_t next = 0;
+
+    g_mutex_lock(&g->lock);
+    while (!g->quit && next < g->cfg.reader_pages) {
+        if (!g->running) {
+            g_cond_wait(&g->wake, &g->lock);
+            continue;
+        }
+        g_mutex_unlock(&g->lock);
+        const volatile uint64_t *p = sg_page_ptr(g, g->nwritable + next++);
+        int64_t t0 = g_get_monotonic_time();
+        (void)*p;
+        uint64_t took = (uint64_t)(g_get_monotonic_time() - t0);
+        atomic_fetch_add_explicit(&g->reader_reads, 1, memory_order_relaxed);
+        uint64_t max = atomic_load_explicit(&g->reader_max_us, memory_order_relaxed);
+        while (took > max && !atomic_compare_exchange_weak(&g->reader_max_us, &max, took)) {
+        }
+        g_mutex_lock(&g->lock);
+        g_cond_wait_until(&g->wake, &g->lock, g_get_monotonic_time() + SG_READER_PERIOD_US);
+    }
+    g_mutex_unlock(&g->lock);
+    return NULL;
+}
+
+bool sg_start_reader(SyntheticGuest *g, GError **error)
+{
+    if (!g->cfg.reader_pages || g->reader) {
+        return true;
+    }
+    GError *local = NULL;
+    g->reader = g_thread_try_new("sg-reader", sg_reader_main, g, &local);
+    if (!g->reader) {
+        g_set_error(error, SG_ERROR, SG_ERROR_RESOURCE, "starting the reader thread: %s",
+                    local->message);
+        g_error_free(local);
+        return false;
+    }
+    return true;
+}
+
 /* Pages i < limit with i % vcpus == index. */
 static uint64_t sg_owned_below(uint64_t limit, uint32_t index, uint32_t vcpus)
 {
@@ -464,6 +516,13 @@ static bool sg_config_check(const SgConfig *cfg, GError **error)
         return false;
     }
     /* A little slack so that e.g. 0.7 + 0.3 passes despite rounding. */
+    if (cfg->reader_pages >= cfg->ram_size / cfg->page_size) {
+        g_set_error(error, SG_ERROR, SG_ERROR_INVALID,
+                    "reader_pages %" G_GUINT64_FORMAT ": must leave pages to write in a %"
+                    G_GUINT64_FORMAT "-page guest", cfg->reader_pages,
+                    cfg->ram_size / cfg->page_size);
+        return false;
+    }
     if (cfg->fill_fraction + cfg->zero_fraction > 1 + 1e-9) {
         g_set_error(error, SG_ERROR, SG_ERROR_INVALID,
                     "fill_fraction %g + zero_fraction %g: sum must be <= 1",
@@ -485,6 +544,7 @@ SyntheticGuest *sg_new(const SgConfig *cfg, GError **error)
     SyntheticGuest *g = g_new0(SyntheticGuest, 1);
     g->cfg = *cfg;
     g->npages = cfg->ram_size / cfg->page_size;
+    g->nwritable = g->npages - cfg->reader_pages;
     g->words_per_page = cfg->page_size / sizeof(uint64_t);
     g->vcpu_rate = cfg->dirty_rate_mib * 1024 * 1024 / cfg->vcpus;
     g->memfd = -1;
@@ -519,13 +579,13 @@ SyntheticGuest *sg_new(const SgConfig *cfg, GError **error)
         goto fail;
     }
 
-    uint64_t hot = MAX(g->npages / SG_HOT_DIVISOR, 1);
+    uint64_t hot = MAX(g->nwritable / SG_HOT_DIVISOR, 1);
     g->vcpus = g_new0(SgVcpu, cfg->vcpus);
     for (uint32_t i = 0; i < cfg->vcpus; i++) {
         SgVcpu *v = &g->vcpus[i];
         v->g = g;
         v->index = i;
-        v->n_own = sg_owned_below(g->npages, i, cfg->vcpus);
+        v->n_own = sg_owned_below(g->nwritable, i, cfg->vcpus);
         v->n_hot_own = sg_owned_below(hot, i, cfg->vcpus);
         v->rng = sg_vcpu_seed(cfg->seed, i);
     }
@@ -561,6 +621,9 @@ void sg_free(SyntheticGuest *g)
     g_mutex_unlock(&g->lock);
     for (uint32_t i = 0; i < g->n_threads; i++) {
         g_thread_join(g->vcpus[i].thread);
+    }
+    if (g->reader) {
+        g_thread_join(g->reader);
     }
     if (g->ram != MAP_FAILED) {
         munmap(g->ram, g->cfg.ram_size);
@@ -687,7 +750,7 @@ static gpointer sg_fill_job(gpointer opaque)
 
     for (uint64_t grp = job->first; grp < job->end; grp++) {
         uint64_t a = grp * SG_FILL_GROUP;
-        uint64_t b = MIN(a + SG_FILL_GROUP, g->npages);
+        uint64_t b = MIN(a + SG_FILL_GROUP, g->nwritable);
         uint64_t len = b - a;
         uint64_t nfill = sg_share(c->fill_fraction, b) - sg_share(c->fill_fraction, a);
         uint64_t nzero = sg_share(c->zero_fraction, b) - sg_share(c->zero_fraction, a);
@@ -736,7 +799,7 @@ static void sg_run_jobs(GThreadFunc fn, SgScanJob *jobs, unsigned n)
 /* Call while paused: a vCPU rewriting a page being filled would tear it. */
 void sg_fill(SyntheticGuest *g)
 {
-    uint64_t ngroups = (g->npages + SG_FILL_GROUP - 1) / SG_FILL_GROUP;
+    uint64_t ngroups = (g->nwritable + SG_FILL_GROUP - 1) / SG_FILL_GROUP;
     unsigned n = ngroups >= 1024 ? SG_SCAN_THREADS : 1;
     SgScanJob jobs[SG_SCAN_THREADS];
 
@@ -832,6 +895,8 @@ void sg_get_stats(SyntheticGuest *g, SgStats *stats)
     g_mutex_unlock(&g->lock);
     stats->pages_written = atomic_load(&g->pages_written);
     stats->pages_rezeroed = atomic_load(&g->pages_rezeroed);
+    stats->reader_reads = atomic_load(&g->reader_reads);
+    stats->reader_max_us = atomic_load(&g->reader_max_us);
 }
 
 /* ---- the guest's own dirty log ---- */

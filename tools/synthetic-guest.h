@@ -52,6 +52,10 @@ typedef struct {
      * then expects too: device state as large as a real VM's, or larger
      * than a transport takes.  Default 0. */
     uint64_t device_state_pad;
+    /* Pages at the end of RAM that no vCPU writes and the fill leaves
+     * untouched (zero everywhere), for the reader (sg_start_reader).
+     * Default 0. */
+    uint64_t reader_pages;
 } SgConfig;
 
 typedef struct SyntheticGuest SyntheticGuest;
@@ -75,6 +79,8 @@ typedef struct {
     uint64_t pages_checked;
     uint64_t pages_bad;       /* inconsistent pages found by the last check */
     uint64_t first_bad_page;  /* valid when pages_bad > 0 */
+    uint64_t reader_reads;    /* reads by the reader (sg_start_reader) */
+    uint64_t reader_max_us;   /* the slowest of them */
 } SgStats;
 
 void sg_config_init(SgConfig *cfg);
@@ -111,6 +117,13 @@ void sg_dirty_log_stop(SyntheticGuest *g);
  *  (NULL: none).  Call while paused. */
 void sg_set_write_hook(SyntheticGuest *g, SgWriteHook hook, void *opaque);
 uint64_t sg_npages(SyntheticGuest *g);
+
+/** sg_start_reader: a thread that, while the guest runs, reads one of the
+ *  cfg.reader_pages pages every 5 ms, each once, and times the read: a
+ *  guest thread that needs no page from a postcopy source and still waits
+ *  shows how long the pager left faults unserved.  Nothing to do (true)
+ *  when reader_pages is 0 or the reader runs already. */
+bool sg_start_reader(SyntheticGuest *g, GError **error);
 
 /** sg_resume: lets the vCPU threads run (they start paused). */
 void sg_resume(SyntheticGuest *g);

@@ -3,8 +3,9 @@
 network namespace and another, joined by a veth pair): the link cut and
 restored, a peer stopped (SIGSTOP) past the peer timeout, repeated pauses in
 one migration, a recovery attempt by another session, recovery epochs
-that do not name the next one, the source killed
-during postcopy, the destination killed during precopy.
+that do not name the next one, faults served while a recovering source
+stalls its handshake, the source killed during postcopy, the destination
+killed during precopy.
 
 The link from the source is capped (tbf) so that postcopy lasts a few
 seconds.  The operator's commands (`rdmig recover`, `rdmig send --resume`,
@@ -24,7 +25,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (FEATURE_KEEPALIVE, FEATURE_POSTCOPY, FEATURE_RECOVERY,  # noqa: E402
                      FEATURE_VERIFY, FEATURE_ZERO_PAGES, MSG_EPOCH, MSG_ERROR, MSG_HELLO,
-                     MSG_RESUME, parse_hello,
+                     MSG_HELLO_ACK, MSG_PING, MSG_RESUME, parse_hello,
                      NetPair, RdmigTestCase, FakeControl, hello_payload, main, monitor,
                      monitor_exchange, monitor_status, parse_error)
 
@@ -307,7 +308,10 @@ class AcceptedControl(FakeControl):
         self.sock, self.seq, self.rx_seq = sock, 0, 0
 
 
-class Unrecoverable(Recovery):
+class Handshake(Recovery):
+    """A recovering source's handshake as the destination sees it: the
+    epoch it is told and must follow, and faults served while it runs."""
+
     def wait_recover_failures(self, mon, n):
         """The monitor's status once it counts @n failed recovery attempts."""
         deadline = time.monotonic() + 15
@@ -385,6 +389,59 @@ class Unrecoverable(Recovery):
         self.assertEqual(src["recovery"]["recover_failures"], 2, self.ctx())
         self.assertEqual(dst["recovery"]["recover_failures"], 3, self.ctx())
 
+    def test_faults_served_while_a_handshake_stalls(self):
+        """A source that proves its session and then stalls in the middle of
+        the handshake (HELLO, RESUME, HELLO_ACK, then no data connection)
+        holds the destination's recovery for the connect timeout (3 s). The
+        pager serves meanwhile the faults that need nothing from the source:
+        the destination guest's reader, which reads a page never written
+        every 5 ms, never waits anywhere near that long. The real source
+        then recovers."""
+        self.start(extra_both=("--reader-pages", "4096"))
+        t0 = time.monotonic()  # the destination's guest (and reader) start after this
+        self.cut()
+        self.net.up()
+        hello, _ = self.fake_destination_epoch(0)
+        self.wait_recover_failures(self.smon, 1)
+        reply = monitor(self.dmon, "recover", address="%s:0" % self.net.addr_there)
+        self.assertIn("return", reply, reply)
+        addr = reply["return"]["address"]
+        fake = FakeControl(addr)
+        fake.send(MSG_HELLO, hello)
+        self.assertEqual(fake.recv(), (MSG_EPOCH, struct.pack(">Q", 0)), self.ctx())
+        fake.send(MSG_RESUME, struct.pack(">Q", 1))
+        f = fake.recv()
+        self.assertEqual(f and f[0], MSG_HELLO_ACK, "%r%s" % (f, self.ctx()))
+        self.note("a fake source holds the handshake")
+        # Alive (keepalives), but no data connection until the destination
+        # gives up on it.
+        deadline = time.monotonic() + 15
+        st = monitor_status(self.dmon)
+        while st and st["recover_failures"] < 1 and time.monotonic() < deadline:
+            fake.send(MSG_PING)
+            time.sleep(0.2)
+            st = monitor_status(self.dmon)
+        st = self.wait_recover_failures(self.dmon, 1)
+        self.note("the destination gave up on it: %s" % st["pause_reason"])
+        fake.close()
+        self.assertIn("did not arrive", st["pause_reason"], self.ctx())
+        # The reader faults on fresh pages for at least 4096 x 5 ms from its
+        # start: the stall must have ended within that, or it proves nothing.
+        self.assertLess(time.monotonic() - t0, 20, "the stall ended after the reader's pages "
+                        "ran out" + self.ctx())
+        s = self.spawn("send", "--resume", "--monitor", self.smon, "--to", addr)
+        self.assertEqual(self.finish(s, 15), 0, s.describe())
+        src, dst = self.finish_both()
+        guest = dst["guest"]
+        self.note("reader: %d reads, the slowest %d us" % (guest["reader_reads"],
+                                                          guest["reader_max_us"]))
+        self.assertGreater(guest["reader_reads"], 0, self.ctx())
+        self.assertLess(guest["reader_max_us"], 1500000,
+                        "a fault needing nothing from the source waited through the stalled "
+                        "handshake" + self.ctx())
+
+
+class Unrecoverable(Recovery):
     def test_other_session_refused(self):
         """While paused, a source of another session is refused with a clear
         error; the real one then recovers."""

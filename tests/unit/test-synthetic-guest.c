@@ -456,6 +456,54 @@ static void test_pause(void)
     sg_free(g); /* while running */
 }
 
+/* The reader's pages: never filled, never written by a vCPU, all zero;
+ * the reader reads them while the guest runs, and only then; a config
+ * that leaves nothing to write is refused. */
+static void test_reader(void)
+{
+    SgConfig cfg;
+    sg_config_init(&cfg);
+    cfg.ram_size = 16 * MIB;
+    cfg.dirty_rate_mib = 4000;
+    cfg.fill_fraction = 1.0;
+    cfg.zero_fraction = 0;
+    cfg.sparse_every = 0; /* every filled page has word 0 set */
+    cfg.reader_pages = 256;
+    g_autoptr(GError) err = NULL;
+    SyntheticGuest *g = sg_new(&cfg, &err);
+    g_assert_no_error(err);
+    uint64_t n = sg_npages(g), first = n - cfg.reader_pages;
+    sg_fill(g);
+    g_assert_true(sg_start_reader(g, &err));
+    g_assert_true(sg_start_reader(g, &err)); /* once is enough */
+    SgStats st;
+    g_usleep(30 * 1000);
+    sg_get_stats(g, &st);
+    g_assert_cmpuint(st.reader_reads, ==, 0); /* paused: no reads */
+    sg_resume(g);
+    g_usleep(200 * 1000);
+    sg_pause(g);
+    sg_get_stats(g, &st);
+    g_assert_cmpuint(st.pages_written, >, 1000);
+    g_assert_cmpuint(st.reader_reads, >, 0);
+    g_assert_cmpuint(st.reader_reads, <=, cfg.reader_pages);
+    const uint8_t *ram = sg_ram(g);
+    for (uint64_t p = 0; p < n; p++) {
+        const uint64_t *w = (const uint64_t *)(ram + p * cfg.page_size);
+        if (p < first)
+            g_assert_cmphex(w[0], ==, SG_MAGIC ^ p); /* filled, maybe rewritten */
+        else
+            for (size_t i = 0; i < cfg.page_size / 8; i++)
+                g_assert_cmphex(w[i], ==, 0);
+    }
+    g_assert_true(sg_check(g, NULL));
+    sg_free(g);
+
+    cfg.reader_pages = cfg.ram_size / cfg.page_size;
+    g_assert_null(sg_new(&cfg, &err));
+    g_assert_nonnull(strstr(err->message, "reader_pages"));
+}
+
 /* More vCPUs than pages: vCPUs without pages idle. */
 static void test_tiny(void)
 {
@@ -737,6 +785,7 @@ int main(int argc, char **argv)
     g_test_add_func("/synthetic-guest/dirty-zero-rate", test_dirty_zero_rate);
     g_test_add_func("/synthetic-guest/pause", test_pause);
     g_test_add_func("/synthetic-guest/tiny", test_tiny);
+    g_test_add_func("/synthetic-guest/reader", test_reader);
     g_test_add_func("/synthetic-guest/device-state", test_device_state);
     g_test_add_func("/synthetic-guest/dirty-log", test_dirty_log);
     g_test_add_func("/synthetic-guest/bad-config", test_bad_config);
