@@ -64,10 +64,25 @@ struct RdmigRegion {
     uint32_t access;
 };
 
+/* A data connection accepted and not yet past its HELLO.  Several wait at
+ * once, each with its own deadline, so that one that says nothing (or
+ * trickles) holds up no other (docs/security.md, "a listener strangers
+ * cannot stop"). */
+#define TCP_DOOR_MAX 8
+
+typedef struct {
+    int fd;
+    gint64 deadline; /* monotonic us */
+    size_t got;
+    uint8_t h[TCP_HDR];
+} TcpDoorConn;
+
 struct RdmigListener {
     RdmigTransport *t;
     int fd;
     char *address;
+    TcpDoorConn door[TCP_DOOR_MAX]; /* oldest first */
+    unsigned ndoor;
 };
 
 /* A GET the peer asked of us, waiting to be answered from our region. */
@@ -189,43 +204,27 @@ static void tcp_listener_close(RdmigListener *l)
 {
     if (!l)
         return;
+    for (unsigned i = 0; i < l->ndoor; i++)
+        close(l->door[i].fd);
     close(l->fd);
     g_free(l->address);
     g_free(l);
 }
 
-/* Reads exactly @len bytes from a blocking-mode socket within @timeout_ms. */
-static bool read_exact(int fd, uint8_t *buf, size_t len, int timeout_ms)
+/* Takes door connection @i out of the door, its fd returned (to close or
+ * to keep). */
+static int door_take(RdmigListener *l, unsigned i)
 {
-    gint64 deadline = g_get_monotonic_time() + (gint64)timeout_ms * 1000;
-    size_t got = 0;
-    while (got < len) {
-        gint64 left = (deadline - g_get_monotonic_time()) / 1000;
-        struct pollfd p = { .fd = fd, .events = POLLIN };
-        if (left <= 0 || poll(&p, 1, (int)left) <= 0)
-            return false;
-        ssize_t r = recv(fd, buf + got, len - got, MSG_DONTWAIT);
-        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
-            return false;
-        if (r > 0)
-            got += r;
-    }
-    return true;
+    int fd = l->door[i].fd;
+    memmove(&l->door[i], &l->door[i + 1], (l->ndoor - i - 1) * sizeof(l->door[0]));
+    l->ndoor--;
+    return fd;
 }
 
-static RdmigConn *tcp_accept(RdmigListener *l, int timeout_ms, GError **error)
+/* A whole HELLO on @fd: the connection, or NULL (closed) naming what was
+ * wrong with it. */
+static RdmigConn *door_admit(RdmigListener *l, int fd, const uint8_t *h, GError **error)
 {
-    int fd = rdmig_socket_accept(l->fd, timeout_ms, -1, error);
-    if (fd < 0)
-        return NULL;
-    uint8_t h[TCP_HDR];
-    int hello_ms = (int)MIN(l->t->b.cfg.connect_timeout_ms, 5000u);
-    if (!read_exact(fd, h, sizeof(h), hello_ms)) {
-        close(fd);
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
-                    "data connection on %s sent no hello within %d ms", l->address, hello_ms);
-        return NULL;
-    }
     if (rdmig_get_be32(h) != TCP_MAGIC || h[4] != T_HELLO) {
         close(fd);
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
@@ -247,6 +246,99 @@ static RdmigConn *tcp_accept(RdmigListener *l, int timeout_ms, GError **error)
         return NULL;
     }
     return conn_new(l->t, fd);
+}
+
+/* Reads what door connection @i has sent.  1: its HELLO is whole (*@c is
+ * the connection, or NULL with @error if refused); 0: more to come; -1:
+ * it closed or failed (dropped, @error says so). */
+static int door_read(RdmigListener *l, unsigned i, RdmigConn **c, GError **error)
+{
+    TcpDoorConn *d = &l->door[i];
+    ssize_t r = recv(d->fd, d->h + d->got, sizeof(d->h) - d->got, MSG_DONTWAIT);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR))
+        return 0;
+    if (r <= 0) {
+        close(door_take(l, i));
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                    "data connection on %s closed before its hello", l->address);
+        return -1;
+    }
+    d->got += (size_t)r;
+    if (d->got < sizeof(d->h))
+        return 0;
+    uint8_t h[TCP_HDR];
+    memcpy(h, d->h, sizeof(h));
+    *c = door_admit(l, door_take(l, i), h, error);
+    return 1;
+}
+
+/* The next data connection whose HELLO is right, within @timeout_ms (-1:
+ * no limit); or NULL: one refused (non-CONNECT error: call again) or none
+ * in time (RDMIG_ERROR_CONNECT). */
+static RdmigConn *tcp_accept(RdmigListener *l, int timeout_ms, GError **error)
+{
+    int hello_ms = (int)MIN(l->t->b.cfg.connect_timeout_ms, 5000u);
+    gint64 end = g_get_monotonic_time() + (gint64)MAX(timeout_ms, 0) * 1000;
+    for (;;) {
+        gint64 now = g_get_monotonic_time();
+        gint64 wait_us = timeout_ms < 0 ? G_MAXINT32 * (gint64)1000 : MAX(end - now, 0);
+        for (unsigned i = 0; i < l->ndoor; i++) {
+            if (now >= l->door[i].deadline) {
+                close(door_take(l, i));
+                g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_PROTOCOL,
+                            "data connection on %s sent no hello within %d ms", l->address,
+                            hello_ms);
+                return NULL;
+            }
+            wait_us = MIN(wait_us, l->door[i].deadline - now);
+        }
+        struct pollfd p[1 + TCP_DOOR_MAX] = { { .fd = l->fd, .events = POLLIN } };
+        for (unsigned i = 0; i < l->ndoor; i++)
+            p[1 + i] = (struct pollfd){ .fd = l->door[i].fd, .events = POLLIN };
+        unsigned npoll = 1 + l->ndoor;
+        if (poll(p, npoll, (int)((wait_us + 999) / 1000)) < 0 && errno != EINTR) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE, "poll: %s", g_strerror(errno));
+            return NULL;
+        }
+        /* Highest index first: taking one out moves only those after it. */
+        for (unsigned i = npoll - 1; i >= 1; i--) {
+            if (!p[i].revents)
+                continue;
+            RdmigConn *c = NULL;
+            int r = door_read(l, i - 1, &c, error);
+            if (r < 0 || (r > 0 && !c))
+                return NULL;
+            if (r > 0)
+                return c;
+        }
+        if (p[0].revents) {
+            GError *aerr = NULL;
+            int fd = rdmig_socket_accept_now(l->fd, &aerr);
+            if (fd < 0 && aerr) {
+                g_propagate_error(error, aerr);
+                return NULL;
+            }
+            if (fd >= 0) {
+                if (l->ndoor == TCP_DOOR_MAX) {
+                    close(door_take(l, 0));
+                    g_warning("data listener on %s: %d connections waiting to say hello; the "
+                              "oldest is dropped", l->address, TCP_DOOR_MAX);
+                }
+                l->door[l->ndoor++] = (TcpDoorConn){
+                    .fd = fd, .deadline = g_get_monotonic_time() + (gint64)hello_ms * 1000 };
+                /* Its HELLO usually came with it. */
+                RdmigConn *c = NULL;
+                int r = door_read(l, l->ndoor - 1, &c, error);
+                if (r != 0)
+                    return c;
+            }
+        }
+        if (timeout_ms >= 0 && g_get_monotonic_time() >= end) {
+            g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_CONNECT,
+                        "no data connection on %s within %d ms", l->address, timeout_ms);
+            return NULL;
+        }
+    }
 }
 
 static RdmigConn *tcp_connect(RdmigTransport *t, const char *address, GError **error)

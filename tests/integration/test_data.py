@@ -9,7 +9,9 @@ crash: run the suite with RDMIG pointing at a -Db_sanitize=address build).
 A data connection without the session's token is refused; the right one is
 still accepted afterwards."""
 import os
+import socket
 import sys
+import time
 
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -126,6 +128,37 @@ class Token(harness.RdmigTestCase):
         err = recv.stderr()
         self.assertIn("token", err, "the rejection is not logged" + ctx)
         self.assertIn("version", err, "the rejection is not logged" + ctx)
+
+    def test_silent_strangers_hold_up_no_one(self):
+        """Connections to the data port that say nothing (three of them, made
+        before the source's) each wait with their own deadline: the source's
+        connection is taken at once and its write acknowledged. The code
+        before read each hello in turn, 4 s apiece, and the migration failed
+        at the connect timeout."""
+        recv, addr = self.start_recv("--connect-timeout-ms", "4000", guest=GUEST)
+        fake = FakeSource(addr, BLOCKS)
+        strangers = []
+        try:
+            host, port = fake.ack["data_address"].rsplit(":", 1)
+            for _ in range(3):
+                strangers.append(socket.create_connection((host, int(port)), timeout=5))
+            time.sleep(0.2)  # accepted and waiting at the door
+            good = fake.data_connect()
+            good.sendall(tcp_put_header(0, 4096, 0, 1) + b"\x5a" * 4096)
+            ack = harness.recv_exact(good, TCP_HDR.size, 10)
+            self.assertEqual(len(ack), TCP_HDR.size, "no ACK for a valid write behind silent "
+                             "connections\n" + recv.describe())
+            magic, typ, _, _, _, _, _, seq = TCP_HDR.unpack(ack)
+            self.assertEqual((magic, typ, seq), (TCP_MAGIC, T_ACK, 1), recv.describe())
+            for s in strangers:
+                self.assertTrue(harness.wait_closed(s, 10),
+                                "a silent data connection stayed open after the source's was "
+                                "taken\n" + recv.describe())
+        finally:
+            for s in strangers:
+                s.close()
+            fake.close()
+        self.finish(recv, 15)
 
     def test_wrong_token_only(self):
         recv, addr = self.start_recv("--connect-timeout-ms", "1500", guest=GUEST)
