@@ -93,6 +93,7 @@ bool rdmig_apply_hashes(RdmigDestination *dst, const RdmigFrame *f, guint *block
                     G_GUINT64_FORMAT " pages)", m.first, m.n, b->name, b->npages);
         return false;
     }
+    g_mutex_lock(&dst->verify_lock);
     for (uint32_t i = 0; i < m.n; i++) {
         uint64_t p = m.first + i;
         /* Before postcopy starts, a page to be pulled has only a stale hash:
@@ -101,9 +102,16 @@ bool rdmig_apply_hashes(RdmigDestination *dst, const RdmigFrame *f, guint *block
             continue;
         if (b->unverified && rdmig_bitmap_test(b->unverified, p))
             continue; /* the pager compares these itself */
-        b->hashes[p] = rdmig_hashes_get(&m, i);
+        uint64_t h = rdmig_hashes_get(&m, i);
+        /* Checked against another hash: again.  The same hash again (a page
+         * rewritten alike, or sent twice) keeps what was checked. */
+        if (b->verified && (!rdmig_bitmap_test(b->hash_known, p) || b->hashes[p] != h))
+            rdmig_bitmap_clear(b->verified, p);
+        b->hashes[p] = h;
         rdmig_bitmap_set(b->hash_known, p);
     }
+    g_mutex_unlock(&dst->verify_lock);
+    rdmig_verifier_queue(dst, m.block, m.first, m.n);
     *block = m.block;
     *first = m.first;
     *n = m.n;
@@ -165,6 +173,9 @@ bool rdmig_apply_discard(RdmigDestination *dst, const RdmigFrame *f, GError **er
     RdmigSession *s = &dst->s;
     if (!postcopy_expected(s, "DISCARD", error))
         return false;
+    /* Postcopy is starting: the background verifier stops before pages are
+     * dropped (its read of a dropped page would bring it back, zero). */
+    rdmig_verifier_stop(dst);
     RdmigZeroMsg z;
     if (!rdmig_zero_decode(f->payload, f->hdr.length, &z, error)) {
         g_prefix_error(error, "DISCARD: ");

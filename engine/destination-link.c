@@ -362,6 +362,7 @@ static bool offer_regions(RdmigDestination *dst, GError **error)
         if ((s->features & RDMIG_FEATURE_VERIFY) && !b->hashes) {
             b->hashes = g_new0(uint64_t, b->npages);
             b->hash_known = rdmig_bitmap_new(b->npages);
+            b->verified = rdmig_bitmap_new(b->npages);
         }
     }
     return rdmig_channel_send(s, RDMIG_MSG_REGIONS, rdmig_regions_encode(regions), error);

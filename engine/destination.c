@@ -35,11 +35,14 @@ RdmigSession *rdmig_destination_new(const RdmigParams *params, GError **error)
         g_free(dst);
         return NULL;
     }
+    g_mutex_init(&dst->verify_lock);
     return &dst->s;
 }
 
 void rdmig_destination_free(RdmigDestination *dst)
 {
+    rdmig_verifier_stop(dst);
+    g_mutex_clear(&dst->verify_lock);
     if (dst->listen_fd >= 0)
         close(dst->listen_fd);
     g_free(dst->listen_address);
@@ -91,6 +94,7 @@ static bool complete(RdmigDestination *dst, GError **error)
         return false;
     gint64 t0 = rdmig_now_us();
     rdmig_destination_stop_pollers(dst);
+    rdmig_verifier_stop(dst);
     /* The source's access to our RAM ends before we check it and before the
      * guest runs over it: its data connections closed, the regions gone. */
     rdmig_dataplane_close_connections(s, true);
@@ -140,6 +144,9 @@ static bool postcopy_prepare(RdmigDestination *dst, GError **error)
         return false;
     }
     rdmig_destination_stop_pollers(dst);
+    /* Before the pager registers guest RAM: a read of a page it must pull
+     * would wait for it. */
+    rdmig_verifier_stop(dst);
     /* Our RAM is no longer the source's to write (the data connections stay:
      * the pager pulls over them). */
     if (!rdmig_dataplane_deregister_blocks(s, error))
@@ -411,9 +418,12 @@ gpointer rdmig_destination_thread(gpointer data)
     if (ok) {
         s->t_active = rdmig_now_us();
         RDMIG_STATS_UPDATE(s, s->stats.setup_time_ms = (uint64_t)(s->t_active - s->t_start) / 1000);
-        ok = rdmig_session_set_state_or_cancelled(s, RDMIG_STATE_SETUP, RDMIG_STATE_ACTIVE, &err) &&
-             receive_resumable(dst, &err);
+        ok = rdmig_session_set_state_or_cancelled(s, RDMIG_STATE_SETUP, RDMIG_STATE_ACTIVE, &err);
+        if (ok && (s->features & RDMIG_FEATURE_VERIFY))
+            rdmig_verifier_start(dst);
+        ok = ok && receive_resumable(dst, &err);
     }
+    rdmig_verifier_stop(dst);
     if (!ok)
         rdmig_session_prefer_peer_words(s, &err);
     rdmig_session_finish(s, ok, err, RDMIG_FINISH_TELL_PEER);

@@ -41,6 +41,13 @@ typedef struct {
     bool postcopy_fresh_hashes; /* after POSTCOPY_START: hashes of needed pages are final */
     uint64_t held_verified;     /* pages held (not pulled) that matched at PREPARE */
     int postcopy_uffd;          /* kept open after a failed postcopy: see pager.c */
+
+    /* precopy verification in the background (verify.c) */
+    GThread *verifier;
+    GAsyncQueue *verify_queue;  /* ranges of fresh hashes to check */
+    GMutex verify_lock;         /* hashes, hash_known and verified of every block */
+    gint verifier_stop;
+    uint64_t verified_background; /* pages checked there (not in the downtime) */
 } RdmigDestination;
 
 static inline RdmigDestination *rdmig_destination(RdmigSession *s)
@@ -102,6 +109,16 @@ bool rdmig_apply_discard(RdmigDestination *dst, const RdmigFrame *f, GError **er
 /** Every page not still to be pulled against the source's hash, on two
  *  threads; the result in @ack.  True when all match. */
 bool rdmig_verify_all(RdmigDestination *dst, RdmigCompleteAck *ack);
+/** The background verifier (precopy): a thread that checks the pages of
+ *  each range of fresh hashes (rdmig_verifier_queue, from apply.c) while
+ *  the next round runs, so that the downtime checks only what changed
+ *  since.  A page that matches gets its `verified` bit, unless a newer hash
+ *  came meanwhile; one that does not (the next round overwrote it, or it is
+ *  wrong) is left for rdmig_verify_all.  Stop joins it; what it has not
+ *  reached stays unverified.  Start and stop: the destination's thread. */
+void rdmig_verifier_start(RdmigDestination *dst);
+void rdmig_verifier_queue(RdmigDestination *dst, guint block, uint64_t first, uint32_t n);
+void rdmig_verifier_stop(RdmigDestination *dst);
 
 /* pager.c (the run), pager-place.c (the aliases) */
 /** Zero copy: a second mapping of each block's memory file, registered with

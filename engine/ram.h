@@ -20,6 +20,9 @@ typedef struct {
     uint64_t *dirty;          /* source: pages still to send */
     uint64_t *hashes;         /* source: hash as last sent; destination: expected hash */
     uint64_t *hash_known;     /* destination: which expected hashes arrived */
+    uint64_t *verified;       /* destination: matched its current hash in the background
+                               * (verify.c); cleared when a new hash comes */
+    uint64_t *round_hashed;   /* source: pages whose hash this round changed */
     RdmigRegion *region;      /* registered with the data transport */
     RdmigRegion *read_region; /* source, postcopy: registered again, readable by the
                                * destination, from the switchover's step 1 */

@@ -41,6 +41,8 @@ static void block_free(RdmigRamBlock *b)
     g_free(b->dirty);
     g_free(b->hashes);
     g_free(b->hash_known);
+    g_free(b->verified);
+    g_free(b->round_hashed);
     g_free(b->needed);
     g_free(b->unrequested);
     g_free(b->received);

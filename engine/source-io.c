@@ -271,8 +271,10 @@ static bool zero_page(RdmigSource *src, RdmigRamBlock *b, ZeroRuns *z, uint64_t 
     rdmig_bitmap_clear(b->dirty, i);
     if (b->sent_unacked)
         rdmig_bitmap_set(b->sent_unacked, i);
-    if (src->s.features & RDMIG_FEATURE_VERIFY)
+    if (src->s.features & RDMIG_FEATURE_VERIFY) {
         b->hashes[i] = b->zero_hash;
+        rdmig_bitmap_set(b->round_hashed, i);
+    }
     if (z->count && z->first + z->count == i) {
         z->count++;
         return true;
@@ -301,6 +303,56 @@ static uint64_t gather_run(RdmigSource *src, RdmigRamBlock *b, uint64_t i)
     return n;
 }
 
+/* HASHES of the pages of round_hashed from position @from to @to (block,
+ * page), which are then cleared. */
+static bool send_hashes_between(RdmigSource *src, guint from_block, uint64_t from_page,
+                                guint to_block, uint64_t to_page, GError **error)
+{
+    RdmigSession *s = &src->s;
+    for (guint bi = from_block; bi <= to_block && bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        uint64_t end = bi == to_block ? MIN(to_page, b->npages) : b->npages;
+        uint64_t i = bi == from_block ? from_page : 0;
+        for (i = rdmig_bitmap_next_set(b->round_hashed, end, i); i < end;) {
+            uint64_t stop = rdmig_bitmap_next_clear(b->round_hashed, end, i);
+            uint32_t n = (uint32_t)MIN(stop - i, (uint64_t)RDMIG_HASHES_PER_MSG);
+            if (!rdmig_channel_send(s, RDMIG_MSG_HASHES,
+                                    rdmig_hashes_encode(bi, i, b->hashes + i, n), error))
+                return false;
+            for (uint64_t p = i; p < i + n; p++)
+                rdmig_bitmap_clear(b->round_hashed, p);
+            i = rdmig_bitmap_next_set(b->round_hashed, end, i + n);
+        }
+    }
+    return true;
+}
+
+/* Mid-round hashes: every chunk of data submitted (twice what can be in
+ * flight), the hashes of the pages submitted before the previous mark go
+ * out.  Those writes have completed, so the destination checks them while
+ * the round goes on, and a long first round is not all left for the
+ * downtime. */
+static bool mark_chunk(RdmigSource *src, guint bi, uint64_t next_page, uint64_t bytes,
+                       GError **error)
+{
+    RdmigSession *s = &src->s;
+    if (!(s->features & RDMIG_FEATURE_VERIFY))
+        return true;
+    src->chunk_bytes += bytes;
+    uint64_t chunk = MAX(64ull << 20, 2ull * src->nreqs * RDMIG_IO_PAGES_MAX * 4096u);
+    if (src->chunk_bytes < chunk)
+        return true;
+    rdmig_hasher_drain(src->hasher);
+    if (!send_hashes_between(src, src->hash_from.block, src->hash_from.page,
+                             src->hash_mark.block, src->hash_mark.page, error))
+        return false;
+    src->hash_from = src->hash_mark;
+    src->hash_mark.block = bi;
+    src->hash_mark.page = next_page;
+    src->chunk_bytes = 0;
+    return true;
+}
+
 /* Block @bi's dirty pages; counts into @sent and @zero. */
 static bool send_block(RdmigSource *src, guint bi, uint64_t *sent, uint64_t *zero,
                        GError **error)
@@ -320,12 +372,15 @@ static bool send_block(RdmigSource *src, guint bi, uint64_t *sent, uint64_t *zer
             i = rdmig_bitmap_next_set(b->dirty, b->npages, i + 1);
         } else {
             uint64_t n = gather_run(src, b, i);
-            if (s->features & RDMIG_FEATURE_VERIFY)
+            if (s->features & RDMIG_FEATURE_VERIFY) {
                 rdmig_hasher_push(src->hasher, b->host + i * b->page_size, b->hashes + i, n,
                                   b->page_size);
+                rdmig_bitmap_set_range(b->round_hashed, i, n);
+            }
             if (b->sent_unacked)
                 rdmig_bitmap_set_range(b->sent_unacked, i, n);
-            ok = submit_run(src, b, i, n, error);
+            ok = submit_run(src, b, i, n, error) &&
+                 mark_chunk(src, bi, i + n, n * b->page_size, error);
             *sent += n;
             RDMIG_STATS_UPDATE(s, s->stats.remaining_bytes -=
                                   MIN(s->stats.remaining_bytes, n * b->page_size));
@@ -342,6 +397,9 @@ bool rdmig_source_send_dirty(RdmigSource *src, GError **error)
 {
     RdmigSession *s = &src->s;
     uint64_t sent = 0, zero = 0;
+    src->hash_from.block = src->hash_mark.block = 0;
+    src->hash_from.page = src->hash_mark.page = 0;
+    src->chunk_bytes = 0;
     for (guint bi = 0; bi < s->blocks->len; bi++)
         if (!send_block(src, bi, &sent, &zero, error))
             return false;
@@ -397,6 +455,25 @@ bool rdmig_source_send_hashes(RdmigSource *src, GError **error)
                 return false;
         }
     }
+    return true;
+}
+
+bool rdmig_source_send_round_hashes(RdmigSource *src, GError **error)
+{
+    RdmigSession *s = &src->s;
+    if (!(s->features & RDMIG_FEATURE_VERIFY))
+        return true;
+    bool all = !src->hashes_all_sent;
+    if (all && !rdmig_source_send_hashes(src, error))
+        return false;
+    if (!all && s->blocks->len &&
+        !send_hashes_between(src, 0, 0, s->blocks->len - 1, UINT64_MAX, error))
+        return false;
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        memset(b->round_hashed, 0, rdmig_bitmap_words(b->npages) * 8);
+    }
+    src->hashes_all_sent = true;
     return true;
 }
 

@@ -60,6 +60,7 @@ static void setup_blocks(RdmigSource *src)
         b->hashes = g_new(uint64_t, b->npages);
         for (uint64_t p = 0; p < b->npages; p++)
             b->hashes[p] = b->zero_hash;
+        b->round_hashed = rdmig_bitmap_new(b->npages);
         if (!src->hasher)
             src->hasher = rdmig_hasher_new();
     }
@@ -127,8 +128,9 @@ static bool stop_and_copy(RdmigSource *src, uint64_t round, GError **error)
         return false;
     src->data_done = true;
     RDMIG_STATS_UPDATE(s, s->stats.data_cpu_us = rdmig_thread_cpu_us() - src->cpu_at_active_us);
-    if (!rdmig_source_send_device_state(src, error) ||
-        ((s->features & RDMIG_FEATURE_VERIFY) && !rdmig_source_send_hashes(src, error)))
+    /* Only the last round's hashes: the destination checked the others as
+     * their rounds ended (verify.c). */
+    if (!rdmig_source_send_device_state(src, error) || !rdmig_source_send_round_hashes(src, error))
         return false;
     src->complete_sent = true;
     if (!rdmig_channel_send(s, RDMIG_MSG_COMPLETE, rdmig_u64_encode(s->stats.pages_total),
@@ -210,6 +212,10 @@ static bool precopy(RdmigSource *src, GError **error)
         gint64 t1 = rdmig_now_us();
         if (src->round_bytes >= BW_MIN_SAMPLE || !r.bandwidth)
             r.bandwidth = (uint64_t)((double)src->round_bytes * 1e6 / (double)MAX(t1 - t0, 1));
+        /* The round is placed there: its hashes, checked there while the
+         * next round runs. */
+        if (!rdmig_source_send_round_hashes(src, error))
+            return false;
         if (!rdmig_dirty_log_sync(src, &r.pending, error))
             return false;
         round_stats(src, &r, t0, t1);
@@ -231,6 +237,8 @@ static bool precopy(RdmigSource *src, GError **error)
 static void precopy_pause(RdmigSource *src, const GError *why)
 {
     rdmig_recovery_pause(&src->s, why, false);
+    /* Hashes in flight may be lost with the link: all go again. */
+    src->hashes_all_sent = false;
     for (uint32_t i = 0; i < src->nreqs; i++)
         src->reqs[i].busy = false;
     src->inflight = 0;

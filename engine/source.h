@@ -48,6 +48,9 @@ typedef struct {
     uint64_t round_bytes;       /* completed in the current round */
     uint64_t total_data_bytes;  /* completed, all rounds */
     uint64_t round_ack;         /* last ROUND_ACK received */
+    bool hashes_all_sent;       /* every page's hash went out since the link came up */
+    struct { guint block; uint64_t page; } hash_from, hash_mark; /* mid-round hashes */
+    uint64_t chunk_bytes;       /* submitted since the last mark */
     uint64_t bw_window_start_us, bw_window_bytes; /* max_bandwidth pacing */
     bool complete_acked;
     RdmigCompleteAck complete_ack;
@@ -110,6 +113,11 @@ bool rdmig_source_send_dirty(RdmigSource *src, GError **error);
 bool rdmig_source_end_round(RdmigSource *src, uint64_t round, GError **error);
 /** HASHES of every page, as last sent (or as final, in postcopy). */
 bool rdmig_source_send_hashes(RdmigSource *src, GError **error);
+/** HASHES of the pages whose hash changed since the last call (all of them
+ *  the first time, and after a precopy resume): sent once a round is
+ *  acknowledged, so that the destination checks them while the next round
+ *  runs (verify.c), and at stop-and-copy for the last round's pages. */
+bool rdmig_source_send_round_hashes(RdmigSource *src, GError **error);
 /** DEVICE_STATE: what the guest's save hook appends (at most a message). */
 bool rdmig_source_send_device_state(RdmigSource *src, GError **error);
 /** Leaves precopy for @to and stops the guest: the downtime begins. */

@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The destination's verification: every page it holds against the hash the
- * source took, on two threads.  A page never touched here counts as zero
- * without being read (reading would allocate it).  Pages still to be pulled
- * (postcopy) are the pager's to check as they arrive.
+ * source took.  In precopy a background thread checks pages as their hashes
+ * arrive, round by round; what it could not match (or had no time for) is
+ * checked at the end, on two threads, with both guests stopped.  A page
+ * never touched here counts as zero without being read (reading would
+ * allocate it).  Pages still to be pulled (postcopy) are the pager's to
+ * check as they arrive.
  */
 #define G_LOG_DOMAIN "rdmig-engine"
 
@@ -39,6 +42,12 @@ static gpointer verify_slice(gpointer data)
         /* Postcopy: pages still to come are checked when they arrive. */
         if (b->needed && rdmig_bitmap_test(b->needed, p))
             continue;
+        /* Matched its current hash in the background, and written by nobody
+         * since (a write comes with a new hash, which clears the bit). */
+        if (b->verified && rdmig_bitmap_test(b->verified, p)) {
+            v->verified++;
+            continue;
+        }
         uint64_t h = rdmig_bitmap_test(resident, p - v->first)
                          ? rdmig_page_hash(b->host + p * b->page_size, b->page_size)
                          : zero_hash;
@@ -89,4 +98,104 @@ bool rdmig_verify_all(RdmigDestination *dst, RdmigCompleteAck *ack)
     }
     g_string_free(list, TRUE);
     return ack->mismatches == 0;
+}
+
+/* ---------------------------------------------------------------- background */
+
+typedef struct {
+    guint block;
+    uint64_t first;
+    uint32_t n;
+    bool stop;
+} VerifyRange;
+
+/* The pages of @r whose hash is known and not yet matched: each hashed and,
+ * if it matches a hash that is still current, marked verified. */
+static void verify_range(RdmigDestination *dst, const VerifyRange *r)
+{
+    RdmigSession *s = &dst->s;
+    RdmigRamBlock *b = s->blocks->pdata[r->block];
+    g_autofree uint64_t *resident = rdmig_bitmap_new(r->n);
+    if (!rdmig_ram_resident(b->host + r->first * b->page_size, (uint64_t)r->n * b->page_size,
+                            b->page_size, resident, NULL))
+        memset(resident, 0xff, rdmig_bitmap_words(r->n) * 8);
+    uint64_t matched = 0;
+    for (uint32_t i = 0; i < r->n && !g_atomic_int_get(&dst->verifier_stop); i++) {
+        uint64_t p = r->first + i;
+        g_mutex_lock(&dst->verify_lock);
+        bool todo = rdmig_bitmap_test(b->hash_known, p) && !rdmig_bitmap_test(b->verified, p);
+        uint64_t want = b->hashes[p];
+        g_mutex_unlock(&dst->verify_lock);
+        if (!todo)
+            continue;
+        /* The next round may be writing this page now: then it does not
+         * match, or matches the old contents, and its new hash (cleared
+         * bit) follows either way. */
+        uint64_t h = rdmig_bitmap_test(resident, i)
+                         ? rdmig_page_hash(b->host + p * b->page_size, b->page_size)
+                         : b->zero_hash;
+        if (h != want)
+            continue;
+        g_mutex_lock(&dst->verify_lock);
+        if (b->hashes[p] == want && rdmig_bitmap_test(b->hash_known, p)) {
+            rdmig_bitmap_set(b->verified, p);
+            matched++;
+        }
+        g_mutex_unlock(&dst->verify_lock);
+    }
+    RDMIG_STATS_UPDATE(s, dst->verified_background += matched);
+}
+
+static gpointer verifier_main(gpointer data)
+{
+    RdmigDestination *dst = data;
+    for (;;) {
+        VerifyRange *r = g_async_queue_pop(dst->verify_queue);
+        bool stop = r->stop;
+        if (!stop)
+            verify_range(dst, r);
+        g_free(r);
+        if (stop)
+            break;
+    }
+    rdmig_session_account_thread_cpu(&dst->s);
+    return NULL;
+}
+
+void rdmig_verifier_start(RdmigDestination *dst)
+{
+    RdmigSession *s = &dst->s;
+    /* The zero hash of every block, for pages never touched here. */
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        g_autofree uint8_t *zero = g_malloc0(b->page_size);
+        b->zero_hash = rdmig_page_hash(zero, b->page_size);
+    }
+    g_atomic_int_set(&dst->verifier_stop, 0);
+    dst->verify_queue = g_async_queue_new_full(g_free);
+    dst->verifier = g_thread_new("rdmig-verify-bg", verifier_main, dst);
+}
+
+void rdmig_verifier_queue(RdmigDestination *dst, guint block, uint64_t first, uint32_t n)
+{
+    if (!dst->verifier || !n)
+        return;
+    VerifyRange *r = g_new0(VerifyRange, 1);
+    *r = (VerifyRange){ .block = block, .first = first, .n = n };
+    g_async_queue_push(dst->verify_queue, r);
+}
+
+void rdmig_verifier_stop(RdmigDestination *dst)
+{
+    if (!dst->verifier)
+        return;
+    g_atomic_int_set(&dst->verifier_stop, 1);
+    VerifyRange *stop = g_new0(VerifyRange, 1);
+    stop->stop = true;
+    g_async_queue_push_front(dst->verify_queue, stop);
+    g_thread_join(dst->verifier);
+    dst->verifier = NULL;
+    g_async_queue_unref(dst->verify_queue); /* what it did not reach is freed */
+    dst->verify_queue = NULL;
+    RDMIG_STATS_UPDATE(&dst->s, dst->s.stats.pages_verified_background = dst->verified_background);
 }

@@ -105,6 +105,7 @@ static void json_migration(JsonBuilder *b, const CliReport *r)
     cli_json_int(b, "pages_untouched", s->pages_untouched);
     cli_json_int(b, "remaining_bytes", s->remaining_bytes);
     cli_json_int(b, "pages_verified", s->pages_verified);
+    cli_json_int(b, "pages_verified_background", s->pages_verified_background);
     cli_json_int(b, "verify_mismatches", s->verify_mismatches);
     cli_json_double(b, "migration_cpu_s", s->cpu_time_us / 1e6);
     cli_json_double(b, "data_cpu_s", s->data_cpu_us / 1e6);
@@ -243,8 +244,9 @@ void cli_report_table(const CliReport *r, FILE *f)
             G_GUINT64_FORMAT " zero, %" G_GUINT64_FORMAT " never touched\n", "pages",
             s->pages_total, s->pages_sent, s->pages_zero, s->pages_untouched);
     if (s->pages_verified || s->verify_mismatches)
-        fprintf(f, "  %-22s %" G_GUINT64_FORMAT " verified, %" G_GUINT64_FORMAT " mismatched\n",
-                "verification", s->pages_verified, s->verify_mismatches);
+        fprintf(f, "  %-22s %" G_GUINT64_FORMAT " verified (%" G_GUINT64_FORMAT " of them before "
+                "the downtime), %" G_GUINT64_FORMAT " mismatched\n", "verification",
+                s->pages_verified, s->pages_verified_background, s->verify_mismatches);
     if (r->guest_checked)
         fprintf(f, "  %-22s %s, %s, %" G_GUINT64_FORMAT " pages checked, %" G_GUINT64_FORMAT
                 " bad\n", "guest", r->guest_running ? "running" : "stopped",

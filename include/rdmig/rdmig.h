@@ -241,6 +241,8 @@ typedef struct {
     char pause_reason[256];       /* why the last pause (or failed recovery) happened */
     char dirty_method[16];        /* tracker in use on the source */
     char error[512];              /* why it failed, "" otherwise */
+    uint64_t pages_verified_background; /* destination: pages matched in precopy, while the
+                                         * guest ran, so not in the downtime */
 } RdmigStats;
 
 /** rdmig_session_new: a session for @role, with @params (NULL: defaults). */
