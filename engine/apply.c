@@ -161,8 +161,10 @@ static bool discard_run(RdmigDestination *dst, RdmigRamBlock *b, uint64_t first,
         /* Checked at PREPARE as held; they count when pulled instead. */
         if (dst->postcopy_prepared && (dst->s.features & RDMIG_FEATURE_VERIFY))
             dst->held_verified -= end - p;
-        for (uint64_t q = p; b->hash_known && q < end; q++)
+        for (uint64_t q = p; b->hash_known && q < end; q++) {
             rdmig_bitmap_clear(b->hash_known, q);
+            rdmig_bitmap_clear(b->verified, q);
+        }
         p = end;
     }
     return true;

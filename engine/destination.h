@@ -47,7 +47,6 @@ typedef struct {
     GAsyncQueue *verify_queue;  /* ranges of fresh hashes to check */
     GMutex verify_lock;         /* hashes, hash_known and verified of every block */
     gint verifier_stop;
-    uint64_t verified_background; /* pages checked there (not in the downtime) */
 } RdmigDestination;
 
 static inline RdmigDestination *rdmig_destination(RdmigSession *s)

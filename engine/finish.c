@@ -35,11 +35,13 @@ void rdmig_session_finish(RdmigSession *s, bool ok, GError *err, RdmigFinishFlag
     }
     if (flags & RDMIG_FINISH_TELL_PEER)
         rdmig_channel_send_error(s, err); /* not if the peer told us: see channel.c */
-    if (!(flags & RDMIG_FINISH_NOT_CANCELLED) &&
-        g_error_matches(err, RDMIG_ERROR, RDMIG_ERROR_CANCELLED) &&
-        rdmig_session_set_state(s, st, RDMIG_STATE_CANCELLING))
+    bool cancelled = !(flags & RDMIG_FINISH_NOT_CANCELLED) &&
+                     g_error_matches(err, RDMIG_ERROR, RDMIG_ERROR_CANCELLED);
+    /* The reason is on record before the state says failed: whoever sees
+     * the state (QEMU's query-migrate, a monitor) finds the reason with it. */
+    rdmig_session_take_error(s, err);
+    if (cancelled && rdmig_session_set_state(s, st, RDMIG_STATE_CANCELLING))
         rdmig_session_set_state(s, RDMIG_STATE_CANCELLING, RDMIG_STATE_CANCELLED);
     else
         rdmig_session_set_state(s, st, RDMIG_STATE_FAILED);
-    rdmig_session_take_error(s, err);
 }

@@ -329,21 +329,28 @@ static bool send_hashes_between(RdmigSource *src, guint from_block, uint64_t fro
 
 /* Mid-round hashes: every chunk of data submitted (twice what can be in
  * flight), the hashes of the pages submitted before the previous mark go
- * out.  Those writes have completed, so the destination checks them while
+ * out.  Those writes have almost always completed (a connection far behind
+ * the others can hold one longer: its pages then miss in the background
+ * and are checked in the downtime), so the destination checks them while
  * the round goes on, and a long first round is not all left for the
- * downtime. */
-static bool mark_chunk(RdmigSource *src, guint bi, uint64_t next_page, uint64_t bytes,
-                       GError **error)
+ * downtime.  The zero runs gathered so far go first, so that a zeroed
+ * page's hash does not overtake its ZERO. */
+static bool mark_chunk(RdmigSource *src, ZeroRuns *z, guint bi, uint64_t next_page,
+                       uint64_t bytes, GError **error)
 {
     RdmigSession *s = &src->s;
     if (!(s->features & RDMIG_FEATURE_VERIFY))
         return true;
     src->chunk_bytes += bytes;
-    uint64_t chunk = MAX(64ull << 20, 2ull * src->nreqs * RDMIG_IO_PAGES_MAX * 4096u);
+    uint64_t per_req = RDMIG_IO_PAGES_MAX * 4096u; /* gather_run's bound, or one large page */
+    for (guint i = 0; i < s->blocks->len; i++)
+        per_req = MAX(per_req, ((RdmigRamBlock *)s->blocks->pdata[i])->page_size);
+    uint64_t chunk = MAX(64ull << 20, 2ull * src->nreqs * per_req);
     if (src->chunk_bytes < chunk)
         return true;
     rdmig_hasher_drain(src->hasher);
-    if (!send_hashes_between(src, src->hash_from.block, src->hash_from.page,
+    if (!zero_close_run(src, z, error) || !zero_flush(src, z, error) ||
+        !send_hashes_between(src, src->hash_from.block, src->hash_from.page,
                              src->hash_mark.block, src->hash_mark.page, error))
         return false;
     src->hash_from = src->hash_mark;
@@ -380,7 +387,7 @@ static bool send_block(RdmigSource *src, guint bi, uint64_t *sent, uint64_t *zer
             if (b->sent_unacked)
                 rdmig_bitmap_set_range(b->sent_unacked, i, n);
             ok = submit_run(src, b, i, n, error) &&
-                 mark_chunk(src, bi, i + n, n * b->page_size, error);
+                 mark_chunk(src, &z, bi, i + n, n * b->page_size, error);
             *sent += n;
             RDMIG_STATS_UPDATE(s, s->stats.remaining_bytes -=
                                   MIN(s->stats.remaining_bytes, n * b->page_size));

@@ -119,7 +119,6 @@ static void verify_range(RdmigDestination *dst, const VerifyRange *r)
     if (!rdmig_ram_resident(b->host + r->first * b->page_size, (uint64_t)r->n * b->page_size,
                             b->page_size, resident, NULL))
         memset(resident, 0xff, rdmig_bitmap_words(r->n) * 8);
-    uint64_t matched = 0;
     for (uint32_t i = 0; i < r->n && !g_atomic_int_get(&dst->verifier_stop); i++) {
         uint64_t p = r->first + i;
         g_mutex_lock(&dst->verify_lock);
@@ -137,13 +136,10 @@ static void verify_range(RdmigDestination *dst, const VerifyRange *r)
         if (h != want)
             continue;
         g_mutex_lock(&dst->verify_lock);
-        if (b->hashes[p] == want && rdmig_bitmap_test(b->hash_known, p)) {
+        if (b->hashes[p] == want && rdmig_bitmap_test(b->hash_known, p))
             rdmig_bitmap_set(b->verified, p);
-            matched++;
-        }
         g_mutex_unlock(&dst->verify_lock);
     }
-    RDMIG_STATS_UPDATE(s, dst->verified_background += matched);
 }
 
 static gpointer verifier_main(gpointer data)
@@ -197,5 +193,13 @@ void rdmig_verifier_stop(RdmigDestination *dst)
     dst->verifier = NULL;
     g_async_queue_unref(dst->verify_queue); /* what it did not reach is freed */
     dst->verify_queue = NULL;
-    RDMIG_STATS_UPDATE(&dst->s, dst->s.stats.pages_verified_background = dst->verified_background);
+    /* The pages that stand matched now: the downtime does not read them. */
+    RdmigSession *s = &dst->s;
+    uint64_t held = 0;
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        for (size_t w = 0; b->verified && w < rdmig_bitmap_words(b->npages); w++)
+            held += (uint64_t)__builtin_popcountll(b->verified[w]);
+    }
+    RDMIG_STATS_UPDATE(s, s->stats.pages_verified_background = held);
 }
