@@ -342,11 +342,7 @@ static bool mark_chunk(RdmigSource *src, ZeroRuns *z, guint bi, uint64_t next_pa
     if (!(s->features & RDMIG_FEATURE_VERIFY))
         return true;
     src->chunk_bytes += bytes;
-    uint64_t per_req = RDMIG_IO_PAGES_MAX * 4096u; /* gather_run's bound, or one large page */
-    for (guint i = 0; i < s->blocks->len; i++)
-        per_req = MAX(per_req, ((RdmigRamBlock *)s->blocks->pdata[i])->page_size);
-    uint64_t chunk = MAX(64ull << 20, 2ull * src->nreqs * per_req);
-    if (src->chunk_bytes < chunk)
+    if (src->chunk_bytes < src->chunk_limit)
         return true;
     rdmig_hasher_drain(src->hasher);
     if (!zero_close_run(src, z, error) || !zero_flush(src, z, error) ||
@@ -407,6 +403,12 @@ bool rdmig_source_send_dirty(RdmigSource *src, GError **error)
     src->hash_from.block = src->hash_mark.block = 0;
     src->hash_from.page = src->hash_mark.page = 0;
     src->chunk_bytes = 0;
+    /* Twice what can be in flight: a request is at most gather_run's bound,
+     * or one large page. */
+    uint64_t per_req = RDMIG_IO_PAGES_MAX * 4096u;
+    for (guint bi = 0; bi < s->blocks->len; bi++)
+        per_req = MAX(per_req, ((RdmigRamBlock *)s->blocks->pdata[bi])->page_size);
+    src->chunk_limit = MAX(64ull << 20, 2ull * src->nreqs * per_req);
     for (guint bi = 0; bi < s->blocks->len; bi++)
         if (!send_block(src, bi, &sent, &zero, error))
             return false;

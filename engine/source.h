@@ -51,6 +51,7 @@ typedef struct {
     bool hashes_all_sent;       /* every page's hash went out since the link came up */
     struct { guint block; uint64_t page; } hash_from, hash_mark; /* mid-round hashes */
     uint64_t chunk_bytes;       /* submitted since the last mark */
+    uint64_t chunk_limit;       /* ... when the next mark is due (set per round) */
     uint64_t bw_window_start_us, bw_window_bytes; /* max_bandwidth pacing */
     bool complete_acked;
     RdmigCompleteAck complete_ack;

@@ -122,10 +122,11 @@ static void verify_range(RdmigDestination *dst, const VerifyRange *r)
     for (uint32_t i = 0; i < r->n && !g_atomic_int_get(&dst->verifier_stop); i++) {
         uint64_t p = r->first + i;
         g_mutex_lock(&dst->verify_lock);
-        bool todo = rdmig_bitmap_test(b->hash_known, p) && !rdmig_bitmap_test(b->verified, p);
+        bool unchecked =
+            rdmig_bitmap_test(b->hash_known, p) && !rdmig_bitmap_test(b->verified, p);
         uint64_t want = b->hashes[p];
         g_mutex_unlock(&dst->verify_lock);
-        if (!todo)
+        if (!unchecked)
             continue;
         /* The next round may be writing this page now: then it does not
          * match, or matches the old contents, and its new hash (cleared

@@ -41,11 +41,6 @@
 
 /* Errors of this file; the domain is local, the tools are not the library. */
 #define SG_ERROR (sg_error_quark())
-typedef enum {
-    SG_ERROR_INVALID,      /* bad configuration or call */
-    SG_ERROR_RESOURCE,     /* memfd, mmap or thread creation failed */
-    SG_ERROR_DEVICE_STATE, /* device-state blob malformed or for another guest */
-} SgErrorCode;
 
 static G_DEFINE_QUARK(sg-error-quark, sg_error)
 

@@ -25,6 +25,14 @@
 /* Word 0 of a written page is SG_MAGIC ^ page index ("RDMIGPAG"). */
 #define SG_MAGIC UINT64_C(0x52444d4947504147)
 
+/* The codes of this guest's errors (domain "sg-error-quark"), so that
+ * callers and tests tell them apart without reading the text. */
+typedef enum {
+    SG_ERROR_INVALID,      /* bad configuration or call */
+    SG_ERROR_RESOURCE,     /* memfd, mmap or thread creation failed */
+    SG_ERROR_DEVICE_STATE, /* device-state blob malformed or for another guest */
+} SgErrorCode;
+
 typedef enum {
     SG_PATTERN_UNIFORM, /* every page equally likely */
     SG_PATTERN_HOTSET,  /* 90% of writes go to the first 10% of pages */

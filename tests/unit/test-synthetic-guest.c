@@ -501,7 +501,7 @@ static void test_reader(void)
 
     cfg.reader_pages = cfg.ram_size / cfg.page_size;
     g_assert_null(sg_new(&cfg, &err));
-    g_assert_nonnull(strstr(err->message, "reader_pages"));
+    g_assert_error(err, sg_test_quark(), SG_ERROR_INVALID);
 }
 
 /* More vCPUs than pages: vCPUs without pages idle. */
