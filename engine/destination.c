@@ -248,7 +248,9 @@ static bool round_end(RdmigDestination *dst, const RdmigFrame *f, GError **error
         return false;
     dst->round_applied = round;
     RDMIG_STATS_UPDATE(s, s->stats.rounds = round);
-    return rdmig_channel_send(s, RDMIG_MSG_ROUND_ACK, rdmig_u64_encode(round), error);
+    RdmigRoundAck ack = { .round = round };
+    rdmig_verifier_backlog(dst, &ack);
+    return rdmig_channel_send(s, RDMIG_MSG_ROUND_ACK, rdmig_round_ack_encode(&ack), error);
 }
 
 static void device_state(RdmigDestination *dst, const RdmigFrame *f)

@@ -47,6 +47,7 @@ typedef struct {
     GAsyncQueue *verify_queue;  /* ranges of fresh hashes to check */
     GMutex verify_lock;         /* hashes, hash_known and verified of every block */
     gint verifier_stop;
+    guint64 verifier_pages, verifier_us; /* its measured pace (atomic) */
 } RdmigDestination;
 
 static inline RdmigDestination *rdmig_destination(RdmigSession *s)
@@ -118,6 +119,11 @@ bool rdmig_verify_all(RdmigDestination *dst, RdmigCompleteAck *ack);
 void rdmig_verifier_start(RdmigDestination *dst);
 void rdmig_verifier_queue(RdmigDestination *dst, guint block, uint64_t first, uint32_t n);
 void rdmig_verifier_stop(RdmigDestination *dst);
+/** What rdmig_verify_all would still have to check now, and how long that
+ *  would take at the pace the background verifier measured (into @ack's
+ *  backlog fields; none when not verifying): the source's switchover
+ *  estimate counts it. */
+void rdmig_verifier_backlog(RdmigDestination *dst, RdmigRoundAck *ack);
 
 /* pager.c (the run), pager-place.c (the aliases) */
 /** Zero copy: a second mapping of each block's memory file, registered with

@@ -81,7 +81,10 @@ static bool handle_message(RdmigSource *src, const RdmigFrame *f, GError **error
     RdmigMsgType t = f->hdr.type;
     switch (f->hdr.type) {
     case RDMIG_MSG_ROUND_ACK:
-        return rdmig_u64_decode(f->payload, f->hdr.length, &src->round_ack, "ROUND_ACK", error);
+        if (!rdmig_round_ack_decode(f->payload, f->hdr.length, &src->last_ack, error))
+            return false;
+        src->round_ack = src->last_ack.round;
+        return true;
     case RDMIG_MSG_POSTCOPY_PREPARED:
         if (!in_phase(src->postcopy_prepare_sent && !src->postcopy_prepared, t,
                       "POSTCOPY_PREPARE (or twice)", error))

@@ -5,9 +5,9 @@
  * Rounds: send every dirty page, wait until all of the round's writes have
  * completed (= placed in the destination's RAM), announce the round's end
  * and wait for its acknowledgement, sync the dirty log, then decide: switch
- * over when the pending bytes fit in bandwidth x downtime limit, where
- * bandwidth is measured from completed bytes; go to postcopy when it is
- * due; give up (or force the switchover) past the limits.  Switchover stops
+ * over when everything the guest would wait for fits in the downtime limit
+ * (the expected downtime below: each part measured); go to postcopy when it
+ * is due; give up (or force the switchover) past the limits.  Switchover stops
  * the guest, syncs once more, sends the rest, the device state and the page
  * hashes, and completes only when the destination says it verified and runs
  * the guest.  Any failure before that resumes the guest here, untouched.
@@ -25,6 +25,10 @@
 
 /* Below this many bytes a round is too short to measure bandwidth by. */
 #define BW_MIN_SAMPLE (4u << 20)
+
+/* Waits for the destination's background verification before a switchover
+ * (see wait_for_verification), at most this many per migration. */
+#define VERIFY_WAITS_MAX 8
 
 RdmigSession *rdmig_source_new(const RdmigParams *params, GError **error)
 {
@@ -141,18 +145,65 @@ static bool stop_and_copy(RdmigSource *src, uint64_t round, GError **error)
     return rdmig_source_take_complete_ack(src, error);
 }
 
-/* A round's figures, taken after its dirty sync. */
+/* A round's figures, taken after its dirty sync.  The expected downtime is
+ * the sum of what the switchover does with the guest stopped, each part as
+ * measured in this round: the dirty sync; sending the pending bytes at the
+ * round's bandwidth; the round-end barrier and the completion, each a round
+ * trip plus the destination's work (the barrier as this round's took); and
+ * the destination's verification of what it has not checked yet plus the
+ * pending pages, at the pace its background verifier measured (ROUND_ACK). */
 typedef struct {
     uint64_t round, bandwidth, pending, expected_ms;
+    uint64_t sync_us, barrier_us, transfer_us, verify_us, expected_us;
     gint64 elapsed_ms;
 } RoundEnd;
+
+static void expect_downtime(RdmigSource *src, RoundEnd *r)
+{
+    RdmigSession *s = &src->s;
+    const RdmigRoundAck *a = &src->last_ack;
+    uint64_t page = ((RdmigRamBlock *)s->blocks->pdata[0])->page_size;
+    r->transfer_us = r->bandwidth ? (uint64_t)((double)r->pending * 1e6 / (double)r->bandwidth)
+                                  : G_MAXUINT32 * 1000ull;
+    r->verify_us = 0;
+    if ((s->features & RDMIG_FEATURE_VERIFY) && a->has_backlog && a->unverified_pages) {
+        double per_page = (double)a->verify_us / (double)a->unverified_pages;
+        r->verify_us = a->verify_us + (uint64_t)(per_page * (double)(r->pending / page));
+    }
+    r->expected_us = r->sync_us + r->transfer_us + 2 * r->barrier_us + r->verify_us;
+    r->expected_ms = r->expected_us / 1000;
+}
+
+/* The destination has more to verify than everything else the switchover
+ * would take: give its background verifier that long (the guest runs on
+ * here), then do another round, rather than verify with the guest stopped.
+ * Returns 1 when it waited, 0 when not, -1 on error (cancelled, link). */
+static int wait_for_verification(RdmigSource *src, const RoundEnd *r, GError **error)
+{
+    const RdmigParams *p = &src->s.params;
+    uint64_t rest = r->expected_us - r->verify_us;
+    if (src->verify_waits >= VERIFY_WAITS_MAX || r->round >= p->max_rounds ||
+        r->verify_us <= rest ||
+        r->verify_us < (uint64_t)p->downtime_limit_ms * 100 || rest > p->downtime_limit_ms * 1000ull)
+        return 0;
+    src->verify_waits++;
+    uint64_t ms = MIN(r->verify_us / 1000 + 1, 1000u);
+    g_debug("round %" G_GUINT64_FORMAT ": the destination has %" G_GUINT64_FORMAT " ms of "
+            "verification left, the rest of the switchover %" G_GUINT64_FORMAT " ms: waiting %"
+            G_GUINT64_FORMAT " ms", r->round, r->verify_us / 1000, rest / 1000, ms);
+    gint64 until = rdmig_now_us() + (gint64)ms * 1000;
+    for (gint64 now = rdmig_now_us(); now < until; now = rdmig_now_us())
+        if (!rdmig_source_wait_events(src, (int)((until - now + 999) / 1000), error))
+            return -1;
+    return 1;
+}
 
 static void round_stats(RdmigSource *src, RoundEnd *r, gint64 t0, gint64 t1)
 {
     RdmigSession *s = &src->s;
     gint64 t2 = rdmig_now_us();
     uint64_t page = ((RdmigRamBlock *)s->blocks->pdata[0])->page_size;
-    r->expected_ms = r->bandwidth ? r->pending * 1000 / r->bandwidth : G_MAXUINT32;
+    expect_downtime(src, r);
     r->elapsed_ms = (t2 - s->t_active) / 1000;
     RDMIG_STATS_UPDATE(s, {
         if (r->round == 1)
@@ -166,8 +217,11 @@ static void round_stats(RdmigSource *src, RoundEnd *r, gint64 t0, gint64 t1)
                                          (double)MAX(t2 - s->t_active, 1));
     });
     g_debug("round %" G_GUINT64_FORMAT ": %" G_GUINT64_FORMAT " bytes in %" G_GINT64_FORMAT
-            " us, pending %" G_GUINT64_FORMAT ", bandwidth %" G_GUINT64_FORMAT " B/s",
-            r->round, src->round_bytes, t1 - t0, r->pending, r->bandwidth);
+            " us, pending %" G_GUINT64_FORMAT ", bandwidth %" G_GUINT64_FORMAT " B/s; expected "
+            "downtime %" G_GUINT64_FORMAT " us = sync %" G_GUINT64_FORMAT " + transfer %"
+            G_GUINT64_FORMAT " + 2 x barrier %" G_GUINT64_FORMAT " + verify %" G_GUINT64_FORMAT,
+            r->round, src->round_bytes, t1 - t0, r->pending, r->bandwidth, r->expected_us,
+            r->sync_us, r->transfer_us, r->barrier_us, r->verify_us);
 }
 
 /* Past max_rounds or max_precopy_ms: postcopy or a forced switchover if the
@@ -207,22 +261,34 @@ static bool precopy(RdmigSource *src, GError **error)
         gint64 t0 = rdmig_now_us();
         src->round_bytes = 0;
         RDMIG_STATS_UPDATE(s, s->stats.rounds = r.round);
-        if (!rdmig_source_send_dirty(src, error) || !rdmig_source_end_round(src, r.round, error))
+        if (!rdmig_source_send_dirty(src, error))
+            return false;
+        gint64 t_sent = rdmig_now_us();
+        if (!rdmig_source_end_round(src, r.round, error))
             return false;
         gint64 t1 = rdmig_now_us();
+        r.barrier_us = (uint64_t)(t1 - t_sent);
+        /* The data's own pace: the barrier is counted apart. */
         if (src->round_bytes >= BW_MIN_SAMPLE || !r.bandwidth)
-            r.bandwidth = (uint64_t)((double)src->round_bytes * 1e6 / (double)MAX(t1 - t0, 1));
+            r.bandwidth = (uint64_t)((double)src->round_bytes * 1e6 / (double)MAX(t_sent - t0, 1));
         /* The round is placed there: its hashes, checked there while the
          * next round runs. */
         if (!rdmig_source_send_round_hashes(src, error))
             return false;
+        gint64 t_sync = rdmig_now_us();
         if (!rdmig_dirty_log_sync(src, &r.pending, error))
             return false;
+        r.sync_us = (uint64_t)(rdmig_now_us() - t_sync);
         round_stats(src, &r, t0, t1);
-        if (r.pending <= r.bandwidth * s->params.downtime_limit_ms / 1000)
+        int waited = wait_for_verification(src, &r, error);
+        if (waited < 0)
+            return false;
+        if (!waited && r.expected_us <= s->params.downtime_limit_ms * 1000ull)
             return stop_and_copy(src, r.round + 1, error);
         if (rdmig_source_postcopy_due(src, r.round, r.elapsed_ms))
             return rdmig_source_postcopy(src, r.round + 1, error);
+        if (waited)
+            continue; /* no failed round: the next one decides */
         bool out_of_rounds = r.round >= s->params.max_rounds;
         if (out_of_rounds ||
             (s->params.max_precopy_ms && r.elapsed_ms >= s->params.max_precopy_ms))

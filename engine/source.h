@@ -48,6 +48,8 @@ typedef struct {
     uint64_t round_bytes;       /* completed in the current round */
     uint64_t total_data_bytes;  /* completed, all rounds */
     uint64_t round_ack;         /* last ROUND_ACK received */
+    RdmigRoundAck last_ack;     /* ... with the destination's verification backlog */
+    uint32_t verify_waits;      /* switchovers put off for its background verification */
     bool hashes_all_sent;       /* every page's hash went out since the link came up */
     struct { guint block; uint64_t page; } hash_from, hash_mark; /* mid-round hashes */
     uint64_t chunk_bytes;       /* submitted since the last mark */

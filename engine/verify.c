@@ -65,8 +65,11 @@ static gpointer verify_slice(gpointer data)
     return NULL;
 }
 
-/* Checks every page against the source's hash, on two threads: this runs
- * while the guest is stopped on both sides. */
+/* rdmig_verify_all's threads: it runs while the guest is stopped on both
+ * sides, so each has a core of this two-core kind of host to itself. */
+#define VERIFY_THREADS 2
+
+/* Checks every page against the source's hash, on VERIFY_THREADS threads. */
 bool rdmig_verify_all(RdmigDestination *dst, RdmigCompleteAck *ack)
 {
     RdmigSession *s = &dst->s;
@@ -74,6 +77,7 @@ bool rdmig_verify_all(RdmigDestination *dst, RdmigCompleteAck *ack)
     GString *list = g_string_new(NULL);
     for (guint bi = 0; bi < s->blocks->len; bi++) {
         RdmigRamBlock *b = s->blocks->pdata[bi];
+        G_STATIC_ASSERT(VERIFY_THREADS == 2);
         VerifySlice v[2] = { { s, bi, 0, b->npages / 2, 0, 0, { 0 }, false },
                              { s, bi, b->npages / 2, b->npages, 0, 0, { 0 }, true } };
         GThread *t = g_thread_new("rdmig-verify", verify_slice, &v[1]);
@@ -119,6 +123,8 @@ static void verify_range(RdmigDestination *dst, const VerifyRange *r)
     if (!rdmig_ram_resident(b->host + r->first * b->page_size, (uint64_t)r->n * b->page_size,
                             b->page_size, resident, NULL))
         memset(resident, 0xff, rdmig_bitmap_words(r->n) * 8);
+    gint64 t0 = rdmig_now_us();
+    uint64_t examined = 0;
     for (uint32_t i = 0; i < r->n && !g_atomic_int_get(&dst->verifier_stop); i++) {
         uint64_t p = r->first + i;
         g_mutex_lock(&dst->verify_lock);
@@ -128,6 +134,7 @@ static void verify_range(RdmigDestination *dst, const VerifyRange *r)
         g_mutex_unlock(&dst->verify_lock);
         if (!unchecked)
             continue;
+        examined++;
         /* The next round may be writing this page now: then it does not
          * match, or matches the old contents, and its new hash (cleared
          * bit) follows either way. */
@@ -141,6 +148,8 @@ static void verify_range(RdmigDestination *dst, const VerifyRange *r)
             rdmig_bitmap_set(b->verified, p);
         g_mutex_unlock(&dst->verify_lock);
     }
+    __atomic_fetch_add(&dst->verifier_pages, examined, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&dst->verifier_us, (guint64)(rdmig_now_us() - t0), __ATOMIC_RELAXED);
 }
 
 static gpointer verifier_main(gpointer data)
@@ -203,4 +212,61 @@ void rdmig_verifier_stop(RdmigDestination *dst)
             held += (uint64_t)__builtin_popcountll(b->verified[w]);
     }
     RDMIG_STATS_UPDATE(s, s->stats.pages_verified_background = held);
+}
+
+/* Before the background verifier has checked anything (round 1's hashes come
+ * after its ROUND_ACK): its pace taken on a few pages this side holds, as
+ * the verifier's first measurement.  Non-resident pages cost next to
+ * nothing, so this errs long: the source waits a little, and the next
+ * ROUND_ACK brings the verifier's own figure. */
+static void measure_pace(RdmigDestination *dst)
+{
+    RdmigSession *s = &dst->s;
+    enum { WINDOW = 4096, SAMPLE = 64 };
+    uint64_t hashed = 0, sink = 0;
+    gint64 t0 = rdmig_now_us();
+    for (guint bi = 0; bi < s->blocks->len && hashed < SAMPLE; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        uint64_t n = MIN(b->npages, (uint64_t)WINDOW);
+        g_autofree uint64_t *resident = rdmig_bitmap_new(n);
+        if (!rdmig_ram_resident(b->host, n * b->page_size, b->page_size, resident, NULL))
+            continue;
+        for (uint64_t p = rdmig_bitmap_next_set(resident, n, 0); p < n && hashed < SAMPLE;
+             p = rdmig_bitmap_next_set(resident, n, p + 1), hashed++)
+            sink ^= rdmig_page_hash(b->host + p * b->page_size, b->page_size);
+    }
+    if (!hashed)
+        return;
+    g_debug("verification pace sampled on %" G_GUINT64_FORMAT " pages (%" G_GINT64_FORMAT
+            " us; %" G_GINT64_MODIFIER "x)", hashed, rdmig_now_us() - t0, sink);
+    __atomic_fetch_add(&dst->verifier_pages, hashed, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&dst->verifier_us, (guint64)MAX(rdmig_now_us() - t0, 1), __ATOMIC_RELAXED);
+}
+
+void rdmig_verifier_backlog(RdmigDestination *dst, RdmigRoundAck *ack)
+{
+    RdmigSession *s = &dst->s;
+    if (!dst->verifier)
+        return;
+    uint64_t unverified = 0;
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        uint64_t held = 0;
+        g_mutex_lock(&dst->verify_lock);
+        for (size_t w = 0; b->verified && w < rdmig_bitmap_words(b->npages); w++)
+            held += (uint64_t)__builtin_popcountll(b->verified[w]);
+        g_mutex_unlock(&dst->verify_lock);
+        unverified += b->npages - held;
+    }
+    /* Pages never touched here count at the same average as the ones the
+     * verifier met: they are the same mix of resident and not. */
+    if (unverified && !__atomic_load_n(&dst->verifier_pages, __ATOMIC_RELAXED))
+        measure_pace(dst);
+    uint64_t pages = __atomic_load_n(&dst->verifier_pages, __ATOMIC_RELAXED);
+    uint64_t us = __atomic_load_n(&dst->verifier_us, __ATOMIC_RELAXED);
+    ack->has_backlog = true;
+    ack->unverified_pages = unverified;
+    ack->verify_us = pages ? (uint64_t)((double)unverified * (double)us / (double)pages /
+                                        VERIFY_THREADS)
+                           : 0;
 }

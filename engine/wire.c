@@ -363,6 +363,29 @@ bool rdmig_complete_ack_decode(const uint8_t *p, size_t len, RdmigCompleteAck *a
     return rend(&rd);
 }
 
+GByteArray *rdmig_round_ack_encode(const RdmigRoundAck *a)
+{
+    GByteArray *b = g_byte_array_sized_new(24);
+    w64(b, a->round);
+    if (a->has_backlog) {
+        w64(b, a->unverified_pages);
+        w64(b, a->verify_us);
+    }
+    return b;
+}
+
+bool rdmig_round_ack_decode(const uint8_t *p, size_t len, RdmigRoundAck *a, GError **error)
+{
+    READER("ROUND_ACK");
+    *a = (RdmigRoundAck){ .round = r64(&rd, "round") };
+    if (len > 8) {
+        a->has_backlog = true;
+        a->unverified_pages = r64(&rd, "unverified pages");
+        a->verify_us = r64(&rd, "verification time");
+    }
+    return rend(&rd);
+}
+
 /* ------------------------------------------------------------ ZERO */
 
 GByteArray *rdmig_zero_begin(uint32_t block)

@@ -130,6 +130,19 @@ bool rdmig_error_decode(const uint8_t *p, size_t len, RdmigWireError *e, GError 
 GByteArray *rdmig_complete_ack_encode(const RdmigCompleteAck *a);
 bool rdmig_complete_ack_decode(const uint8_t *p, size_t len, RdmigCompleteAck *a, GError **error);
 
+/* ROUND_ACK: u64 round, then (optional, both or neither) what the
+ * destination still has to verify and how long that would take it with
+ * both guests stopped: the source's switchover estimate counts it. */
+typedef struct {
+    uint64_t round;
+    uint64_t unverified_pages;
+    uint64_t verify_us;
+    bool has_backlog; /* the two fields above were sent */
+} RdmigRoundAck;
+
+GByteArray *rdmig_round_ack_encode(const RdmigRoundAck *a);
+bool rdmig_round_ack_decode(const uint8_t *p, size_t len, RdmigRoundAck *a, GError **error);
+
 /* ZERO: u32 block, u32 n, then n x (u64 first page, u32 count). */
 typedef struct {
     uint32_t block;

@@ -82,7 +82,7 @@ RDMIG_API const char *rdmig_dirty_method_str(RdmigDirtyMethod method);
 
 /* Tunables. Initialise with rdmig_params_init(), then change what you need. */
 typedef struct {
-    uint32_t downtime_limit_ms;   /* switchover when pending <= bandwidth x this; default 300 */
+    uint32_t downtime_limit_ms;   /* switchover when the expected downtime fits; default 300 */
     uint64_t max_bandwidth;       /* bytes/s the source may send, 0 = unlimited (default) */
     uint32_t max_rounds;          /* precopy rounds before giving up; default 30 */
     uint32_t max_precopy_ms;      /* precopy time before giving up, 0 = no limit (default) */
@@ -192,7 +192,7 @@ typedef struct {
     uint64_t total_time_ms;       /* start -> now, or -> end */
     uint64_t setup_time_ms;       /* start -> first round */
     uint64_t downtime_ms;         /* guest stopped on the source -> running on the destination */
-    uint64_t expected_downtime_ms;/* pending bytes / bandwidth, last decision */
+    uint64_t expected_downtime_ms;/* sync+transfer+round trips+verify, last decision */
     uint64_t verify_time_ms;      /* part of downtime spent hashing (destination) */
     uint64_t rounds;              /* precopy rounds begun */
     uint64_t dirty_sync_count;

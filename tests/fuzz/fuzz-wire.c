@@ -86,6 +86,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case 8: {
         uint64_t v;
         rdmig_u64_decode(p, len, &v, "ROUND_END", &err);
+        RdmigRoundAck a;
+        g_clear_error(&err);
+        rdmig_round_ack_decode(p, len, &a, &err);
         break;
     }
     default: {

@@ -209,6 +209,27 @@ class FakeDest(harness.RdmigTestCase):
         src, ctx = self.out_of_turn("round_end", harness.MSG_ROUND_ACK, struct.pack(">Q", 42))
         self.assertIn("42", src["error"], ctx)
 
+    def test_verification_backlog_counted(self):
+        """Every ROUND_ACK says the destination still has 10 s of
+        verification to do: the source counts that in its expected downtime,
+        waits for it with the guest running, never switches over, and past
+        --max-rounds fails to converge, naming the estimate (the old rule,
+        pending <= bandwidth x limit, switched over after round 1)."""
+        def script(e, fake):
+            if e != "round_end":
+                return False
+            rnd = int(fake.events[-1].split()[-1])
+            fake.send(harness.MSG_ROUND_ACK, struct.pack(">QQQ", rnd, 100000, 10 * 1000000))
+            return True
+        fake = FakeDestination(script)
+        rc, src, ctx = self.run_source(fake, "--max-rounds", "3", timeout=60)
+        self.assert_failed_safely(rc, src, ctx)
+        self.assertEqual(src["error_code"], "converge", ctx)
+        self.assertRegex(src["error"], r"expected downtime 1\d{4} ms > limit 300 ms", ctx)
+        self.assertNotIn("complete", fake.events, ctx)
+        rounds = [e for e in fake.events if e.startswith("round_end")]
+        self.assertEqual(len(rounds), 3, ctx)
+
     def test_required_feature_not_enabled(self):
         """HELLO_ACK enables less than the source requires: a destination
         must not switch verification off."""

@@ -58,6 +58,20 @@ class Background(harness.RdmigTestCase):
         self.assertEqual(dst["pages_verified"], dst["pages_total"], ctx)
         self.assertGreater(dst["pages_verified_background"], 0, ctx)
 
+    def test_idle_guest_waits_for_the_verifier(self):
+        """An idle guest: nothing is left to send after round 1, but the
+        destination has yet to check most of what it got.  The source waits
+        for its background verifier (the guest running) rather than have it
+        check with both guests stopped: at the switchover at most a tenth of
+        the downtime limit's worth is left (or what the rest of the
+        switchover costs), here well under half the pages."""
+        guest = ["--ram-size", "128M", "--dirty-rate", "0"]
+        src, dst = self.migrate(guest=guest, send_args=["--downtime-ms", "50"], timeout=120)
+        ctx = "\n%s\n%s" % (src, dst)
+        self.assertEqual(dst["pages_verified"], dst["pages_total"], ctx)
+        self.assertGreater(dst["pages_verified_background"], dst["pages_total"] // 2, ctx)
+        self.assertGreater(src["rounds"], 2, "the source did not wait" + ctx)
+
 
 class PulledTampered(harness.RdmigTestCase):
     """Postcopy checks each pulled page against the source's final hash as it

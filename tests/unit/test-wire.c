@@ -874,6 +874,43 @@ static void test_u64(void)
     check_prefixes_and_trailing(dec_round_end, b, "ROUND_END");
 }
 
+/* ------------------------------------------------------------ ROUND_ACK */
+
+/* ROUND_ACK is the round alone (8 bytes) or the round with the destination's
+ * verification backlog (24): any other length is refused, naming it. */
+static void test_round_ack(void)
+{
+    RdmigRoundAck a = { .round = 7, .unverified_pages = 0x0102030405060708ull,
+                        .verify_us = 123456, .has_backlog = true };
+    g_autoptr(GByteArray) b = rdmig_round_ack_encode(&a);
+    g_assert_cmpuint(b->len, ==, 24);
+    g_assert_cmpuint(b->data[7], ==, 7);
+    g_assert_cmpuint(b->data[8], ==, 1); /* big-endian */
+    for (size_t len = 0; len <= 25; len++) {
+        g_autofree uint8_t *copy = g_malloc(len + 1);
+        memcpy(copy, b->data, MIN(len, (size_t)b->len));
+        if (len == 25)
+            copy[24] = 0xa5;
+        RdmigRoundAck d = { .has_backlog = len == 8 }; /* must be cleared */
+        g_autoptr(GError) err = NULL;
+        bool ok = rdmig_round_ack_decode(copy, len, &d, &err);
+        if (len == 8 || len == 24) {
+            g_assert_no_error(err);
+            g_assert_true(ok);
+            g_assert_cmpuint(d.round, ==, 7);
+            g_assert_cmpint(d.has_backlog, ==, len == 24);
+            g_assert_cmphex(d.unverified_pages, ==, len == 24 ? a.unverified_pages : 0);
+            g_assert_cmpuint(d.verify_us, ==, len == 24 ? a.verify_us : 0);
+        } else {
+            g_assert_false(ok);
+            assert_error(err, RDMIG_ERROR_PROTOCOL, "ROUND_ACK");
+        }
+    }
+    RdmigRoundAck old = { .round = 9 };
+    g_autoptr(GByteArray) o = rdmig_round_ack_encode(&old);
+    g_assert_cmpuint(o->len, ==, 8);
+}
+
 /* ------------------------------------------------------------ features */
 
 static void test_features_intersection(void)
@@ -1510,6 +1547,7 @@ static void test_doc_feature_bits_and_codes(void)
 int main(int argc, char **argv)
 {
     g_test_init(&argc, &argv, NULL);
+    g_test_add_func("/wire/round-ack", test_round_ack);
     g_test_add_func("/wire/hello/roundtrip", test_hello_roundtrip);
     g_test_add_func("/wire/hello/truncated", test_hello_truncated);
     g_test_add_func("/wire/hello/bad-magic", test_hello_bad_magic);
