@@ -235,12 +235,13 @@ static void measure_pace(RdmigDestination *dst)
              p = rdmig_bitmap_next_set(resident, n, p + 1), hashed++)
             sink ^= rdmig_page_hash(b->host + p * b->page_size, b->page_size);
     }
+    gint64 took = rdmig_now_us() - t0;
     if (!hashed)
         return;
     g_debug("verification pace sampled on %" G_GUINT64_FORMAT " pages (%" G_GINT64_FORMAT
-            " us; %" G_GINT64_MODIFIER "x)", hashed, rdmig_now_us() - t0, sink);
+            " us; %" G_GINT64_MODIFIER "x)", hashed, took, sink);
     __atomic_fetch_add(&dst->verifier_pages, hashed, __ATOMIC_RELAXED);
-    __atomic_fetch_add(&dst->verifier_us, (guint64)MAX(rdmig_now_us() - t0, 1), __ATOMIC_RELAXED);
+    __atomic_fetch_add(&dst->verifier_us, (guint64)MAX(took, 1), __ATOMIC_RELAXED);
 }
 
 void rdmig_verifier_backlog(RdmigDestination *dst, RdmigRoundAck *ack)
