@@ -361,6 +361,7 @@ static bool offer_regions(RdmigDestination *dst, GError **error)
         s->tp->region_key(b->region, &regions->keys[i]);
         if ((s->features & RDMIG_FEATURE_VERIFY) && !b->hashes) {
             b->hashes = g_new0(uint64_t, b->npages);
+            b->zero_hash = rdmig_zero_page_hash(b->page_size);
             b->hash_known = rdmig_bitmap_new(b->npages);
             b->verified = rdmig_bitmap_new(b->npages);
         }

@@ -95,6 +95,12 @@ uint64_t rdmig_page_hash(const void *page, size_t len)
     return XXH3_64bits(page, len);
 }
 
+uint64_t rdmig_zero_page_hash(uint32_t page_size)
+{
+    g_autofree uint8_t *zero = g_malloc0(page_size);
+    return rdmig_page_hash(zero, page_size);
+}
+
 bool rdmig_ram_drop_pages(RdmigRamBlock *b, uint64_t first, uint64_t n, GError **error)
 {
     void *at = b->host + first * b->page_size;

@@ -58,5 +58,7 @@ bool rdmig_ram_drop_pages(RdmigRamBlock *b, uint64_t first, uint64_t n, GError *
 
 bool rdmig_page_is_zero(const void *page, size_t len);
 uint64_t rdmig_page_hash(const void *page, size_t len);
+/** The hash of an all-zero page of @page_size (RdmigRamBlock.zero_hash). */
+uint64_t rdmig_zero_page_hash(uint32_t page_size);
 
 #endif

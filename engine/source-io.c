@@ -322,8 +322,7 @@ static bool send_hashes_between(RdmigSource *src, guint from_block, uint64_t fro
             if (!rdmig_channel_send(s, RDMIG_MSG_HASHES,
                                     rdmig_hashes_encode(bi, i, b->hashes + i, n), error))
                 return false;
-            for (uint64_t p = i; p < i + n; p++)
-                rdmig_bitmap_clear(b->round_hashed, p);
+            rdmig_bitmap_clear_range(b->round_hashed, i, n);
             i = rdmig_bitmap_next_set(b->round_hashed, end, i + n);
         }
     }

@@ -59,8 +59,7 @@ static void setup_blocks(RdmigSource *src)
             b->sent_unacked = rdmig_bitmap_new(b->npages);
         if (!verify)
             continue;
-        g_autofree uint8_t *zero = g_malloc0(b->page_size);
-        b->zero_hash = rdmig_page_hash(zero, b->page_size);
+        b->zero_hash = rdmig_zero_page_hash(b->page_size);
         b->hashes = g_new(uint64_t, b->npages);
         for (uint64_t p = 0; p < b->npages; p++)
             b->hashes[p] = b->zero_hash;

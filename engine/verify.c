@@ -31,8 +31,6 @@ static gpointer verify_slice(gpointer data)
         return NULL;
     /* A page this side never touched is zero without reading it (reading
      * would allocate it); it passes if the source's page was zero too. */
-    g_autofree uint8_t *zero = g_malloc0(b->page_size);
-    uint64_t zero_hash = rdmig_page_hash(zero, b->page_size);
     uint64_t n = v->end - v->first;
     g_autofree uint64_t *resident = rdmig_bitmap_new(n);
     if (!rdmig_ram_resident(b->host + v->first * b->page_size, n * b->page_size, b->page_size,
@@ -50,7 +48,7 @@ static gpointer verify_slice(gpointer data)
         }
         uint64_t h = rdmig_bitmap_test(resident, p - v->first)
                          ? rdmig_page_hash(b->host + p * b->page_size, b->page_size)
-                         : zero_hash;
+                         : b->zero_hash;
         bool ok = rdmig_bitmap_test(b->hash_known, p) && h == b->hashes[p];
         if (ok) {
             v->verified++;
@@ -170,13 +168,6 @@ static gpointer verifier_main(gpointer data)
 
 void rdmig_verifier_start(RdmigDestination *dst)
 {
-    RdmigSession *s = &dst->s;
-    /* The zero hash of every block, for pages never touched here. */
-    for (guint bi = 0; bi < s->blocks->len; bi++) {
-        RdmigRamBlock *b = s->blocks->pdata[bi];
-        g_autofree uint8_t *zero = g_malloc0(b->page_size);
-        b->zero_hash = rdmig_page_hash(zero, b->page_size);
-    }
     g_atomic_int_set(&dst->verifier_stop, 0);
     dst->verify_queue = g_async_queue_new_full(g_free);
     dst->verifier = g_thread_new("rdmig-verify-bg", verifier_main, dst);
@@ -189,6 +180,21 @@ void rdmig_verifier_queue(RdmigDestination *dst, guint block, uint64_t first, ui
     VerifyRange *r = g_new0(VerifyRange, 1);
     *r = (VerifyRange){ .block = block, .first = first, .n = n };
     g_async_queue_push(dst->verify_queue, r);
+}
+
+/* Pages that stand matched now, in all blocks. */
+static uint64_t verified_now(RdmigDestination *dst)
+{
+    RdmigSession *s = &dst->s;
+    uint64_t held = 0;
+    g_mutex_lock(&dst->verify_lock);
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        if (b->verified)
+            held += rdmig_bitmap_count(b->verified, b->npages);
+    }
+    g_mutex_unlock(&dst->verify_lock);
+    return held;
 }
 
 void rdmig_verifier_stop(RdmigDestination *dst)
@@ -204,14 +210,8 @@ void rdmig_verifier_stop(RdmigDestination *dst)
     g_async_queue_unref(dst->verify_queue); /* what it did not reach is freed */
     dst->verify_queue = NULL;
     /* The pages that stand matched now: the downtime does not read them. */
-    RdmigSession *s = &dst->s;
-    uint64_t held = 0;
-    for (guint bi = 0; bi < s->blocks->len; bi++) {
-        RdmigRamBlock *b = s->blocks->pdata[bi];
-        for (size_t w = 0; b->verified && w < rdmig_bitmap_words(b->npages); w++)
-            held += (uint64_t)__builtin_popcountll(b->verified[w]);
-    }
-    RDMIG_STATS_UPDATE(s, s->stats.pages_verified_background = held);
+    uint64_t held = verified_now(dst);
+    RDMIG_STATS_UPDATE(&dst->s, dst->s.stats.pages_verified_background = held);
 }
 
 /* Before the background verifier has checked anything (round 1's hashes come
@@ -249,16 +249,10 @@ void rdmig_verifier_backlog(RdmigDestination *dst, RdmigRoundAck *ack)
     RdmigSession *s = &dst->s;
     if (!dst->verifier)
         return;
-    uint64_t unverified = 0;
-    for (guint bi = 0; bi < s->blocks->len; bi++) {
-        RdmigRamBlock *b = s->blocks->pdata[bi];
-        uint64_t held = 0;
-        g_mutex_lock(&dst->verify_lock);
-        for (size_t w = 0; b->verified && w < rdmig_bitmap_words(b->npages); w++)
-            held += (uint64_t)__builtin_popcountll(b->verified[w]);
-        g_mutex_unlock(&dst->verify_lock);
-        unverified += b->npages - held;
-    }
+    uint64_t total = 0;
+    for (guint bi = 0; bi < s->blocks->len; bi++)
+        total += ((RdmigRamBlock *)s->blocks->pdata[bi])->npages;
+    uint64_t unverified = total - verified_now(dst);
     /* Pages never touched here count at the same average as the ones the
      * verifier met: they are the same mix of resident and not. */
     if (unverified && !__atomic_load_n(&dst->verifier_pages, __ATOMIC_RELAXED))

@@ -41,14 +41,27 @@ uint64_t rdmig_bitmap_next_clear(const uint64_t *bm, uint64_t nbits, uint64_t st
     return next_bit(bm, nbits, start, ~0ull);
 }
 
-void rdmig_bitmap_set_range(uint64_t *bm, uint64_t start, uint64_t n)
+/* Sets (@value) or clears bits [start, start+n), whole words at a time. */
+static void fill_range(uint64_t *bm, uint64_t start, uint64_t n, bool value)
 {
     for (uint64_t i = start; i < start + n;) {
         if (i % 64 == 0 && start + n - i >= 64) {
-            bm[i / 64] = ~0ull;
+            bm[i / 64] = value ? ~0ull : 0;
             i += 64;
-        } else {
+        } else if (value) {
             rdmig_bitmap_set(bm, i++);
+        } else {
+            rdmig_bitmap_clear(bm, i++);
         }
     }
+}
+
+void rdmig_bitmap_set_range(uint64_t *bm, uint64_t start, uint64_t n)
+{
+    fill_range(bm, start, n, true);
+}
+
+void rdmig_bitmap_clear_range(uint64_t *bm, uint64_t start, uint64_t n)
+{
+    fill_range(bm, start, n, false);
 }

@@ -32,5 +32,7 @@ uint64_t rdmig_bitmap_next_set(const uint64_t *bm, uint64_t nbits, uint64_t star
 uint64_t rdmig_bitmap_next_clear(const uint64_t *bm, uint64_t nbits, uint64_t start);
 /** Sets bits [start, start+n). */
 void rdmig_bitmap_set_range(uint64_t *bm, uint64_t start, uint64_t n);
+/** Clears bits [start, start+n). */
+void rdmig_bitmap_clear_range(uint64_t *bm, uint64_t start, uint64_t n);
 
 #endif

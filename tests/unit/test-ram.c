@@ -91,10 +91,10 @@ static void model_next_tables(Pair *p)
     }
 }
 
-static void model_set_range(Pair *p, uint64_t start, uint64_t n)
+static void model_fill_range(Pair *p, uint64_t start, uint64_t n, uint8_t value)
 {
     for (uint64_t i = start; i < start + n; i++)
-        p->model[i] = 1;
+        p->model[i] = value;
 }
 
 /* Every bit (through the raw layout and through rdmig_bitmap_test), the
@@ -157,7 +157,13 @@ static void op_clear(Pair *p, uint64_t i)
 static void op_set_range(Pair *p, uint64_t start, uint64_t n)
 {
     rdmig_bitmap_set_range(p->bm, start, n);
-    model_set_range(p, start, n);
+    model_fill_range(p, start, n, 1);
+}
+
+static void op_clear_range(Pair *p, uint64_t start, uint64_t n)
+{
+    rdmig_bitmap_clear_range(p->bm, start, n);
+    model_fill_range(p, start, n, 0);
 }
 
 /* ------------------------------------------------------------ fixed cases */
@@ -264,6 +270,31 @@ static void test_bitmap_set_range(void)
     }
 }
 
+/* clear_range on a full map: exactly [start, start + n) cleared, the tail
+ * and the guard word untouched (they stay clear). */
+static void test_bitmap_clear_range(void)
+{
+    for (size_t si = 0; si < G_N_ELEMENTS(sizes); si++) {
+        uint64_t nbits = sizes[si];
+        if (nbits > 200)
+            continue; /* exhaustive; the large ones are covered by the random test */
+        Pair *p = pair_new(nbits);
+        for (uint64_t start = 0; start <= nbits; start++) {
+            for (uint64_t n = 0; start + n <= nbits; n++) {
+                memset(p->bm, 0, (p->words + 1) * 8);
+                memset(p->model, 0, nbits);
+                op_set_range(p, 0, nbits);
+                op_clear_range(p, start, n);
+                check_bits(p, "clear_range on a full map");
+                g_assert_cmpuint(rdmig_bitmap_count(p->bm, nbits), ==, nbits - n);
+                g_assert_cmpuint(rdmig_bitmap_next_clear(p->bm, nbits, 0), ==, n ? start : nbits);
+                g_assert_cmpuint(rdmig_bitmap_next_set(p->bm, nbits, start), ==, start + n);
+            }
+        }
+        pair_free(p);
+    }
+}
+
 /* ------------------------------------------------------------ random */
 
 /* A position biased towards the word boundaries and the ends. */
@@ -283,7 +314,8 @@ static void random_op(Pair *p, char *what, size_t what_len)
 {
     uint64_t nbits = p->nbits;
     uint64_t i = random_position(nbits);
-    switch (g_test_rand_int_range(0, 4)) {
+    int op = g_test_rand_int_range(0, 5);
+    switch (op) {
     case 0:
         op_set(p, i);
         g_snprintf(what, what_len, "set(%" G_GUINT64_FORMAT ")", i);
@@ -297,15 +329,20 @@ static void random_op(Pair *p, char *what, size_t what_len)
         uint64_t room = nbits - i;
         uint64_t n = (uint64_t)g_test_rand_int_range(0, g_test_rand_int_range(0, 2) ? 70 : 4097);
         n = MIN(n, room);
-        op_set_range(p, i, n);
-        g_snprintf(what, what_len, "set_range(%" G_GUINT64_FORMAT ", %" G_GUINT64_FORMAT ")", i, n);
+        /* Two in three set, one clears. */
+        if (op == 4)
+            op_clear_range(p, i, n);
+        else
+            op_set_range(p, i, n);
+        g_snprintf(what, what_len, "%s_range(%" G_GUINT64_FORMAT ", %" G_GUINT64_FORMAT ")",
+                   op == 4 ? "clear" : "set", i, n);
         break;
     }
     }
 }
 
 /*
- * Random sequences of set, clear and set_range, compared with the model after
+ * Random sequences of set, clear, set_range and clear_range, compared with the model after
  * every operation.  Seeded by the test framework (g_test_rand_*): a failure
  * is reproduced by running again with the --seed it printed.
  */
@@ -510,6 +547,7 @@ int main(int argc, char **argv)
     g_test_add_func("/ram/bitmap/single-bits", test_bitmap_single_bits);
     g_test_add_func("/ram/bitmap/tail-garbage", test_bitmap_tail_garbage);
     g_test_add_func("/ram/bitmap/set-range", test_bitmap_set_range);
+    g_test_add_func("/ram/bitmap/clear-range", test_bitmap_clear_range);
     g_test_add_func("/ram/bitmap/random", test_bitmap_random);
     g_test_add_func("/ram/page/is-zero", test_page_is_zero);
     g_test_add_func("/ram/page/hash", test_page_hash);
