@@ -56,9 +56,12 @@ static bool serve_here(Pager *pg, RdmigRamBlock *b, uint64_t page, uint32_t tid,
      * only not mapped.  Else zero on the source, or never touched there. */
     if (minor && !pager_map_pulled(pg, b, page, 1, error))
         return false;
-    if (!minor && (r = rdmig_uffd_zeropage(pg->uffd, start, b->page_size)) < 0) {
+    if (!minor && (r = b->zero_by_copy
+                           ? rdmig_uffd_copy(pg->uffd, start, pg->zeros, b->page_size,
+                                             b->page_size)
+                           : rdmig_uffd_zeropage(pg->uffd, start, b->page_size)) < 0) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_RESOURCE,
-                    "UFFDIO_ZEROPAGE at page %" G_GUINT64_FORMAT " of '%s': %s", page, b->name,
+                    "placing zero page %" G_GUINT64_FORMAT " of '%s': %s", page, b->name,
                     g_strerror(-r));
         return false;
     }

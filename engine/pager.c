@@ -58,6 +58,7 @@ static bool pager_init(Pager *pg, RdmigDestination *dst, GError **error)
     pg->bulk_conns = s->nconns > 1 ? s->nconns - 1 : 1;
     pg->samples = g_new(uint32_t, MAX_SAMPLES);
     pg->snapshot = g_malloc(max_ps);
+    pg->max_page_size = max_ps;
 
     if (!rdmig_pager_map_aliases(dst, error)) /* done at PREPARE, unless that failed */
         return false;
@@ -80,15 +81,17 @@ static bool pager_init(Pager *pg, RdmigDestination *dst, GError **error)
                         g_strerror(errno));
             return false;
         }
-        uint64_t need = (1ull << _UFFDIO_COPY) | (1ull << _UFFDIO_ZEROPAGE) |
-                        (b->zero_copy ? 1ull << _UFFDIO_CONTINUE : 0);
+        uint64_t need = (1ull << _UFFDIO_COPY) | (b->zero_copy ? 1ull << _UFFDIO_CONTINUE : 0);
         if ((reg.ioctls & need) != need) {
             g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
-                        "userfaultfd cannot place pages in RAM block '%s' (no UFFDIO_COPY, "
-                        "UFFDIO_ZEROPAGE or, for zero copy, UFFDIO_CONTINUE for this memory "
-                        "type)", b->name);
+                        "userfaultfd cannot place pages in RAM block '%s' (no UFFDIO_COPY or, "
+                        "for zero copy, UFFDIO_CONTINUE for this memory type)", b->name);
             return false;
         }
+        /* hugetlbfs has no UFFDIO_ZEROPAGE: a zero page is copied in. */
+        b->zero_by_copy = !(reg.ioctls & (1ull << _UFFDIO_ZEROPAGE));
+        if (b->zero_by_copy && !pg->zeros)
+            pg->zeros = g_malloc0(pg->max_page_size);
     }
     return true;
 }
@@ -117,6 +120,7 @@ static void pager_fini(Pager *pg, bool ok)
         munmap(pg->staging, pg->staging_len);
     g_free(pg->samples);
     g_free(pg->snapshot);
+    g_free(pg->zeros);
     g_string_free(pg->bad, TRUE);
 }
 

@@ -94,6 +94,8 @@ typedef struct {
     uint64_t verified, mismatches;
     uint64_t unverified;         /* placed pages whose final hash has not come yet */
     uint8_t *snapshot;           /* zero copy: a page a thread waits for, hashed after it runs */
+    uint32_t max_page_size;      /* of all blocks */
+    uint8_t *zeros;              /* a zero page of the largest page size, for zero_by_copy */
     GString *bad;
     bool cancel_seen;
     uint64_t epoch;              /* links lost so far: fences their completions */

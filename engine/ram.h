@@ -41,6 +41,7 @@ typedef struct {
     int fd;                   /* the file behind @host, -1 when not given */
     uint64_t fd_offset;
     bool zero_copy;           /* chosen at the handshake */
+    bool zero_by_copy;        /* no UFFDIO_ZEROPAGE here (hugetlbfs): zero pages are copied in */
     uint8_t *alias;           /* the second mapping, from PREPARE to the session's end */
     RdmigRegion *alias_region;
 } RdmigRamBlock;

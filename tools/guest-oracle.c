@@ -113,7 +113,8 @@ typedef struct {
 } TakeJob;
 
 /* Pages [first, end) not taken yet; the memory file's holes without
- * reading them. */
+ * reading them (RAM that is no memfd has no holes to tell: sg_memfd() is
+ * -1, lseek fails, and every page is read). */
 static gpointer take_job(gpointer data)
 {
     TakeJob *j = data;

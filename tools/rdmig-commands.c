@@ -90,7 +90,8 @@ static int recv_run(RdmigSession *s, CliGuest *gu, CliMonitor *mon)
     if (!cli_opt.quiet)
         fprintf(stderr, "rdmig recv: listening on %s\n", rdmig_session_listen_address(s));
     cli_run_loop(s, mon, cli_opt.quiet);
-    CliReport r = { .role = "destination", .blocks = cli_opt.blocks };
+    CliReport r = { .role = "destination", .blocks = cli_opt.blocks,
+                    .memory = sg_memory_name(sg_memory(gu->g)) };
     r.ok = rdmig_session_wait(s, &err);
     cli_run_set_session(NULL);
     cli_monitor_close(mon);
@@ -150,7 +151,8 @@ static int source_run(RdmigSession *s, CliGuest *gu, const char *address)
 {
     g_autoptr(GError) err = NULL;
     cli_run_set_session(s);
-    CliReport r = { .role = "source", .blocks = cli_opt.blocks };
+    CliReport r = { .role = "source", .blocks = cli_opt.blocks,
+                    .memory = sg_memory_name(sg_memory(gu->g)) };
     GThread *timer = NULL;
     /* The monitor first: a migration no one could recover or cancel does
      * not start. */
@@ -327,6 +329,8 @@ static GPtrArray *demo_recv_argv(const char *self)
         g_ptr_array_add(argv, g_strdup_printf("--oracle=%s", cli_opt.oracle_dir));
     if (cli_opt.rezero_percent)
         g_ptr_array_add(argv, g_strdup_printf("--rezero-percent=%d", cli_opt.rezero_percent));
+    if (cli_opt.memory_str)
+        g_ptr_array_add(argv, g_strdup_printf("--memory=%s", cli_opt.memory_str));
     if (cli_opt.prealloc)
         g_ptr_array_add(argv, g_strdup("--prealloc"));
     if (cli_opt.json)

@@ -144,10 +144,10 @@ bool cli_guest_add_blocks(RdmigSession *s, SyntheticGuest *g, int blocks, GError
     for (int i = 0; i < blocks; i++) {
         g_autofree char *name = blocks == 1 ? g_strdup("pc.ram") : g_strdup_printf("ram%d", i);
         if (!rdmig_session_add_ram_block(s, name, (uint8_t *)sg_ram(g) + per * (uint64_t)i, per,
-                                         sg_page_size(g), error))
+                                         sg_block_page_size(g), error))
             return false;
-        /* The guest's RAM is a memfd: postcopy can pull into it directly. */
-        if (rdmig_session_is_destination(s) &&
+        /* RAM in a memfd: postcopy can pull into it directly. */
+        if (rdmig_session_is_destination(s) && sg_memfd(g) >= 0 &&
             !rdmig_session_set_ram_block_fd(s, name, sg_memfd(g), per * (uint64_t)i, error))
             return false;
     }
@@ -184,6 +184,8 @@ void cli_guest_check(CliGuest *gu, CliReport *r, int run_ms, double dirty_rate,
         if (!cli_guest_save_oracle(gu->oracle, oracle_dir, "destination.oracle", r))
             r->ok = false;
     }
+    r->memory = sg_memory_name(sg_memory(g));
+    r->huge_bytes = sg_huge_bytes(g);
     r->guest_ok = sg_check(g, &r->guest);
     r->guest.pages_written = after.pages_written;
     r->guest.reader_reads = after.reader_reads;

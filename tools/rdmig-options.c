@@ -36,6 +36,7 @@ static const GOptionEntry entries[] = {
     { "ram-size", 0, 0, G_OPTION_ARG_STRING, &cli_opt.ram_size_str, "guest RAM (default 256M)", "SIZE" },
     { "blocks", 0, 0, G_OPTION_ARG_INT, &cli_opt.blocks, "split RAM into N blocks (default 1)", "N" },
     { "dirty-rate", 0, 0, G_OPTION_ARG_DOUBLE, &cli_opt.dirty_rate, "MiB/s the guest writes (default 0)", "R" },
+    { "memory", 0, 0, G_OPTION_ARG_STRING, &cli_opt.memory_str, "guest RAM: anon (default: anonymous with transparent huge pages, as QEMU's), memfd (4 KiB shared memory: postcopy places pulled pages without a copy) or hugetlb (2 MiB pages from the pool, sysctl vm.nr_hugepages)", "KIND" },
     { "pattern", 0, 0, G_OPTION_ARG_STRING, &cli_opt.pattern_str, "uniform (default) or hot", "P" },
     { "vcpus", 0, 0, G_OPTION_ARG_INT, &cli_opt.vcpus, "guest vCPU threads (default 2)", "N" },
     { "seed", 0, 0, G_OPTION_ARG_INT64, &cli_opt.seed, "guest contents seed", "N" },
@@ -230,17 +231,52 @@ bool cli_options_build_params(RdmigParams *p, GError **error)
 
 /* ------------------------------------------------------------------ guest */
 
+/* --memory, and the options that need a kind of memory. */
+static bool guest_memory(SgConfig *cfg, GError **error)
+{
+    const char *m = cli_opt.memory_str;
+    if (!m || !strcmp(m, "anon"))
+        cfg->memory = SG_MEMORY_ANON;
+    else if (!strcmp(m, "memfd"))
+        cfg->memory = SG_MEMORY_MEMFD;
+    else if (!strcmp(m, "hugetlb"))
+        cfg->memory = SG_MEMORY_HUGETLB;
+    else {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "--memory is 'anon', 'memfd' or 'hugetlb', not '%s'", m);
+        return false;
+    }
+    const char *place = cli_opt.postcopy_placement;
+    if (place && !strcmp(place, "continue") && cfg->memory != SG_MEMORY_MEMFD) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "--postcopy-placement continue maps pulled pages through a second "
+                    "mapping of the guest's memfd: it needs --memory memfd, not %s",
+                    sg_memory_name(cfg->memory));
+        return false;
+    }
+    if (cfg->memory == SG_MEMORY_HUGETLB && cli_opt.dirty_method &&
+        !strcmp(cli_opt.dirty_method, "guest")) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
+                    "--dirty-method guest logs 4 KiB pages; hugetlb memory is tracked in "
+                    "2 MiB pages: use --dirty-method auto or uffd-wp");
+        return false;
+    }
+    return true;
+}
+
 /* The guest options into @cfg, checked. */
 static bool guest_config(SgConfig *cfg, GError **error)
 {
     sg_config_init(cfg);
     cfg->ram_size = parse_size(cli_options_ram_size(), "--ram-size", error);
-    if (!cfg->ram_size)
+    if (!cfg->ram_size || !guest_memory(cfg, error))
         return false;
+    uint64_t unit = cfg->memory == SG_MEMORY_HUGETLB ? SG_HUGE_PAGE_SIZE : 4096;
     if (cli_opt.blocks < 1 || cli_opt.blocks > 64 ||
-        cfg->ram_size % ((uint64_t)cli_opt.blocks * 4096)) {
+        cfg->ram_size % ((uint64_t)cli_opt.blocks * unit)) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
-                    "--blocks must be 1..64 and divide --ram-size into whole pages");
+                    "--blocks must be 1..64 and divide --ram-size into whole %s pages",
+                    unit == 4096 ? "4 KiB" : "2 MiB");
         return false;
     }
     cfg->dirty_rate_mib = cli_opt.dirty_rate;

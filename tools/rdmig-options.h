@@ -28,6 +28,7 @@ typedef struct {
     /* guest */
     char *ram_size_str;
     char *pattern_str;
+    char *memory_str;
     double dirty_rate;
     int vcpus;
     int blocks;

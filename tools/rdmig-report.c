@@ -130,6 +130,8 @@ static void json_guest(JsonBuilder *b, const CliReport *r)
     cli_json_int(b, "reader_max_us", r->guest.reader_max_us);
     cli_json_string(b, "device_state_probe",
                     r->device_state_probe ? r->device_state_probe : "none");
+    cli_json_string(b, "memory", r->memory ? r->memory : "none");
+    cli_json_int(b, "huge_bytes", r->huge_bytes);
     json_builder_end_object(b);
 }
 

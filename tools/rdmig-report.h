@@ -25,6 +25,8 @@ typedef struct {
     SgStats guest;         /* the guest check's counts */
     bool guest_checked;    /* the guest was checked (cli_guest_check()) */
     const char *device_state_probe; /* destination: "none", "present", "missing" */
+    const char *memory;    /* the guest's RAM: "anon", "memfd", "hugetlb" */
+    uint64_t huge_bytes;   /* of it, in huge pages when the check began */
     int hook_threads;      /* threads the session announced before calling hooks */
     int hooks_off_thread;  /* hook calls on threads it did not announce: must be 0 */
     int hooks_unpaired;    /* dirty-log sync or stop without start: must be 0 */

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The synthetic guest: RAM in a memfd, vCPU threads that rewrite pages at a
+ * The synthetic guest: RAM (anonymous with transparent huge pages, a memfd,
+ * or hugetlb; SgMemory), vCPU threads that rewrite pages at a
  * set rate, and page contents that check themselves (contract in
  * synthetic-guest.h).
  *
@@ -34,10 +35,17 @@
 #include <errno.h>
 #include <math.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <fcntl.h>
 #include <unistd.h>
+
+/* linux/memfd.h has it, but its MFD_* clash with glibc's: log2(2 MiB) at
+ * MFD_HUGE_SHIFT (26). */
+#ifndef MFD_HUGE_2MB
+#define MFD_HUGE_2MB (21U << 26)
+#endif
 
 /* Errors of this file; the domain is local, the tools are not the library. */
 #define SG_ERROR (sg_error_quark())
@@ -93,7 +101,7 @@ struct SyntheticGuest {
     SgConfig cfg;
     uint64_t npages;
     uint32_t words_per_page;
-    int memfd;
+    int memfd;              /* SG_MEMORY_MEMFD and _HUGETLB; -1 for anonymous RAM */
     uint8_t *ram;
     double vcpu_rate;       /* bytes per second per vCPU */
 
@@ -443,6 +451,7 @@ void sg_config_init(SgConfig *cfg)
     *cfg = (SgConfig){
         .ram_size = 256 * 1024 * 1024,
         .page_size = 4096,
+        .memory = SG_MEMORY_ANON,
         .vcpus = 2,
         .dirty_rate_mib = 0,
         .pattern = SG_PATTERN_UNIFORM,
@@ -451,6 +460,22 @@ void sg_config_init(SgConfig *cfg)
         .seed = 1,
         .sparse_every = 16,
     };
+}
+
+static bool sg_config_check_memory(const SgConfig *cfg, GError **error)
+{
+    if (cfg->memory == SG_MEMORY_HUGETLB && cfg->ram_size % SG_HUGE_PAGE_SIZE) {
+        g_set_error(error, SG_ERROR, SG_ERROR_INVALID,
+                    "ram_size %" G_GUINT64_FORMAT ": hugetlb memory comes in 2 MiB pages, "
+                    "so the size must be a multiple of 2M", cfg->ram_size);
+        return false;
+    }
+    if (cfg->memory > SG_MEMORY_HUGETLB) {
+        g_set_error(error, SG_ERROR, SG_ERROR_INVALID, "memory kind %d is unknown",
+                    (int)cfg->memory);
+        return false;
+    }
+    return true;
 }
 
 static bool sg_config_check(const SgConfig *cfg, GError **error)
@@ -474,6 +499,8 @@ static bool sg_config_check(const SgConfig *cfg, GError **error)
                     "of page_size %u", cfg->ram_size, cfg->page_size);
         return false;
     }
+    if (!sg_config_check_memory(cfg, error))
+        return false;
     if (cfg->ram_size > SIZE_MAX / 2) {
         g_set_error(error, SG_ERROR, SG_ERROR_INVALID,
                     "ram_size %" G_GUINT64_FORMAT ": too large", cfg->ram_size);
@@ -527,6 +554,79 @@ static bool sg_config_check(const SgConfig *cfg, GError **error)
     return true;
 }
 
+/* ---- guest RAM ---- */
+
+/* Anonymous memory at a 2 MiB boundary (so that every 2 MiB of it can be a
+ * huge page) with MADV_HUGEPAGE, as QEMU maps guest RAM.  The advice is best
+ * effort: with THP off it is plain 4 KiB memory. */
+static bool sg_map_anon(SyntheticGuest *g, GError **error)
+{
+    size_t len = g->cfg.ram_size, slack = SG_HUGE_PAGE_SIZE;
+    uint8_t *raw = mmap(NULL, len + slack, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) {
+        int err = errno;
+        g_set_error(error, SG_ERROR, SG_ERROR_RESOURCE,
+                    "mmap of %" G_GUINT64_FORMAT " bytes of guest RAM: %s",
+                    g->cfg.ram_size, g_strerror(err));
+        return false;
+    }
+    uint8_t *ram = (uint8_t *)(((uintptr_t)raw + slack - 1) & ~((uintptr_t)slack - 1));
+    if (ram > raw)
+        munmap(raw, (size_t)(ram - raw));
+    size_t tail = (size_t)(raw + len + slack - (ram + len));
+    if (tail)
+        munmap(ram + len, tail);
+    (void)madvise(ram, len, MADV_HUGEPAGE);
+    g->ram = ram;
+    return true;
+}
+
+/* A memfd (4 KiB shmem, or 2 MiB hugetlb pages) mapped shared.  A hugetlb
+ * mapping reserves its pages from the pool now, so a short pool fails here,
+ * with the remedy, rather than with SIGBUS at a later touch. */
+static bool sg_map_memfd(SyntheticGuest *g, GError **error)
+{
+    bool huge = g->cfg.memory == SG_MEMORY_HUGETLB;
+    unsigned flags = MFD_CLOEXEC | (huge ? MFD_HUGETLB | MFD_HUGE_2MB : 0);
+    g->memfd = memfd_create("rdmig-guest", flags);
+    if (g->memfd < 0) {
+        int err = errno;
+        g_set_error(error, SG_ERROR, SG_ERROR_RESOURCE, "memfd_create%s: %s",
+                    huge ? " (MFD_HUGETLB, 2 MiB pages)" : "", g_strerror(err));
+        return false;
+    }
+    if (ftruncate(g->memfd, (off_t)g->cfg.ram_size) < 0) {
+        int err = errno;
+        g_set_error(error, SG_ERROR, SG_ERROR_RESOURCE,
+                    "ftruncate of guest RAM to %" G_GUINT64_FORMAT " bytes: %s",
+                    g->cfg.ram_size, g_strerror(err));
+        return false;
+    }
+    g->ram = mmap(NULL, g->cfg.ram_size, PROT_READ | PROT_WRITE, MAP_SHARED, g->memfd, 0);
+    if (g->ram == MAP_FAILED) {
+        int err = errno;
+        if (huge && err == ENOMEM) {
+            g_set_error(error, SG_ERROR, SG_ERROR_RESOURCE,
+                        "guest RAM of %" G_GUINT64_FORMAT " bytes needs %" G_GUINT64_FORMAT
+                        " free 2 MiB huge pages, and the pool has fewer (HugePages_Free in "
+                        "/proc/meminfo; reserve more with sysctl vm.nr_hugepages=N)",
+                        g->cfg.ram_size, g->cfg.ram_size / SG_HUGE_PAGE_SIZE);
+            return false;
+        }
+        g_set_error(error, SG_ERROR, SG_ERROR_RESOURCE,
+                    "mmap of %" G_GUINT64_FORMAT " bytes of guest RAM: %s",
+                    g->cfg.ram_size, g_strerror(err));
+        return false;
+    }
+    return true;
+}
+
+static bool sg_map_ram(SyntheticGuest *g, GError **error)
+{
+    return g->cfg.memory == SG_MEMORY_ANON ? sg_map_anon(g, error) : sg_map_memfd(g, error);
+}
+
 SyntheticGuest *sg_new(const SgConfig *cfg, GError **error)
 {
     g_return_val_if_fail(cfg != NULL, NULL);
@@ -551,28 +651,8 @@ SyntheticGuest *sg_new(const SgConfig *cfg, GError **error)
     atomic_init(&g->pages_written, 0);
     atomic_init(&g->pages_rezeroed, 0);
 
-    g->memfd = memfd_create("rdmig-guest", MFD_CLOEXEC);
-    if (g->memfd < 0) {
-        int err = errno;
-        g_set_error(error, SG_ERROR, SG_ERROR_RESOURCE,
-                    "memfd_create: %s", g_strerror(err));
+    if (!sg_map_ram(g, error))
         goto fail;
-    }
-    if (ftruncate(g->memfd, (off_t)cfg->ram_size) < 0) {
-        int err = errno;
-        g_set_error(error, SG_ERROR, SG_ERROR_RESOURCE,
-                    "ftruncate of guest RAM to %" G_GUINT64_FORMAT " bytes: %s",
-                    cfg->ram_size, g_strerror(err));
-        goto fail;
-    }
-    g->ram = mmap(NULL, cfg->ram_size, PROT_READ | PROT_WRITE, MAP_SHARED, g->memfd, 0);
-    if (g->ram == MAP_FAILED) {
-        int err = errno;
-        g_set_error(error, SG_ERROR, SG_ERROR_RESOURCE,
-                    "mmap of %" G_GUINT64_FORMAT " bytes of guest RAM: %s",
-                    cfg->ram_size, g_strerror(err));
-        goto fail;
-    }
 
     uint64_t hot = MAX(g->nwritable / SG_HOT_DIVISOR, 1);
     g->vcpus = g_new0(SgVcpu, cfg->vcpus);
@@ -651,7 +731,52 @@ uint32_t sg_page_size(SyntheticGuest *g)
 
 int sg_memfd(SyntheticGuest *g)
 {
-    return g->memfd;
+    return g->cfg.memory == SG_MEMORY_MEMFD ? g->memfd : -1;
+}
+
+uint32_t sg_block_page_size(SyntheticGuest *g)
+{
+    return g->cfg.memory == SG_MEMORY_HUGETLB ? SG_HUGE_PAGE_SIZE : g->cfg.page_size;
+}
+
+SgMemory sg_memory(SyntheticGuest *g)
+{
+    return g->cfg.memory;
+}
+
+const char *sg_memory_name(SgMemory m)
+{
+    static const char *const names[] = { "anon", "memfd", "hugetlb" };
+    return m <= SG_MEMORY_HUGETLB ? names[m] : "unknown";
+}
+
+/* AnonHugePages of every mapping inside the guest's RAM (registering it
+ * with userfaultfd or advising part of it can split it in several). */
+static uint64_t sg_smaps_huge(SyntheticGuest *g)
+{
+    g_autofree char *text = NULL;
+    if (!g_file_get_contents("/proc/self/smaps", &text, NULL, NULL))
+        return 0;
+    uintptr_t lo = (uintptr_t)g->ram, hi = lo + g->cfg.ram_size;
+    uint64_t kib = 0;
+    bool inside = false;
+    for (char *line = text; line && *line;) {
+        char *next = strchr(line, '\n');
+        unsigned long start, end, v;
+        if (sscanf(line, "%lx-%lx ", &start, &end) == 2)
+            inside = start >= lo && end <= hi;
+        else if (inside && sscanf(line, "AnonHugePages: %lu kB", &v) == 1)
+            kib += v;
+        line = next ? next + 1 : NULL;
+    }
+    return kib * 1024;
+}
+
+uint64_t sg_huge_bytes(SyntheticGuest *g)
+{
+    if (g->cfg.memory == SG_MEMORY_HUGETLB)
+        return g->cfg.ram_size;
+    return g->cfg.memory == SG_MEMORY_ANON ? sg_smaps_huge(g) : 0;
 }
 
 uint64_t sg_npages(SyntheticGuest *g)
@@ -816,7 +941,7 @@ static void sg_check_pages(SgScanJob *job, uint64_t first, uint64_t end)
     }
 }
 
-/* Checks only the memfd's data extents: holes read as zero and are
+/* Checks only a memfd's data extents: holes read as zero and are
  * consistent by definition, and touching them through the mapping would
  * allocate them (shmem allocates on a read fault). */
 static gpointer sg_check_job(gpointer opaque)
@@ -826,6 +951,12 @@ static gpointer sg_check_job(gpointer opaque)
     const uint64_t ps = g->cfg.page_size;
     uint64_t p = job->first;
 
+    if (g->memfd < 0) {
+        /* Anonymous: an untouched page reads as the shared zero page,
+         * which allocates nothing. */
+        sg_check_pages(job, p, job->end);
+        return NULL;
+    }
     while (p < job->end) {
         off_t data = lseek(g->memfd, (off_t)(p * ps), SEEK_DATA);
         if (data < 0) {
@@ -1158,7 +1289,8 @@ static gpointer sg_prealloc_job(gpointer data)
 
 void sg_prealloc(SyntheticGuest *g)
 {
-    uint64_t half = sg_ram_size(g) / 2 / g->cfg.page_size * g->cfg.page_size;
+    uint32_t unit = g->cfg.memory == SG_MEMORY_MEMFD ? g->cfg.page_size : SG_HUGE_PAGE_SIZE;
+    uint64_t half = sg_ram_size(g) / 2 / unit * unit; /* huge pages stay whole */
     SgPreallocJob jobs[2] = { { sg_ram(g), half },
                               { (uint8_t *)sg_ram(g) + half, sg_ram_size(g) - half } };
     GThread *t = g_thread_new("sg-prealloc", sg_prealloc_job, &jobs[1]);

@@ -29,7 +29,7 @@
  * callers and tests tell them apart without reading the text. */
 typedef enum {
     SG_ERROR_INVALID,      /* bad configuration or call */
-    SG_ERROR_RESOURCE,     /* memfd, mmap or thread creation failed */
+    SG_ERROR_RESOURCE,     /* memfd, mmap (huge page pool) or thread creation failed */
     SG_ERROR_DEVICE_STATE, /* device-state blob malformed or for another guest */
 } SgErrorCode;
 
@@ -38,9 +38,28 @@ typedef enum {
     SG_PATTERN_HOTSET,  /* 90% of writes go to the first 10% of pages */
 } SgPattern;
 
+/* What the guest's RAM is made of. */
+typedef enum {
+    /* Anonymous memory with MADV_HUGEPAGE, 2 MiB aligned: QEMU's default.
+     * Transparent huge pages where the kernel gives them, so a first touch
+     * costs a fault per 2 MiB, not per 4 KiB. */
+    SG_MEMORY_ANON,
+    /* A memfd (shmem) in 4 KiB pages: postcopy can map pulled pages into it
+     * without a copy (UFFDIO_CONTINUE through a second mapping). */
+    SG_MEMORY_MEMFD,
+    /* A memfd with MFD_HUGETLB: 2 MiB pages from the kernel's pool
+     * (vm.nr_hugepages), reserved when mapped; RAM blocks then have 2 MiB
+     * pages, which is what dirty tracking, transfer, postcopy and
+     * verification work in. */
+    SG_MEMORY_HUGETLB,
+} SgMemory;
+
+#define SG_HUGE_PAGE_SIZE (2u << 20)
+
 typedef struct {
-    uint64_t ram_size;      /* bytes, multiple of page_size */
-    uint32_t page_size;     /* 4096 */
+    uint64_t ram_size;      /* bytes, multiple of page_size (of 2 MiB for hugetlb) */
+    uint32_t page_size;     /* 4096: the unit the vCPUs write and the check checks */
+    SgMemory memory;        /* default SG_MEMORY_ANON */
     uint32_t vcpus;         /* dirtying threads, default 2 */
     double dirty_rate_mib;  /* MiB/s written by all vCPUs together, 0 = idle */
     SgPattern pattern;
@@ -93,7 +112,7 @@ typedef struct {
 
 void sg_config_init(SgConfig *cfg);
 
-/** sg_new: allocates RAM (memfd, MAP_SHARED) of cfg->ram_size, all zero.
+/** sg_new: allocates RAM of cfg->ram_size as cfg->memory says, all zero.
  *  The vCPUs are created paused. */
 SyntheticGuest *sg_new(const SgConfig *cfg, GError **error);
 void sg_free(SyntheticGuest *g);
@@ -109,7 +128,16 @@ void sg_fill(SyntheticGuest *g);
 void *sg_ram(SyntheticGuest *g);
 uint64_t sg_ram_size(SyntheticGuest *g);
 uint32_t sg_page_size(SyntheticGuest *g);
+/** The page size of the memory itself: 2 MiB for SG_MEMORY_HUGETLB, else
+ *  page_size.  RAM blocks are registered with it. */
+uint32_t sg_block_page_size(SyntheticGuest *g);
+SgMemory sg_memory(SyntheticGuest *g);
+const char *sg_memory_name(SgMemory m);
+/** The memfd of SG_MEMORY_MEMFD RAM (offset 0 = the first byte), or -1. */
 int sg_memfd(SyntheticGuest *g);
+/** Bytes of guest RAM in huge pages now: AnonHugePages of its mapping
+ *  (/proc/self/smaps) for anonymous memory, all of it for hugetlb. */
+uint64_t sg_huge_bytes(SyntheticGuest *g);
 
 /** The guest's own dirty log, as a hypervisor's (KVM's dirty bitmap) would
  *  be: sg_dirty_log_start() marks every page a vCPU writes from now on;

@@ -17,8 +17,11 @@ from harness import (FEATURE_POSTCOPY, FEATURE_VERIFY, FEATURE_ZERO_PAGES,  # no
 
 # Writes far faster than the paced link and 10 ms allowed: precopy alone
 # would never converge.  A tenth of the writes zero their page: such pages
-# are discarded and pulled, and must arrive zero.
-GUEST = ("--ram-size", "64M", "--dirty-rate", "40", "--rezero-percent", "10")
+# are discarded and pulled, and must arrive zero.  RAM in a memfd, so that
+# pulled pages are mapped without a copy (UFFDIO_CONTINUE); the default
+# anonymous memory, as QEMU's, is test_anonymous_memory's.
+GUEST = ("--ram-size", "64M", "--dirty-rate", "40", "--rezero-percent", "10",
+         "--memory", "memfd")
 LIMITS = ("--max-bandwidth", "60", "--downtime-ms", "10")
 
 
@@ -29,8 +32,12 @@ class PostcopyCase(harness.RdmigTestCase):
         self.assert_postcopy(src, dst, rezeroed="--rezero-percent" in guest)
         return src, dst
 
-    def assert_postcopy(self, src, dst, ctx="", zero_copy=True, rezeroed=False):
-        """@rezeroed: the guest zeroed some of its pages (--rezero-percent)."""
+    def assert_postcopy(self, src, dst, ctx="", zero_copy=None, rezeroed=False):
+        """@rezeroed: the guest zeroed some of its pages (--rezero-percent).
+        @zero_copy: whether pulled pages are mapped without a copy; by
+        default, whether the destination's RAM is a memfd."""
+        if zero_copy is None:
+            zero_copy = dst["guest"]["memory"] == "memfd"
         self.assert_verified(src, dst, ctx)
         for r in (src, dst):
             self.assertTrue(r["postcopy"]["active"], "%s did not switch to postcopy%s" %
@@ -43,8 +50,8 @@ class PostcopyCase(harness.RdmigTestCase):
         self.assertEqual(pc["pages_on_demand"] + pc["pages_background"], pc["pages_discarded"],
                          "pulled pages do not add up to the discarded ones" + ctx)
         self.assertEqual(dst["remaining_bytes"], 0, ctx)
-        # The synthetic guest's RAM is a memfd: every pulled page is mapped
-        # with UFFDIO_CONTINUE, none copied, unless copying was asked for.
+        # RAM in a memfd: every pulled page is mapped with UFFDIO_CONTINUE,
+        # none copied, unless copying was asked for; other RAM is copied.
         self.assertEqual(pc["pages_zero_copy"], pc["pages_discarded"] if zero_copy else 0,
                          "pages placed without a copy" + ctx)
         self.assertEqual(sum(pc["fault_hist"]), pc["faults"] - pc["faults_zero"],
@@ -135,18 +142,54 @@ class Guests(PostcopyCase):
         self.assertGreater(pc["fault_p99_us"], 0)
 
     def test_blocks(self):
-        self.postcopy_migrate(guest=("--ram-size", "96M", "--blocks", "3", "--dirty-rate", "40"),
+        self.postcopy_migrate(guest=("--ram-size", "96M", "--blocks", "3", "--dirty-rate", "40",
+                                     "--memory", "memfd"),
                               send_args=("--postcopy-after", "1"))
 
     def test_copy_placement(self):
         """--postcopy-placement copy: pulled pages go through the staging
-        buffer and UFFDIO_COPY, as for memory rdmig has no file of."""
+        buffer and UFFDIO_COPY even where the memfd would allow zero copy."""
         src, dst = self.migrate(guest=("--ram-size", "128M", "--dirty-rate", "100",
-                                       "--rezero-percent", "10"),
+                                       "--rezero-percent", "10", "--memory", "memfd"),
                                 send_args=LIMITS + ("--postcopy-after", "1"),
                                 recv_args=("--postcopy-placement", "copy"), timeout=120)
         self.assert_postcopy(src, dst, zero_copy=False, rezeroed=True)
         self.assertGreater(dst["postcopy"]["faults"], 0, "the guest never faulted")
+
+
+
+class Memory(PostcopyCase):
+    """Postcopy into RAM that is no memfd: there is no second mapping to
+    pull into, so pulled pages are copied in."""
+
+    def test_anonymous_memory(self):
+        """The default RAM, anonymous with transparent huge pages as QEMU's:
+        no file to map from, so every pulled page is copied in (UFFDIO_COPY),
+        and the guest's zeroed pages are dropped with MADV_DONTNEED."""
+        src, dst = self.migrate(guest=("--ram-size", "128M", "--dirty-rate", "100",
+                                       "--rezero-percent", "10"),
+                                send_args=LIMITS + ("--postcopy-after", "1"), timeout=120)
+        self.assertEqual((src["guest"]["memory"], dst["guest"]["memory"]), ("anon", "anon"))
+        self.assert_postcopy(src, dst, zero_copy=False, rezeroed=True)
+        self.assertGreater(dst["postcopy"]["faults"], 0, "the guest never faulted")
+
+    def test_hugetlb(self):
+        """RAM in 2 MiB hugetlb pages: dirty tracking, transfer, discard,
+        postcopy placement (UFFDIO_COPY of a whole huge page) and
+        verification all work in 2 MiB pages.  The last 4 MiB are never
+        written and a reader at the destination touches them: hugetlbfs
+        has no UFFDIO_ZEROPAGE, so such a fault is served by copying in a
+        zero page."""
+        harness.need_huge_pages(self, 2 * 32)  # 64 MiB on each side
+        guest = ("--ram-size", "64M", "--dirty-rate", "40", "--memory", "hugetlb",
+                 "--reader-pages", "1024")
+        src, dst = self.migrate(guest=guest, send_args=LIMITS + ("--postcopy-after", "1"),
+                                timeout=120)
+        self.assertEqual(dst["guest"]["memory"], "hugetlb")
+        self.assertEqual(src["pages_total"], 32, "RAM blocks are not in 2 MiB pages")
+        self.assert_postcopy(src, dst, zero_copy=False)
+        self.assertGreater(dst["postcopy"]["faults_zero"], 0,
+                           "no fault on a never-written huge page" + str(dst["postcopy"]))
 
 
 class Refused(harness.RdmigTestCase):

@@ -13,8 +13,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
 # Idle, so that a page sent once is never sent again; paced, so that the
-# round lasts seconds and the test can act in the middle of it.
-GUEST = ["--ram-size", "64M"]
+# round lasts seconds and the test can act in the middle of it.  RAM in a
+# memfd: the test reaches it from outside the process (GuestMemory).
+GUEST = ["--ram-size", "64M", "--memory", "memfd"]
 SLOW = ["--max-bandwidth", "16"]
 
 
@@ -84,7 +85,7 @@ class PulledTampered(harness.RdmigTestCase):
     def test_pulled_page_corrupted(self):
         net = harness.NetPair(rate="40mbit")  # the pull lasts seconds
         self.addCleanup(net.close)
-        guest = ["--ram-size", "32M", "--dirty-rate", "100"]
+        guest = ["--ram-size", "32M", "--dirty-rate", "100", "--memory", "memfd"]
         mon = os.path.join(self.oracle_root, "dst.sock")
         recv = self.spawn("recv", "--listen", net.addr_there + ":0", "--print-address",
                           "--json", "--quiet", "--monitor", mon, *guest, name="recv",

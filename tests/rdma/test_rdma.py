@@ -145,7 +145,7 @@ class Migrate(RdmaCase):
         """A page written by RDMA into the destination, then changed there
         (through the guest's memfd) before the switchover: reported by
         block:page on both sides, no completion."""
-        guest = ("--ram-size", "64M")
+        guest = ("--ram-size", "64M", "--memory", "memfd")
         recv, addr = self.start_recv(guest=guest)
         send = self.start_send(addr, "--transport", "rdma", "--max-bandwidth", "4", guest=guest)
         mem = harness.GuestMemory(recv.pid)
@@ -195,20 +195,22 @@ class Postcopy(RdmaCase):
         pc = dst["postcopy"]
         self.assertGreater(pc["pages_discarded"], 0)
         self.assertEqual(pc["pages_on_demand"] + pc["pages_background"], pc["pages_discarded"])
-        # RDMA READs land in the guest's memfd through a second registered
-        # mapping, and UFFDIO_CONTINUE maps them: no copy (unless asked).
+        # With --memory memfd, RDMA READs land in the guest's memfd through a
+        # second registered mapping and UFFDIO_CONTINUE maps them: no copy.
+        # Other RAM (anonymous, hugetlb) has no file: pages are copied in.
         self.assertEqual(pc["pages_zero_copy"], pc["pages_discarded"] if zero_copy else 0)
         self.assertGreater(dst["guest"]["pages_written"], 0, "the guest did not run there")
 
     def test_after_rounds(self):
-        src, dst = self.rdma_migrate(("--ram-size", "32M", "--dirty-rate", "8"),
+        src, dst = self.rdma_migrate(("--ram-size", "32M", "--dirty-rate", "8", "--memory",
+                                      "memfd"),
                                      send_args=("--postcopy-after", "1", "--max-bandwidth", "8",
                                                 "--downtime-ms", "10"))
         self.check(src, dst)
 
     def test_faulting_guest(self):
         src, dst = self.rdma_migrate(("--ram-size", "64M", "--dirty-rate", "30", "--pattern",
-                                      "hot"),
+                                      "hot", "--memory", "memfd"),
                                      send_args=("--on-no-converge", "postcopy", "--max-rounds",
                                                 "1", "--max-bandwidth", "8", "--downtime-ms",
                                                 "10"))
@@ -216,11 +218,23 @@ class Postcopy(RdmaCase):
         self.assertGreater(dst["postcopy"]["faults"], 0)
 
     def test_copy_placement(self):
-        """Pulled pages through the staging buffer and UFFDIO_COPY."""
+        """The default RAM (anonymous, transparent huge pages, as QEMU's):
+        pulled pages through the staging buffer and UFFDIO_COPY."""
         src, dst = self.rdma_migrate(("--ram-size", "32M", "--dirty-rate", "30"),
                                      send_args=("--postcopy-after", "1", "--max-bandwidth", "8",
-                                                "--downtime-ms", "10"),
-                                     recv_args=("--postcopy-placement", "copy"))
+                                                "--downtime-ms", "10"))
+        self.assertEqual(dst["guest"]["memory"], "anon")
+        self.check(src, dst, zero_copy=False)
+
+    def test_hugetlb(self):
+        """RAM in 2 MiB hugetlb pages, registered as it is: RDMA writes in
+        precopy, RDMA READs of whole huge pages in postcopy, copied in."""
+        harness.need_huge_pages(self, 2 * 16)  # 32 MiB on each side
+        src, dst = self.rdma_migrate(("--ram-size", "32M", "--dirty-rate", "8", "--memory",
+                                      "hugetlb"),
+                                     send_args=("--postcopy-after", "1", "--max-bandwidth", "8",
+                                                "--downtime-ms", "10"))
+        self.assertEqual((dst["guest"]["memory"], dst["pages_total"]), ("hugetlb", 16))
         self.check(src, dst, zero_copy=False)
 
 

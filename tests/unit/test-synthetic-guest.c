@@ -21,12 +21,20 @@ static GQuark sg_test_quark(void)
     return g_quark_from_static_string("sg-error-quark");
 }
 
+/* Most cases count resident pages through the memfd's extents (SEEK_DATA):
+ * they run on memfd RAM; the other kinds are test_memory_*'s. */
+static void memfd_config(SgConfig *cfg)
+{
+    sg_config_init(cfg);
+    cfg->memory = SG_MEMORY_MEMFD;
+}
+
 static SyntheticGuest *new_guest(uint64_t ram_size, double rate, SgPattern pattern)
 {
     SgConfig cfg;
     GError *err = NULL;
 
-    sg_config_init(&cfg);
+    memfd_config(&cfg);
     cfg.ram_size = ram_size;
     cfg.dirty_rate_mib = rate;
     cfg.pattern = pattern;
@@ -124,6 +132,64 @@ static void test_config_defaults(void)
     g_assert_cmpfloat(cfg.fill_fraction, ==, 0.75);
     g_assert_cmpfloat(cfg.zero_fraction, ==, 0.125);
     g_assert_cmpuint(cfg.seed, ==, 1);
+    g_assert_cmpint(cfg.memory, ==, SG_MEMORY_ANON); /* QEMU's default */
+}
+
+static bool thp_enabled(void)
+{
+    g_autofree char *text = NULL;
+    return g_file_get_contents("/sys/kernel/mm/transparent_hugepage/enabled", &text, NULL,
+                               NULL) && !strstr(text, "[never]");
+}
+
+/* The default RAM: anonymous, at a 2 MiB boundary, no file; filled, it is
+ * in transparent huge pages where the kernel has them on, and it checks. */
+static void test_memory_anon(void)
+{
+    SgConfig cfg;
+    SgStats st;
+
+    sg_config_init(&cfg);
+    cfg.ram_size = 16 * MIB;
+    SyntheticGuest *g = new_guest_cfg(&cfg);
+    g_assert_cmpint(sg_memory(g), ==, SG_MEMORY_ANON);
+    g_assert_cmpstr(sg_memory_name(sg_memory(g)), ==, "anon");
+    g_assert_cmpint(sg_memfd(g), ==, -1);
+    g_assert_cmpuint(sg_block_page_size(g), ==, 4096);
+    g_assert_cmpuint((uintptr_t)sg_ram(g) % SG_HUGE_PAGE_SIZE, ==, 0);
+    g_assert_cmpuint(sg_huge_bytes(g), ==, 0);
+    g_assert_true(sg_check(g, &st)); /* all zero */
+    sg_fill(g);
+    g_assert_true(sg_check(g, &st));
+    g_assert_cmpuint(st.pages_bad, ==, 0);
+    if (thp_enabled())
+        g_assert_cmpuint(sg_huge_bytes(g), >, 0);
+    else
+        g_test_message("transparent huge pages are off here: 4 KiB pages");
+    sg_free(g);
+}
+
+/* hugetlb RAM is whole 2 MiB pages: a size that is not is refused before
+ * any mapping, naming the unit; the name of each kind. */
+static void test_memory_hugetlb_config(void)
+{
+    SgConfig cfg;
+    GError *err = NULL;
+
+    sg_config_init(&cfg);
+    cfg.memory = SG_MEMORY_HUGETLB;
+    cfg.ram_size = 3 * MIB;
+    g_assert_null(sg_new(&cfg, &err));
+    g_assert_error(err, sg_test_quark(), SG_ERROR_INVALID);
+    g_assert_nonnull(strstr(err->message, "2M"));
+    g_clear_error(&err);
+    cfg.memory = (SgMemory)7;
+    cfg.ram_size = 4 * MIB;
+    g_assert_null(sg_new(&cfg, &err));
+    g_assert_error(err, sg_test_quark(), SG_ERROR_INVALID);
+    g_clear_error(&err);
+    g_assert_cmpstr(sg_memory_name(SG_MEMORY_MEMFD), ==, "memfd");
+    g_assert_cmpstr(sg_memory_name(SG_MEMORY_HUGETLB), ==, "hugetlb");
 }
 
 static void test_new_is_zero_and_paused(void)
@@ -163,7 +229,7 @@ static void check_fractions(uint64_t ram, double fill, double zero)
 {
     SgConfig cfg;
 
-    sg_config_init(&cfg);
+    memfd_config(&cfg);
     cfg.ram_size = ram;
     cfg.fill_fraction = fill;
     cfg.zero_fraction = zero;
@@ -221,7 +287,7 @@ static void test_fill_deterministic(void)
 {
     SgConfig cfg;
 
-    sg_config_init(&cfg);
+    memfd_config(&cfg);
     cfg.ram_size = 16 * MIB;
     SyntheticGuest *a = new_guest_cfg(&cfg);
     SyntheticGuest *b = new_guest_cfg(&cfg);
@@ -350,7 +416,7 @@ static void run_dirty(SgPattern pattern)
     SgConfig cfg;
     SgStats st;
 
-    sg_config_init(&cfg);
+    memfd_config(&cfg);
     cfg.ram_size = 64 * MIB;
     cfg.dirty_rate_mib = 50;
     cfg.pattern = pattern;
@@ -462,7 +528,7 @@ static void test_pause(void)
 static void test_reader(void)
 {
     SgConfig cfg;
-    sg_config_init(&cfg);
+    memfd_config(&cfg);
     cfg.ram_size = 16 * MIB;
     cfg.dirty_rate_mib = 4000;
     cfg.fill_fraction = 1.0;
@@ -509,7 +575,7 @@ static void test_tiny(void)
 {
     SgConfig cfg;
 
-    sg_config_init(&cfg);
+    memfd_config(&cfg);
     cfg.ram_size = 2 * 4096;
     cfg.vcpus = 4;
     cfg.dirty_rate_mib = 10;
@@ -553,7 +619,7 @@ static uint64_t *generations(SyntheticGuest *g)
 static void test_dirty_log(void)
 {
     SgConfig cfg;
-    sg_config_init(&cfg);
+    memfd_config(&cfg);
     cfg.ram_size = 16 * MIB;
     cfg.dirty_rate_mib = 100;
     SyntheticGuest *g = new_guest_cfg(&cfg);
@@ -613,7 +679,7 @@ static void test_device_state(void)
     GError *err = NULL;
     SgStats sa, sb;
 
-    sg_config_init(&cfg);
+    memfd_config(&cfg);
     cfg.ram_size = 16 * MIB;
     cfg.dirty_rate_mib = 100;
     SyntheticGuest *a = new_guest_cfg(&cfg);
@@ -759,7 +825,7 @@ static void test_bad_config(void)
 
     /* Edges that are fine. */
     SgConfig cfg;
-    sg_config_init(&cfg);
+    memfd_config(&cfg);
     cfg.ram_size = 1 * MIB;
     cfg.page_size = 8192;
     cfg.vcpus = 64;
@@ -776,6 +842,8 @@ int main(int argc, char **argv)
     g_test_init(&argc, &argv, NULL);
     g_test_add_func("/synthetic-guest/config-defaults", test_config_defaults);
     g_test_add_func("/synthetic-guest/new-is-zero-and-paused", test_new_is_zero_and_paused);
+    g_test_add_func("/synthetic-guest/memory-anon", test_memory_anon);
+    g_test_add_func("/synthetic-guest/memory-hugetlb-config", test_memory_hugetlb_config);
     g_test_add_func("/synthetic-guest/fill-check", test_fill_check);
     g_test_add_func("/synthetic-guest/fill-fractions", test_fill_fractions);
     g_test_add_func("/synthetic-guest/fill-deterministic", test_fill_deterministic);
