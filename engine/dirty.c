@@ -50,6 +50,7 @@
 #include <linux/fs.h>
 #include <linux/userfaultfd.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -662,12 +663,34 @@ RdmigDirtyTracker *rdmig_dirty_tracker_new(RdmigDirtyMethod method, GError **err
     return NULL;
 }
 
+/* Whether a mapping in [start, start + length) is hugetlb: "ht" among the
+ * VmFlags of /proc/self/smaps. */
+static bool range_has_hugetlb(uint64_t start, uint64_t length)
+{
+    g_autofree char *text = NULL;
+    if (!g_file_get_contents("/proc/self/smaps", &text, NULL, NULL))
+        return false;
+    bool inside = false;
+    for (char *line = text; line && *line;) {
+        char *next = strchr(line, '\n');
+        unsigned long lo, hi;
+        if (next)
+            *next = '\0';
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2)
+            inside = lo < start + length && start < hi;
+        else if (inside && g_str_has_prefix(line, "VmFlags:") && strstr(line, " ht"))
+            return true;
+        line = next ? next + 1 : NULL;
+    }
+    return false;
+}
+
 /**
  * rdmig_dirty_tracker_add:
  * @t: a tracker not yet started
  * @addr: start of the range, aligned to the system page size; memory of
  *        this process, mapped for writing.  uffd-wp takes anonymous,
- *        shmem/memfd and hugetlbfs memory.
+ *        shmem/memfd and hugetlbfs memory; soft-dirty no hugetlbfs.
  * @length: bytes, a non-zero multiple of @page_size
  * @page_size: granularity of the bitmap, a multiple of the system page size
  * @index: (out) (optional): the range's index for sync()
@@ -735,6 +758,15 @@ bool rdmig_dirty_tracker_add(RdmigDirtyTracker *t, void *addr, uint64_t length,
 
     if (t->method == RDMIG_DIRTY_UFFD_WP && !uffd_register(t->uffd, addr, length, error))
         return false;
+    /* Measured on Linux 6.1: clear_refs leaves hugetlb pages alone, and a
+     * page written after it was never reported. */
+    if (t->method == RDMIG_DIRTY_SOFT_DIRTY && range_has_hugetlb(start, length)) {
+        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_UNSUPPORTED,
+                    "dirty tracker: soft-dirty does not see writes to hugetlb memory (range "
+                    "%p+0x%" PRIx64 "); track it with uffd-wp (Linux >= 6.7) or the caller's "
+                    "own dirty log", addr, length);
+        return false;
+    }
 
     r = (DirtyRange){
         .addr = addr,

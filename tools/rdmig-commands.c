@@ -31,7 +31,7 @@ static RdmigSession *session_setup(RdmigRole role, const char *what, CliGuest *g
     RdmigParams p;
     if (!cli_options_build_params(&p, &err))
         goto fail;
-    gu->g = cli_options_build_guest(&err);
+    gu->g = cli_options_build_guest(role == RDMIG_ROLE_SOURCE ? &p : NULL, &err);
     if (!gu->g)
         goto fail;
     gu->destination = role == RDMIG_ROLE_DESTINATION;

@@ -105,6 +105,9 @@ static bool dirty_start(void *opaque, GError **error)
     return true;
 }
 
+/* The guest logs 4 KiB pages; a block of hugetlb memory has 2 MiB ones:
+ * a page of the block is dirty when any of its 4 KiB pages was written (as
+ * QEMU folds KVM's log into a huge-page block). */
 static bool dirty_sync(void *opaque, unsigned block, uint64_t *bitmap, uint64_t npages,
                        GError **error)
 {
@@ -113,13 +116,26 @@ static bool dirty_sync(void *opaque, unsigned block, uint64_t *bitmap, uint64_t 
     if (!gu->dirty_started)
         g_atomic_int_inc(&gu->hooks_unpaired);
     uint64_t per = sg_npages(gu->g) / (uint64_t)gu->blocks;
-    if (block >= (unsigned)gu->blocks || npages != per) {
+    uint64_t fold = sg_block_page_size(gu->g) / sg_page_size(gu->g);
+    if (block >= (unsigned)gu->blocks || npages * fold != per) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
                     "dirty sync of block %u (%" G_GUINT64_FORMAT " pages): the guest has %d "
-                    "blocks of %" G_GUINT64_FORMAT " pages", block, npages, gu->blocks, per);
+                    "blocks of %" G_GUINT64_FORMAT " pages", block, npages, gu->blocks,
+                    per / fold);
         return false;
     }
-    sg_dirty_log_sync(gu->g, per * block, per, bitmap);
+    if (fold == 1) {
+        sg_dirty_log_sync(gu->g, per * block, per, bitmap);
+        return true;
+    }
+    g_autofree uint64_t *small = g_new0(uint64_t, (per + 63) / 64);
+    sg_dirty_log_sync(gu->g, per * block, per, small);
+    for (uint64_t w = 0; w < (per + 63) / 64; w++) {
+        for (uint64_t bits = small[w]; bits; bits &= bits - 1) {
+            uint64_t p = (w * 64 + (uint64_t)__builtin_ctzll(bits)) / fold;
+            bitmap[p / 64] |= UINT64_C(1) << (p % 64);
+        }
+    }
     return true;
 }
 

@@ -8,6 +8,7 @@
 #define G_LOG_DOMAIN "rdmig"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "rdmig-options.h"
@@ -254,14 +255,27 @@ static bool guest_memory(SgConfig *cfg, GError **error)
                     sg_memory_name(cfg->memory));
         return false;
     }
-    if (cfg->memory == SG_MEMORY_HUGETLB && cli_opt.dirty_method &&
-        !strcmp(cli_opt.dirty_method, "guest")) {
-        g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
-                    "--dirty-method guest logs 4 KiB pages; hugetlb memory is tracked in "
-                    "2 MiB pages: use --dirty-method auto or uffd-wp");
-        return false;
-    }
     return true;
+}
+
+/* The built-in tracker @p picks on this kernel: soft-dirty marks a whole
+ * transparent huge page dirty when one 4 KiB page of it is written (uffd-wp
+ * splits it and tracks 4 KiB), so a source tracking by soft-dirty is given
+ * 4 KiB memory by default, and warned when it asked for huge pages: a
+ * dirtying guest might never converge.  The guest's own log is per page. */
+static void source_memory(SgConfig *cfg, const RdmigParams *p)
+{
+    if (cli_opt.dirty_method && !strcmp(cli_opt.dirty_method, "guest"))
+        return;
+    g_autoptr(RdmigDirtyTracker) t = rdmig_dirty_tracker_new(p->dirty_method, NULL);
+    if (!t || rdmig_dirty_tracker_method(t) != RDMIG_DIRTY_SOFT_DIRTY)
+        return;
+    if (!cli_opt.memory_str)
+        cfg->memory = SG_MEMORY_MEMFD;
+    else if (cfg->memory == SG_MEMORY_ANON)
+        fprintf(stderr, "rdmig: warning: the soft-dirty tracker marks a whole 2 MiB "
+                "transparent huge page when one 4 KiB page of it is written: a dirtying "
+                "guest may not converge (--memory memfd tracks 4 KiB pages)\n");
 }
 
 /* The guest options into @cfg, checked. */
@@ -323,11 +337,13 @@ static bool guest_config(SgConfig *cfg, GError **error)
     return true;
 }
 
-SyntheticGuest *cli_options_build_guest(GError **error)
+SyntheticGuest *cli_options_build_guest(const RdmigParams *source, GError **error)
 {
     SgConfig cfg;
     if (!guest_config(&cfg, error))
         return NULL;
+    if (source)
+        source_memory(&cfg, source);
     g_autoptr(GError) sgerr = NULL;
     SyntheticGuest *g = sg_new(&cfg, &sgerr);
     /* The guest's checks (vCPUs, dirty rate) are the user's values too. */

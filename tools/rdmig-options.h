@@ -91,7 +91,9 @@ bool cli_options_build_params(RdmigParams *p, GError **error);
 
 /** cli_options_build_guest: a new, paused synthetic guest as the guest
  *  options describe it, or NULL with @error (RDMIG_ERROR_INVALID) naming
- *  the bad option.  The caller owns it (sg_free()).  Main thread. */
-SyntheticGuest *cli_options_build_guest(GError **error);
+ *  the bad option.  @source: the source's params (its dirty tracker decides
+ *  the default memory), NULL on the destination.  The caller owns it
+ *  (sg_free()).  Main thread. */
+SyntheticGuest *cli_options_build_guest(const RdmigParams *source, GError **error);
 
 #endif

@@ -131,6 +131,15 @@ class Memory(harness.RdmigTestCase):
         self.assertEqual((src["pages_total"], dst["pages_total"]), (32, 32),
                          "RAM blocks are not in 2 MiB pages")
 
+    def test_hugetlb_guest_dirty_log(self):
+        """The guest's own 4 KiB dirty log (as KVM's for QEMU), folded into
+        the 2 MiB pages of hugetlb blocks: no write lost (the oracle)."""
+        harness.need_huge_pages(self, 2 * 32)
+        src, dst = self.migrate(guest=self.GUEST + ["--memory", "hugetlb"],
+                                send_args=["--dirty-method", "guest"])
+        self.check(src, dst, "hugetlb")
+        self.assertEqual(src["dirty_method"], "caller")  # RdmigDirtyOps
+
     def test_hugetlb_against_small_pages(self):
         """2 MiB pages on one side, 4 KiB on the other: the destination
         refuses the layout, naming both, and listens on (a wrong layout is
