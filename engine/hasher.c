@@ -23,6 +23,7 @@ struct RdmigHasher {
     uint64_t head, tail;     /* jobs [tail, head) are queued; tail advances when done */
     bool stop;
     uint64_t cpu_us;
+    uint64_t busy_us, bytes; /* under lock: the pace (rdmig_hasher_ns_per_byte) */
 };
 
 static gpointer hasher_thread(gpointer data)
@@ -36,9 +37,13 @@ static gpointer hasher_thread(gpointer data)
             break;
         HashJob j = h->ring[h->tail % HASHER_RING];
         g_mutex_unlock(&h->lock);
+        gint64 t0 = rdmig_now_us();
         for (uint64_t i = 0; i < j.n; i++)
             j.hashes[i] = rdmig_page_hash(j.pages + i * j.page_size, j.page_size);
+        gint64 t1 = rdmig_now_us();
         g_mutex_lock(&h->lock);
+        h->busy_us += (uint64_t)(t1 - t0);
+        h->bytes += j.n * j.page_size;
         h->tail++;
         g_cond_broadcast(&h->cond);
     }
@@ -74,6 +79,14 @@ void rdmig_hasher_drain(RdmigHasher *h)
     while (h->tail != h->head)
         g_cond_wait(&h->cond, &h->lock);
     g_mutex_unlock(&h->lock);
+}
+
+double rdmig_hasher_ns_per_byte(RdmigHasher *h)
+{
+    g_mutex_lock(&h->lock);
+    double pace = h->bytes ? (double)h->busy_us * 1000.0 / (double)h->bytes : 0;
+    g_mutex_unlock(&h->lock);
+    return pace;
 }
 
 uint64_t rdmig_hasher_free(RdmigHasher *h)

@@ -23,6 +23,10 @@ void rdmig_hasher_push(RdmigHasher *h, const uint8_t *pages, uint64_t *hashes, u
                        uint32_t page_size);
 /** Waits until everything queued is hashed. */
 void rdmig_hasher_drain(RdmigHasher *h);
+/** Nanoseconds per byte hashed so far (wall time of the thread's jobs, so
+ *  that what slows it here, a busy CPU or a first touch of the page, is
+ *  in), or 0 before anything was hashed. */
+double rdmig_hasher_ns_per_byte(RdmigHasher *h);
 /** Stops the thread and frees; returns the thread's CPU time in microseconds. */
 uint64_t rdmig_hasher_free(RdmigHasher *h);
 

@@ -76,6 +76,19 @@ static bool in_phase(bool asked, RdmigMsgType type, const char *after, GError **
     return asked;
 }
 
+/* The destination's verification pace, kept from the last ROUND_ACK that
+ * had pages to check: one with none says nothing about it. */
+static void note_verify_pace(RdmigSource *src)
+{
+    const RdmigRoundAck *a = &src->last_ack;
+    RdmigSession *s = &src->s;
+    if (!a->has_backlog || !a->unverified_pages || !a->verify_us || !s->blocks->len)
+        return;
+    uint32_t page = ((RdmigRamBlock *)s->blocks->pdata[0])->page_size;
+    src->verify_ns_per_byte = (double)a->verify_us * 1000.0 /
+                              ((double)a->unverified_pages * page);
+}
+
 static bool handle_message(RdmigSource *src, const RdmigFrame *f, GError **error)
 {
     RdmigMsgType t = f->hdr.type;
@@ -84,6 +97,7 @@ static bool handle_message(RdmigSource *src, const RdmigFrame *f, GError **error
         if (!rdmig_round_ack_decode(f->payload, f->hdr.length, &src->last_ack, error))
             return false;
         src->round_ack = src->last_ack.round;
+        note_verify_pace(src);
         return true;
     case RDMIG_MSG_POSTCOPY_PREPARED:
         if (!in_phase(src->postcopy_prepare_sent && !src->postcopy_prepared, t,
@@ -306,8 +320,18 @@ static uint64_t gather_run(RdmigSource *src, RdmigRamBlock *b, uint64_t i)
     return n;
 }
 
+/* Pages not in a round that one HASHES may span between two that are: each
+ * costs 8 bytes, where a message of its own costs a control frame (and a
+ * TLS record), received and decoded: tens of microseconds here, so a guest
+ * dirtying scattered pages sent thousands of messages per round, and the
+ * last round's were most of the downtime (docs/BENCHMARKS.md). */
+#define HASH_GAP_PAGES 512
+
 /* HASHES of the pages of round_hashed from position @from to @to (block,
- * page), which are then cleared. */
+ * page), which are then cleared.  A message spans short gaps: a page there
+ * carries the hash of what this side last sent of it, or of zero (never
+ * sent), which is what the destination holds; it is unchanged there, and
+ * a page checked already stays checked. */
 static bool send_hashes_between(RdmigSource *src, guint from_block, uint64_t from_page,
                                 guint to_block, uint64_t to_page, GError **error)
 {
@@ -318,6 +342,12 @@ static bool send_hashes_between(RdmigSource *src, guint from_block, uint64_t fro
         uint64_t i = bi == from_block ? from_page : 0;
         for (i = rdmig_bitmap_next_set(b->round_hashed, end, i); i < end;) {
             uint64_t stop = rdmig_bitmap_next_clear(b->round_hashed, end, i);
+            for (uint64_t next; stop < end && stop - i < RDMIG_HASHES_PER_MSG; stop = next) {
+                uint64_t set = rdmig_bitmap_next_set(b->round_hashed, end, stop);
+                if (set >= end || set - stop > HASH_GAP_PAGES)
+                    break;
+                next = rdmig_bitmap_next_clear(b->round_hashed, end, set);
+            }
             uint32_t n = (uint32_t)MIN(stop - i, (uint64_t)RDMIG_HASHES_PER_MSG);
             if (!rdmig_channel_send(s, RDMIG_MSG_HASHES,
                                     rdmig_hashes_encode(bi, i, b->hashes + i, n), error))

@@ -120,27 +120,43 @@ static bool stop_and_copy(RdmigSource *src, uint64_t round, GError **error)
 {
     RdmigSession *s = &src->s;
     uint64_t pending;
-    if (!rdmig_source_stop_guest(src, RDMIG_STATE_DEVICE, error) ||
-        !rdmig_dirty_log_sync(src, &pending, error))
+    gint64 t[6];
+    if (!rdmig_source_stop_guest(src, RDMIG_STATE_DEVICE, error))
         return false;
+    t[0] = rdmig_now_us();
+    if (!rdmig_dirty_log_sync(src, &pending, error))
+        return false;
+    t[1] = rdmig_now_us();
     RDMIG_STATS_UPDATE(s, {
         s->stats.rounds = round;
         s->stats.remaining_bytes = pending;
     });
-    if (!rdmig_source_send_dirty(src, error) || !rdmig_source_end_round(src, round, error))
+    if (!rdmig_source_send_dirty(src, error))
         return false;
+    t[2] = rdmig_now_us();
+    if (!rdmig_source_end_round(src, round, error))
+        return false;
+    t[3] = rdmig_now_us();
     src->data_done = true;
     RDMIG_STATS_UPDATE(s, s->stats.data_cpu_us = rdmig_thread_cpu_us() - src->cpu_at_active_us);
     /* Only the last round's hashes: the destination checked the others as
      * their rounds ended (verify.c). */
     if (!rdmig_source_send_device_state(src, error) || !rdmig_source_send_round_hashes(src, error))
         return false;
+    t[4] = rdmig_now_us();
     src->complete_sent = true;
     if (!rdmig_channel_send(s, RDMIG_MSG_COMPLETE, rdmig_u64_encode(s->stats.pages_total),
                             error) ||
         !rdmig_source_wait_flag(src, &src->complete_acked, error))
         return false;
-    RDMIG_STATS_UPDATE(s, s->stats.downtime_ms = (uint64_t)(rdmig_now_us() - s->t_stop) / 1000);
+    t[5] = rdmig_now_us();
+    RDMIG_STATS_UPDATE(s, s->stats.downtime_ms = (uint64_t)(t[5] - s->t_stop) / 1000);
+    /* What the estimate is checked against (docs/protocol.md §5.1). */
+    g_debug("downtime %" G_GINT64_FORMAT " us = stop %" G_GINT64_FORMAT " + sync %"
+            G_GINT64_FORMAT " + %" G_GUINT64_FORMAT " bytes %" G_GINT64_FORMAT " + barrier %"
+            G_GINT64_FORMAT " + device state and hashes %" G_GINT64_FORMAT
+            " + complete (verify) %" G_GINT64_FORMAT, t[5] - s->t_stop, t[0] - s->t_stop,
+            t[1] - t[0], pending, t[2] - t[1], t[3] - t[2], t[4] - t[3], t[5] - t[4]);
     return rdmig_source_take_complete_ack(src, error);
 }
 
@@ -152,8 +168,9 @@ static bool stop_and_copy(RdmigSource *src, uint64_t round, GError **error)
  * the destination's verification of what it has not checked yet plus the
  * pending pages, at the pace its background verifier measured (ROUND_ACK). */
 typedef struct {
-    uint64_t round, bandwidth, pending, expected_ms;
-    uint64_t sync_us, barrier_us, transfer_us, verify_us, expected_us;
+    uint64_t round, bandwidth, pending, expected_ms, bytes;
+    uint64_t sync_us, barrier_us, transfer_us, hashes_us, verify_us, expected_us;
+    uint64_t hash_tail_us; /* this round: waiting for its hashes after the barrier */
     gint64 elapsed_ms;
 } RoundEnd;
 
@@ -161,15 +178,26 @@ static void expect_downtime(RdmigSource *src, RoundEnd *r)
 {
     RdmigSession *s = &src->s;
     const RdmigRoundAck *a = &src->last_ack;
-    uint64_t page = ((RdmigRamBlock *)s->blocks->pdata[0])->page_size;
     r->transfer_us = r->bandwidth ? (uint64_t)((double)r->pending * 1e6 / (double)r->bandwidth)
                                   : G_MAXUINT32 * 1000ull;
+    r->hashes_us = 0;
     r->verify_us = 0;
-    if ((s->features & RDMIG_FEATURE_VERIFY) && a->has_backlog && a->unverified_pages) {
-        double per_page = (double)a->verify_us / (double)a->unverified_pages;
-        r->verify_us = a->verify_us + (uint64_t)(per_page * (double)(r->pending / page));
+    if (s->features & RDMIG_FEATURE_VERIFY) {
+        /* Our hashes of the last pages: what this round waited for them
+         * after its barrier, in proportion. */
+        r->hashes_us = r->bytes ? (uint64_t)((double)r->hash_tail_us * (double)r->pending /
+                                             (double)r->bytes)
+                                : 0;
+        /* The destination checks its backlog and then the last pages, at its
+         * verifier's pace (ours, before it has told one). */
+        double pace = src->verify_ns_per_byte;
+        if (!pace && src->hasher)
+            pace = rdmig_hasher_ns_per_byte(src->hasher);
+        r->verify_us = (a->has_backlog ? a->verify_us : 0) +
+                       (uint64_t)(pace * (double)r->pending / 1000.0);
     }
-    r->expected_us = r->sync_us + r->transfer_us + 2 * r->barrier_us + r->verify_us;
+    r->expected_us = r->sync_us + r->transfer_us + 2 * r->barrier_us + r->hashes_us +
+                     r->verify_us;
     r->expected_ms = r->expected_us / 1000;
 }
 
@@ -218,9 +246,10 @@ static void round_stats(RdmigSource *src, RoundEnd *r, gint64 t0, gint64 t1)
     g_debug("round %" G_GUINT64_FORMAT ": %" G_GUINT64_FORMAT " bytes in %" G_GINT64_FORMAT
             " us, pending %" G_GUINT64_FORMAT ", bandwidth %" G_GUINT64_FORMAT " B/s; expected "
             "downtime %" G_GUINT64_FORMAT " us = sync %" G_GUINT64_FORMAT " + transfer %"
-            G_GUINT64_FORMAT " + 2 x barrier %" G_GUINT64_FORMAT " + verify %" G_GUINT64_FORMAT,
+            G_GUINT64_FORMAT " + 2 x barrier %" G_GUINT64_FORMAT " + hashes %" G_GUINT64_FORMAT
+            " + verify %" G_GUINT64_FORMAT,
             r->round, src->round_bytes, t1 - t0, r->pending, r->bandwidth, r->expected_us,
-            r->sync_us, r->transfer_us, r->barrier_us, r->verify_us);
+            r->sync_us, r->transfer_us, r->barrier_us, r->hashes_us, r->verify_us);
 }
 
 /* Past max_rounds or max_precopy_ms: postcopy or a forced switchover if the
@@ -274,6 +303,8 @@ static bool precopy(RdmigSource *src, GError **error)
          * next round runs. */
         if (!rdmig_source_send_round_hashes(src, error))
             return false;
+        r.hash_tail_us = (uint64_t)(rdmig_now_us() - t1);
+        r.bytes = src->round_bytes;
         gint64 t_sync = rdmig_now_us();
         if (!rdmig_dirty_log_sync(src, &r.pending, error))
             return false;

@@ -49,6 +49,7 @@ typedef struct {
     uint64_t total_data_bytes;  /* completed, all rounds */
     uint64_t round_ack;         /* last ROUND_ACK received */
     RdmigRoundAck last_ack;     /* ... with the destination's verification backlog */
+    double verify_ns_per_byte;  /* its verifier's pace, from the last ACK with a backlog */
     uint32_t verify_waits;      /* switchovers put off for its background verification */
     bool hashes_all_sent;       /* every page's hash went out since the link came up */
     struct { guint block; uint64_t page; } hash_from, hash_mark; /* mid-round hashes */
