@@ -92,7 +92,21 @@ typedef struct {
     uint64_t seq;
 } TcpGetResp;
 
-typedef enum { TX_NONE, TX_REQ, TX_RESP, TX_ACK } TcpTxKind;
+typedef enum { TX_REQ, TX_RESP, TX_ACK } TcpTxKind;
+
+/* Frames gathered into one sendmsg(): scattered 4 KiB pages would
+ * otherwise cost a system call (and a segment, and a wake-up of the peer)
+ * each. */
+#define TX_BATCH 32
+#define TX_IOV_MAX 256
+#define TX_BATCH_BYTES (1u << 20)
+
+typedef struct {
+    TcpTxKind kind;
+    uint8_t hdr[TCP_HDR];
+    RdmigIoReq *req; /* TX_REQ */
+    size_t len;      /* header and payload */
+} TcpTxFrame;
 typedef enum { RX_HDR, RX_PUT, RX_RESP, RX_FAILED } TcpRxState;
 
 struct RdmigConn {
@@ -114,13 +128,14 @@ struct RdmigConn {
     TcpGetResp *resp;       /* ring of answers to send */
     uint32_t resp_cap, resp_head, resp_count;
 
-    /* transmit: one frame in flight at a time */
-    TcpTxKind tx_kind;
-    uint8_t tx_hdr[TCP_HDR];
-    struct iovec tx_iov[RDMIG_IO_MAX_IOV + 1];
+    /* transmit: a batch of frames, sent in order */
+    TcpTxFrame tx[TX_BATCH];
+    unsigned tx_n, tx_first;  /* frames in the batch; the first not wholly sent */
+    uint32_t tx_resps;        /* answers in the batch not wholly sent */
+    struct iovec tx_iov[TX_IOV_MAX];
     int tx_iovcnt;
-    size_t tx_total, tx_done;
-    RdmigIoReq *tx_req;
+    size_t tx_total, tx_done; /* bytes of the batch; sent of them */
+    size_t tx_first_at;       /* where frame tx_first begins in the batch */
 
     /* receive */
     TcpRxState rx;
@@ -377,6 +392,14 @@ static void complete(RdmigConn *c, RdmigIoReq *r, int status)
 
 /* Fails the connection once: every outstanding request completes with an
  * error; later polls report -fail_errno after the completions are reaped. */
+static void tx_reset(RdmigConn *c)
+{
+    c->tx_n = c->tx_first = 0;
+    c->tx_resps = 0;
+    c->tx_iovcnt = 0;
+    c->tx_total = c->tx_done = c->tx_first_at = 0;
+}
+
 static void conn_fail(RdmigConn *c, int err, const char *fmt, ...) G_GNUC_PRINTF(3, 4);
 static void conn_fail(RdmigConn *c, int err, const char *fmt, ...)
 {
@@ -394,11 +417,11 @@ static void conn_fail(RdmigConn *c, int err, const char *fmt, ...)
         c->rx_req = NULL;
     }
     c->rx = RX_FAILED;
-    if (c->tx_kind == TX_REQ && c->tx_req) {
-        complete(c, c->tx_req, -err);
-        c->tx_req = NULL;
-    }
-    c->tx_kind = TX_NONE;
+    /* Requests of the batch not wholly sent are on no queue. */
+    for (unsigned i = c->tx_first; i < c->tx_n; i++)
+        if (c->tx[i].kind == TX_REQ)
+            complete(c, c->tx[i].req, -err);
+    tx_reset(c);
     while ((r = c->wq_head)) {
         c->wq_head = r->tp_next;
         complete(c, r, -err);
@@ -496,77 +519,87 @@ static int tcp_submit(RdmigConn *c, RdmigIoReq *req)
 
 static bool tx_pending(RdmigConn *c)
 {
-    return c->tx_kind != TX_NONE || c->sq_head || c->resp_count || c->peer_done_seq > c->acked_seq;
+    return c->tx_n || c->sq_head || c->resp_count > c->tx_resps ||
+           c->peer_done_seq > c->acked_seq;
 }
 
-/* Picks the next frame to send: answers to the peer first (it may be waiting
- * on them), then our own requests. */
-static bool tx_next(RdmigConn *c)
+static void tx_push(RdmigConn *c, TcpTxKind kind, RdmigIoReq *req, const struct iovec *iov,
+                    int n)
 {
-    c->tx_done = 0;
+    TcpTxFrame *f = &c->tx[c->tx_n++];
+    f->kind = kind;
+    f->req = req;
+    f->len = TCP_HDR;
+    c->tx_iov[c->tx_iovcnt++] = (struct iovec){ f->hdr, TCP_HDR };
+    for (int i = 0; i < n; i++) {
+        c->tx_iov[c->tx_iovcnt++] = iov[i];
+        f->len += iov[i].iov_len;
+    }
+    c->tx_total += f->len;
+}
+
+/* Adds the next frame to the batch, if it has room: answers to the peer
+ * first (it may be waiting on them), then our own requests. */
+static bool tx_add(RdmigConn *c)
+{
+    if (c->tx_n == TX_BATCH || (c->tx_n && c->tx_total >= TX_BATCH_BYTES))
+        return false;
+    uint8_t *h = c->tx[c->tx_n].hdr;
+    int room = TX_IOV_MAX - c->tx_iovcnt;
+    if (room < 1)
+        return false;
     if (c->peer_done_seq > c->acked_seq) {
-        hdr_encode(c->tx_hdr, T_ACK, 0, 0, 0, c->peer_done_seq);
+        hdr_encode(h, T_ACK, 0, 0, 0, c->peer_done_seq);
         c->acked_seq = c->peer_done_seq;
-        c->tx_kind = TX_ACK;
-        c->tx_iov[0] = (struct iovec){ c->tx_hdr, TCP_HDR };
-        c->tx_iovcnt = 1;
-        c->tx_total = TCP_HDR;
+        tx_push(c, TX_ACK, NULL, NULL, 0);
         return true;
     }
-    if (c->resp_count) {
-        TcpGetResp *g = &c->resp[c->resp_head];
-        hdr_encode(c->tx_hdr, T_GET_RESP, 0, g->len, 0, g->seq);
-        c->tx_kind = TX_RESP;
-        c->tx_iov[0] = (struct iovec){ c->tx_hdr, TCP_HDR };
-        c->tx_iov[1] = (struct iovec){ (void *)g->src, g->len };
-        c->tx_iovcnt = 2;
-        c->tx_total = TCP_HDR + g->len;
+    if (c->resp_count > c->tx_resps) {
+        if (room < 2)
+            return false;
+        TcpGetResp *g = &c->resp[(c->resp_head + c->tx_resps) % c->resp_cap];
+        hdr_encode(h, T_GET_RESP, 0, g->len, 0, g->seq);
+        c->tx_resps++;
+        tx_push(c, TX_RESP, NULL, &(struct iovec){ (void *)g->src, g->len }, 1);
         return true;
     }
     RdmigIoReq *r = c->sq_head;
-    if (!r)
+    bool write = r && r->op == RDMIG_IO_WRITE;
+    if (!r || room < 1 + (write ? r->iovcnt : 0))
         return false;
     c->sq_head = r->tp_next;
     if (!c->sq_head)
         c->sq_tail = NULL;
     r->tp_priv[1] = c->next_seq++;
-    uint32_t region = rdmig_get_be32(r->rkey->bytes);
-    uint32_t len = (uint32_t)r->tp_priv[0];
-    c->tx_req = r;
-    c->tx_kind = TX_REQ;
-    c->tx_iov[0] = (struct iovec){ c->tx_hdr, TCP_HDR };
-    c->tx_iovcnt = 1;
-    c->tx_total = TCP_HDR;
-    if (r->op == RDMIG_IO_WRITE) {
-        hdr_encode(c->tx_hdr, T_PUT, region, len, r->remote_offset, r->tp_priv[1]);
-        memcpy(&c->tx_iov[1], r->iov, r->iovcnt * sizeof(struct iovec));
-        c->tx_iovcnt += r->iovcnt;
-        c->tx_total += len;
-    } else {
-        hdr_encode(c->tx_hdr, T_GET, region, len, r->remote_offset, r->tp_priv[1]);
-    }
+    hdr_encode(h, write ? T_PUT : T_GET, rdmig_get_be32(r->rkey->bytes),
+               (uint32_t)r->tp_priv[0], r->remote_offset, r->tp_priv[1]);
+    tx_push(c, TX_REQ, r, write ? r->iov : NULL, write ? r->iovcnt : 0);
     return true;
 }
 
-static void tx_finish(RdmigConn *c)
+/* A frame wholly sent: a request now waits for its ACK or answer. */
+static void tx_sent(RdmigConn *c, TcpTxFrame *f)
 {
-    if (c->tx_kind == TX_REQ) {
-        push(&c->wq_head, &c->wq_tail, c->tx_req);
-        c->tx_req = NULL;
-    } else if (c->tx_kind == TX_RESP) {
+    if (f->kind == TX_REQ) {
+        push(&c->wq_head, &c->wq_tail, f->req);
+    } else if (f->kind == TX_RESP) {
         c->resp_head = (c->resp_head + 1) % c->resp_cap;
         c->resp_count--;
+        c->tx_resps--;
     }
-    c->tx_kind = TX_NONE;
 }
 
 static void progress_tx(RdmigConn *c)
 {
     while (!c->fail.failed) {
-        if (c->tx_kind == TX_NONE && !tx_next(c))
-            return;
-        /* Skip what an earlier partial send already took. */
-        struct iovec v[RDMIG_IO_MAX_IOV + 1];
+        if (!c->tx_n) {
+            while (tx_add(c))
+                continue;
+            if (!c->tx_n)
+                return;
+        }
+        /* Skip what earlier partial sends already took. */
+        struct iovec v[TX_IOV_MAX];
         int n = 0;
         size_t skip = c->tx_done;
         for (int i = 0; i < c->tx_iovcnt; i++) {
@@ -588,10 +621,14 @@ static void progress_tx(RdmigConn *c)
             return;
         }
         c->tx_done += r;
-        if (c->tx_done == c->tx_total)
-            tx_finish(c);
-        else
-            return;
+        while (c->tx_first < c->tx_n &&
+               c->tx_done >= c->tx_first_at + c->tx[c->tx_first].len) {
+            c->tx_first_at += c->tx[c->tx_first].len;
+            tx_sent(c, &c->tx[c->tx_first++]);
+        }
+        if (c->tx_first < c->tx_n)
+            return; /* the socket is full: POLLOUT brings us back */
+        tx_reset(c);
     }
 }
 
