@@ -246,6 +246,7 @@ static bool submit_run(RdmigSource *src, RdmigRamBlock *b, uint64_t first, uint6
     RdmigPageReq *pr = free_req(src, error);
     if (!pr)
         return false;
+    src->round_reqs++;
     pr->io = (RdmigIoReq){ .op = RDMIG_IO_WRITE, .iovcnt = 1, .rkey = &b->rkey,
                            .remote_offset = first * b->page_size, .user = pr };
     pr->io.iov[0] = (struct iovec){ b->host + first * b->page_size, bytes };

@@ -168,11 +168,22 @@ static bool stop_and_copy(RdmigSource *src, uint64_t round, GError **error)
  * the destination's verification of what it has not checked yet plus the
  * pending pages, at the pace its background verifier measured (ROUND_ACK). */
 typedef struct {
-    uint64_t round, bandwidth, pending, expected_ms, bytes;
+    uint64_t round, bandwidth, pending, pending_runs, expected_ms, bytes;
     uint64_t sync_us, barrier_us, transfer_us, hashes_us, verify_us, expected_us;
     uint64_t hash_tail_us; /* this round: waiting for its hashes after the barrier */
     gint64 elapsed_ms;
 } RoundEnd;
+
+/* Writes the pending pages will take at most: their runs. */
+static uint64_t pending_runs(RdmigSession *s)
+{
+    uint64_t n = 0;
+    for (guint bi = 0; bi < s->blocks->len; bi++) {
+        RdmigRamBlock *b = s->blocks->pdata[bi];
+        n += rdmig_bitmap_count_runs(b->dirty, b->npages);
+    }
+    return n;
+}
 
 static void expect_downtime(RdmigSource *src, RoundEnd *r)
 {
@@ -180,6 +191,10 @@ static void expect_downtime(RdmigSource *src, RoundEnd *r)
     const RdmigRoundAck *a = &src->last_ack;
     r->transfer_us = r->bandwidth ? (uint64_t)((double)r->pending * 1e6 / (double)r->bandwidth)
                                   : G_MAXUINT32 * 1000ull;
+    /* Scattered pages cost a write each, whatever their bytes: a round of
+     * long runs (round 1) says little of what its dirty pages will take.
+     * Each run pending at least this round's time per write. */
+    r->transfer_us = MAX(r->transfer_us, (uint64_t)(src->us_per_req * (double)r->pending_runs));
     r->hashes_us = 0;
     r->verify_us = 0;
     if (s->features & RDMIG_FEATURE_VERIFY) {
@@ -288,6 +303,7 @@ static bool precopy(RdmigSource *src, GError **error)
     for (r.round = src->round_ack + 1;; r.round++) {
         gint64 t0 = rdmig_now_us();
         src->round_bytes = 0;
+        src->round_reqs = 0;
         RDMIG_STATS_UPDATE(s, s->stats.rounds = r.round);
         if (!rdmig_source_send_dirty(src, error))
             return false;
@@ -299,6 +315,8 @@ static bool precopy(RdmigSource *src, GError **error)
         /* The data's own pace: the barrier is counted apart. */
         if (src->round_bytes >= BW_MIN_SAMPLE || !r.bandwidth)
             r.bandwidth = (uint64_t)((double)src->round_bytes * 1e6 / (double)MAX(t_sent - t0, 1));
+        if (src->round_reqs >= 64 || !src->us_per_req)
+            src->us_per_req = (double)(t_sent - t0) / (double)MAX(src->round_reqs, 1);
         /* The round is placed there: its hashes, checked there while the
          * next round runs. */
         if (!rdmig_source_send_round_hashes(src, error))
@@ -309,6 +327,7 @@ static bool precopy(RdmigSource *src, GError **error)
         if (!rdmig_dirty_log_sync(src, &r.pending, error))
             return false;
         r.sync_us = (uint64_t)(rdmig_now_us() - t_sync);
+        r.pending_runs = pending_runs(s);
         round_stats(src, &r, t0, t1);
         int waited = wait_for_verification(src, &r, error);
         if (waited < 0)

@@ -46,6 +46,8 @@ typedef struct {
     uint32_t nreqs, inflight;
     uint32_t next_conn;
     uint64_t round_bytes;       /* completed in the current round */
+    uint64_t round_reqs;        /* writes submitted in the current round */
+    double us_per_req;          /* a round's data time per write, from one of >= 64 */
     uint64_t total_data_bytes;  /* completed, all rounds */
     uint64_t round_ack;         /* last ROUND_ACK received */
     RdmigRoundAck last_ack;     /* ... with the destination's verification backlog */

@@ -12,6 +12,20 @@ uint64_t rdmig_bitmap_count(const uint64_t *bm, uint64_t nbits)
     return n;
 }
 
+uint64_t rdmig_bitmap_count_runs(const uint64_t *bm, uint64_t nbits)
+{
+    uint64_t n = 0, carry = 0, words = (nbits + 63) / 64;
+    for (uint64_t w = 0; w < words; w++) {
+        uint64_t v = bm[w];
+        if (w == words - 1 && nbits % 64)
+            v &= (1ull << (nbits % 64)) - 1;
+        /* A run starts at a set bit whose lower neighbour is clear. */
+        n += (uint64_t)__builtin_popcountll(v & ~((v << 1) | carry));
+        carry = v >> 63;
+    }
+    return n;
+}
+
 /* The first bit at or after @start that differs from @flip's bits (0: a
  * set bit, all ones: a clear bit), or @nbits. */
 static uint64_t next_bit(const uint64_t *bm, uint64_t nbits, uint64_t start, uint64_t flip)

@@ -26,6 +26,8 @@ static inline void rdmig_bitmap_clear(uint64_t *bm, uint64_t i)
 }
 /** Number of set bits among the first @nbits. */
 uint64_t rdmig_bitmap_count(const uint64_t *bm, uint64_t nbits);
+/** Number of runs of consecutive set bits among the first @nbits. */
+uint64_t rdmig_bitmap_count_runs(const uint64_t *bm, uint64_t nbits);
 /** First set bit at or after @start, or @nbits if none. */
 uint64_t rdmig_bitmap_next_set(const uint64_t *bm, uint64_t nbits, uint64_t start);
 /** First clear bit at or after @start, or @nbits if none. */

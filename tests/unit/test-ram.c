@@ -295,6 +295,32 @@ static void test_bitmap_clear_range(void)
     }
 }
 
+/* Runs counted against the model, on random maps of every density, with
+ * bits past nbits set in the last word (they must not count). */
+static void test_bitmap_count_runs(void)
+{
+    for (size_t si = 0; si < G_N_ELEMENTS(sizes); si++) {
+        uint64_t nbits = sizes[si];
+        Pair *p = pair_new(nbits);
+        for (int trial = 0; trial < 64; trial++) {
+            int density = g_test_rand_int_range(0, 101);
+            memset(p->bm, 0, (p->words + 1) * 8);
+            p->bm[p->words - 1] = ~0ull; /* garbage past the end, cleared below where used */
+            uint64_t runs = 0;
+            for (uint64_t i = 0; i < nbits; i++) {
+                p->model[i] = g_test_rand_int_range(0, 100) < density;
+                if (p->model[i])
+                    p->bm[i / 64] |= 1ull << (i % 64);
+                else
+                    p->bm[i / 64] &= ~(1ull << (i % 64));
+                runs += p->model[i] && (i == 0 || !p->model[i - 1]);
+            }
+            g_assert_cmpuint(rdmig_bitmap_count_runs(p->bm, nbits), ==, runs);
+        }
+        pair_free(p);
+    }
+}
+
 /* ------------------------------------------------------------ random */
 
 /* A position biased towards the word boundaries and the ends. */
@@ -548,6 +574,7 @@ int main(int argc, char **argv)
     g_test_add_func("/ram/bitmap/tail-garbage", test_bitmap_tail_garbage);
     g_test_add_func("/ram/bitmap/set-range", test_bitmap_set_range);
     g_test_add_func("/ram/bitmap/clear-range", test_bitmap_clear_range);
+    g_test_add_func("/ram/bitmap/count-runs", test_bitmap_count_runs);
     g_test_add_func("/ram/bitmap/random", test_bitmap_random);
     g_test_add_func("/ram/page/is-zero", test_page_is_zero);
     g_test_add_func("/ram/page/hash", test_page_hash);
