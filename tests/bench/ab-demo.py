@@ -17,27 +17,19 @@ medians of each build.  Builds of the same build type only: the figures
 are compared, not read alone (these machines drift from hour to hour).
 """
 import argparse
-import json
 import os
 import statistics
-import subprocess
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True  # keep the source tree clean
+from demo_report import demo_reports  # noqa: E402
 FIELDS = ("total", "down", "expected", "rounds", "verify_dt", "dstcpu")
 
 
 def run(binary, args):
-    out = subprocess.run([binary, "demo", "--json"] + args, capture_output=True, text=True,
-                         timeout=600).stdout
-    r = {}
-    for line in out.splitlines():
-        try:
-            j = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(j, dict) and "role" in j:
-            r[j["role"]] = j
-    s, d = r.get("source", {}), r.get("destination", {})
+    s, d = demo_reports(binary, args)
     if s.get("result") != "completed":
         return None, s.get("error") or d.get("error") or "no report"
     return {"total": s["total_time_ms"], "down": s["downtime_ms"],

@@ -25,7 +25,11 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-NR = "/proc/sys/vm/nr_hugepages"
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+sys.dont_write_bytecode = True  # keep the source tree clean
+from demo_report import demo_reports  # noqa: E402
+from harness import add_huge_pages  # noqa: E402
 
 
 def parse_size(s):
@@ -47,27 +51,8 @@ def iperf3(port=47091):
 
 
 def demo(rdmig, ram, rate, kind, prealloc):
-    args = [rdmig, "demo", "--json", "--ram-size", ram, "--dirty-rate", str(rate),
-            "--memory", kind] + (["--prealloc"] if prealloc else [])
-    out = subprocess.run(args, capture_output=True, text=True, timeout=600).stdout
-    r = {}
-    for line in out.splitlines():
-        try:
-            j = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(j, dict) and "role" in j:
-            r[j["role"]] = j
-    return r.get("source", {}), r.get("destination", {})
-
-
-def grow_pool(pages):
-    with open(NR) as f:
-        before = int(f.read())
-    with open(NR, "w") as f:
-        f.write(str(max(before + pages, 0)))
-    with open(NR) as f:
-        return int(f.read()) - before
+    return demo_reports(rdmig, ["--ram-size", ram, "--dirty-rate", str(rate), "--memory", kind] +
+                        (["--prealloc"] if prealloc else []))
 
 
 def main():
@@ -86,7 +71,7 @@ def main():
             print("hugetlb left out: root is needed to add %d pages to vm.nr_hugepages" % need)
             kinds.remove("hugetlb")
         else:
-            added = grow_pool(need)
+            added = add_huge_pages(need)
             if added < need:
                 print("hugetlb left out: the kernel gave %d of %d huge pages" % (added, need))
                 kinds.remove("hugetlb")
@@ -94,7 +79,7 @@ def main():
         run(a, kinds)
     finally:
         if added:
-            grow_pool(-added)
+            add_huge_pages(-added)
 
 
 def run(a, kinds):

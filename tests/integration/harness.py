@@ -136,6 +136,20 @@ def huge_pages_free():
     return 0
 
 
+def add_huge_pages(delta):
+    """Adds @delta (or takes back, if negative) 2 MiB pages to the kernel's
+    hugetlb pool, under a lock shared by everything that does; returns how
+    many it changed by (the kernel may give fewer).  Root only."""
+    with open("/tmp/rdmig-test-hugepages.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with open(NR_HUGEPAGES) as f:
+            before = int(f.read())
+        with open(NR_HUGEPAGES, "w") as f:
+            f.write(str(max(before + delta, 0)))
+        with open(NR_HUGEPAGES) as f:
+            return int(f.read()) - before
+
+
 def need_huge_pages(case, pages):
     """Makes @pages more 2 MiB pages free in the kernel's hugetlb pool for
     @case, and gives them back when it ends.  Adding, not topping up, under a
@@ -147,19 +161,8 @@ def need_huge_pages(case, pages):
             case.skipTest("needs %d free 2 MiB huge pages (HugePages_Free) or root to reserve "
                           "them (sysctl vm.nr_hugepages)" % pages)
         return
-
-    def grow(delta):
-        with open("/tmp/rdmig-test-hugepages.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            with open(NR_HUGEPAGES) as f:
-                before = int(f.read())
-            with open(NR_HUGEPAGES, "w") as f:
-                f.write(str(max(before + delta, 0)))
-            with open(NR_HUGEPAGES) as f:
-                return int(f.read()) - before
-
-    got = grow(pages)
-    case.addCleanup(grow, -got)
+    got = add_huge_pages(pages)
+    case.addCleanup(add_huge_pages, -got)
     if got < pages:
         case.fail("the kernel gave %d of %d huge pages asked for (vm.nr_hugepages): memory "
                   "too fragmented?" % (got, pages))
