@@ -200,7 +200,6 @@ void cli_guest_check(CliGuest *gu, CliReport *r, int run_ms, double dirty_rate,
         if (!cli_guest_save_oracle(gu->oracle, oracle_dir, "destination.oracle", r))
             r->ok = false;
     }
-    r->memory = sg_memory_name(sg_memory(g));
     r->huge_bytes = sg_huge_bytes(g);
     r->guest_ok = sg_check(g, &r->guest);
     r->guest.pages_written = after.pages_written;

@@ -236,13 +236,7 @@ bool cli_options_build_params(RdmigParams *p, GError **error)
 static bool guest_memory(SgConfig *cfg, GError **error)
 {
     const char *m = cli_opt.memory_str;
-    if (!m || !strcmp(m, "anon"))
-        cfg->memory = SG_MEMORY_ANON;
-    else if (!strcmp(m, "memfd"))
-        cfg->memory = SG_MEMORY_MEMFD;
-    else if (!strcmp(m, "hugetlb"))
-        cfg->memory = SG_MEMORY_HUGETLB;
-    else {
+    if (m && !sg_memory_parse(m, &cfg->memory)) {
         g_set_error(error, RDMIG_ERROR, RDMIG_ERROR_INVALID,
                     "--memory is 'anon', 'memfd' or 'hugetlb', not '%s'", m);
         return false;

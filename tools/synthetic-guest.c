@@ -744,10 +744,22 @@ SgMemory sg_memory(SyntheticGuest *g)
     return g->cfg.memory;
 }
 
+static const char *const sg_memory_names[] = { "anon", "memfd", "hugetlb" };
+
 const char *sg_memory_name(SgMemory m)
 {
-    static const char *const names[] = { "anon", "memfd", "hugetlb" };
-    return m <= SG_MEMORY_HUGETLB ? names[m] : "unknown";
+    return m <= SG_MEMORY_HUGETLB ? sg_memory_names[m] : "unknown";
+}
+
+bool sg_memory_parse(const char *name, SgMemory *m)
+{
+    for (size_t i = 0; i < G_N_ELEMENTS(sg_memory_names); i++) {
+        if (!strcmp(name, sg_memory_names[i])) {
+            *m = (SgMemory)i;
+            return true;
+        }
+    }
+    return false;
 }
 
 /* AnonHugePages of every mapping inside the guest's RAM (registering it

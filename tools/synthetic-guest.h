@@ -133,6 +133,8 @@ uint32_t sg_page_size(SyntheticGuest *g);
 uint32_t sg_block_page_size(SyntheticGuest *g);
 SgMemory sg_memory(SyntheticGuest *g);
 const char *sg_memory_name(SgMemory m);
+/** The kind sg_memory_name() calls @name, into *@m; false if none. */
+bool sg_memory_parse(const char *name, SgMemory *m);
 /** The memfd of SG_MEMORY_MEMFD RAM (offset 0 = the first byte), or -1. */
 int sg_memfd(SyntheticGuest *g);
 /** Bytes of guest RAM in huge pages now: AnonHugePages of its mapping

@@ -167,6 +167,14 @@ class Usage(CliCase):
     def test_pattern(self):
         self.run_cli(["send", "--to", "127.0.0.1:1", "--pattern", "spiral", *SMALL], 2, "spiral")
 
+    def test_memory(self):
+        self.run_cli(["recv", "--listen", "127.0.0.1:0", "--memory", "huge", *SMALL], 2, "huge")
+        # Zero copy maps through a memfd: asked for on other memory, refused.
+        self.run_cli(["recv", "--listen", "127.0.0.1:0", "--postcopy-placement", "continue",
+                      *SMALL], 2, "--memory memfd")
+        self.run_cli(["recv", "--listen", "127.0.0.1:0", "--memory", "hugetlb", "--ram-size",
+                      "3M"], 2, "2 MiB")
+
     def test_transport(self):
         self.run_cli(["send", "--to", "127.0.0.1:1", "--transport", "pigeon", *SMALL], 2,
                      "pigeon")
